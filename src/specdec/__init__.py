@@ -1,0 +1,83 @@
+"""specdec: which speculative-decoding method makes this model faster on vLLM, and by how much.
+
+The public API.  Importing it does not import vLLM (only the engine adapter
+does, when a run starts), so ``import specdec`` is fast and works without vLLM.
+
+Example::
+
+    import specdec
+
+    config = specdec.load_config(overrides=["strategy.name=ngram", "benchmark.limit=4"])
+    result = specdec.run_experiment(config)
+    print(result.summary.overall.tokens_per_s_mean)
+"""
+
+from __future__ import annotations
+
+from specdec.config import load_config
+from specdec.errors import (
+    BenchmarkError,
+    ConfigError,
+    EngineError,
+    ModelError,
+    OutputExistsError,
+    PluginError,
+    SpecdecError,
+    StrategyError,
+    UnknownPluginError,
+)
+from specdec.interfaces import Benchmark, MetricsSink, RunInfo, SpeculationStrategy, TargetInfo
+from specdec.records import (
+    SCHEMA_VERSION,
+    BenchmarkConfig,
+    Conversation,
+    EngineConfig,
+    ExperimentConfig,
+    GenerationConfig,
+    GroupMetrics,
+    Message,
+    RequestRecord,
+    RunSummary,
+    SpecMetrics,
+    SpecStats,
+    StrategyConfig,
+    TurnRecord,
+)
+from specdec.registry import PLUGIN_API_VERSION
+from specdec.runner import RunResult, prepare_run, run_experiment
+
+__all__ = [
+    "PLUGIN_API_VERSION",
+    "SCHEMA_VERSION",
+    "Benchmark",
+    "BenchmarkConfig",
+    "BenchmarkError",
+    "ConfigError",
+    "Conversation",
+    "EngineConfig",
+    "EngineError",
+    "ExperimentConfig",
+    "GenerationConfig",
+    "GroupMetrics",
+    "Message",
+    "MetricsSink",
+    "ModelError",
+    "OutputExistsError",
+    "PluginError",
+    "RequestRecord",
+    "RunInfo",
+    "RunResult",
+    "RunSummary",
+    "SpecMetrics",
+    "SpecStats",
+    "SpecdecError",
+    "SpeculationStrategy",
+    "StrategyConfig",
+    "StrategyError",
+    "TargetInfo",
+    "TurnRecord",
+    "UnknownPluginError",
+    "load_config",
+    "prepare_run",
+    "run_experiment",
+]

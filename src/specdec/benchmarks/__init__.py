@@ -1,0 +1,1 @@
+"""Built-in benchmarks (registered as plugins through entry points)."""

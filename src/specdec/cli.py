@@ -1,0 +1,236 @@
+"""Command lines: ``specdec-run`` and the ``specdec`` toolbox, thin over the API.
+
+Errors meant for the user (:class:`~specdec.errors.SpecdecError`) print one
+message and exit non-zero without a traceback: 2 for bad input, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from specdec.errors import ConfigError, SpecdecError
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+RUN_DESCRIPTION = """\
+Run one speculative-decoding experiment on vLLM and write config.yaml,
+responses.jsonl and metrics.json into the output folder.
+
+With no arguments: the bundled sample benchmark on the bundled model
+(smollm2-135m) with no speculation (the baseline), into results/<time>-none.
+
+Precedence: built-in defaults < --config file < flags < --set overrides.
+"""
+
+RUN_EPILOG = """\
+examples:
+  specdec-run --strategy ngram
+  specdec-run --strategy ngram --set strategy.num_speculative_tokens=3 --limit 8
+  specdec-run --strategy draft_model --set strategy.model=smollm2-135m-draft
+  specdec-run --config configs/smollm2-135m/ngram.yaml --output-dir results/ngram
+  specdec-run --benchmark ../shared/data/spec_bench/question.jsonl --categories math,rag
+  specdec-run --config results/ngram/config.yaml   # repeat a finished run
+
+strategies: see `specdec plugins`; options of each in QUICK_REFERENCE.md.
+"""
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="experiment file (YAML or JSON)")
+    parser.add_argument("--benchmark", help="prompt file (JSONL); default: the bundled sample")
+    parser.add_argument(
+        "--benchmark-format",
+        help="prompts | questions | chat (or a plugin's format); default: detected per file",
+    )
+    parser.add_argument("--model", help="model folder, hub id, or bundled alias (smollm2-135m)")
+    parser.add_argument("--strategy", help="speculation strategy: none, ngram, draft_model, ...")
+    parser.add_argument("--mode", choices=["batch", "sequential"],
+                        help="sequential: one request at a time (latency, as Spec-Bench); "
+                             "batch: all at once (throughput). Default: sequential")
+    parser.add_argument("--limit", type=int, help="run only the first N prompts")
+    parser.add_argument("--categories", help="comma-separated categories to run")
+    parser.add_argument("--sinks", help="comma-separated sinks (default: json,jsonl,log)")
+    parser.add_argument("--raw-prompts", action="store_true",
+                        help="send prompts as they are, without the chat template")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY.PATH=VALUE",
+                        help="override any config value, e.g. generation.max_tokens=64 "
+                             "(repeatable; VALUE is read as YAML)")
+    parser.add_argument("--output-dir", type=Path,
+                        help="where to write; default: results/<UTC time>-<strategy>")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a finished run already in --output-dir")
+    parser.add_argument("--log-format", choices=["console", "json"],
+                        help="structured log lines as console text or JSON")
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _benchmark_flags(args: argparse.Namespace) -> dict[str, Any]:
+    flags: dict[str, Any] = {}
+    if args.benchmark:
+        flags["path"] = args.benchmark
+    if args.benchmark_format:
+        flags["format"] = args.benchmark_format
+    if args.limit is not None:
+        flags["limit"] = args.limit
+    if args.categories:
+        flags["categories"] = _split(args.categories)
+    return flags
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    """The ExperimentConfig described by a config file, flags and overrides."""
+    from specdec.config import apply_overrides, config_from_mapping, read_mapping  # noqa: PLC0415
+
+    data: dict[str, Any] = read_mapping(args.config) if args.config else {}
+    source = str(args.config) if args.config else "command line"
+
+    if args.model:
+        data["model"] = args.model
+    if args.strategy:
+        current = data.get("strategy")
+        name = current.get("name") if isinstance(current, dict) else current
+        if name != args.strategy:
+            # Options belong to the strategy they were written for.
+            data["strategy"] = {"name": args.strategy}
+    if args.mode:
+        data["mode"] = args.mode
+    if args.raw_prompts:
+        data["chat_template"] = False
+    if args.sinks:
+        data["sinks"] = _split(args.sinks)
+    benchmark = _benchmark_flags(args)
+    if benchmark:
+        section = data.setdefault("benchmark", {})
+        if not isinstance(section, dict):
+            raise ConfigError(source, ["expected a mapping @ $.benchmark"])
+        section.update(benchmark)
+    if args.overrides:
+        data = apply_overrides(data, args.overrides)
+        source += " with --set overrides"
+    return config_from_mapping(data, source)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from specdec import logs  # noqa: PLC0415
+    from specdec.display import print_summary, progress  # noqa: PLC0415
+    from specdec.runner import run_experiment  # noqa: PLC0415
+
+    logs.configure(args.log_format)
+    config = build_config(args)
+    with progress() as bar:
+        result = run_experiment(
+            config,
+            args.output_dir,
+            overwrite=args.overwrite,
+            on_start=bar.start,
+            on_record=lambda _record: bar.advance(),
+        )
+    print_summary(result)
+    if result.sink_errors:
+        for error in result.sink_errors:
+            sys.stderr.write(f"specdec: {error}\n")
+        return EXIT_FAILED
+    return 0
+
+
+def _models_list(_args: argparse.Namespace) -> int:
+    from specdec.display import print_models  # noqa: PLC0415
+
+    print_models()
+    return 0
+
+
+def _models_prepare(args: argparse.Namespace) -> int:
+    from specdec import logs, models  # noqa: PLC0415
+
+    logs.configure()
+    for name in args.names or [models.BASE_ALIAS]:
+        path = models.prepare(name, force=args.force)
+        sys.stdout.write(f"{name}: {path}\n")
+    return 0
+
+
+def _plugins(_args: argparse.Namespace) -> int:
+    from specdec import logs  # noqa: PLC0415
+    from specdec.display import print_plugins  # noqa: PLC0415
+
+    logs.configure()
+    return print_plugins()
+
+
+def run_parser(prog: str = "specdec-run") -> argparse.ArgumentParser:
+    """The parser of ``specdec-run`` (and ``specdec run``)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=RUN_DESCRIPTION, epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_run_arguments(parser)
+    parser.set_defaults(handler=_run)
+    return parser
+
+
+def toolbox_parser() -> argparse.ArgumentParser:
+    """The parser of ``specdec``."""
+    parser = argparse.ArgumentParser(
+        prog="specdec",
+        description="Study speculative decoding on vLLM: run experiments, manage the "
+                    "bundled models, list plugins.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run one experiment (same as specdec-run)",
+                         description=RUN_DESCRIPTION, epilog=RUN_EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_run_arguments(run)
+    run.set_defaults(handler=_run)
+
+    models = sub.add_parser("models", help="bundled models: list, prepare")
+    msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    mlist = msub.add_parser("list", help="show bundled models, whether prepared, and where")
+    mlist.set_defaults(handler=_models_list)
+    prep = msub.add_parser(
+        "prepare", help="build bundled models into $SPECDEC_HOME (default: smollm2-135m)"
+    )
+    prep.add_argument("names", nargs="*", metavar="NAME", help="bundled model alias")
+    prep.add_argument("--force", action="store_true", help="rebuild even if prepared")
+    prep.set_defaults(handler=_models_prepare)
+
+    plugins = sub.add_parser(
+        "plugins", help="list every strategy, benchmark format and sink, with its package"
+    )
+    plugins.set_defaults(handler=_plugins)
+    return parser
+
+
+def _dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        sys.stderr.write(f"specdec: {exc}\n")
+        return EXIT_USAGE
+    except SpecdecError as exc:
+        sys.stderr.write(f"specdec: error: {exc}\n")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        sys.stderr.write("specdec: interrupted; finished requests are in responses.jsonl\n")
+        return 130
+
+
+def run_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``specdec-run``."""
+    return _dispatch(run_parser(), argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``specdec``."""
+    return _dispatch(toolbox_parser(), argv)

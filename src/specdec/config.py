@@ -1,0 +1,116 @@
+"""Reading experiment configurations: YAML or JSON files, and ``--set`` overrides.
+
+Loading is strict: an unknown key, a wrong type or broken YAML becomes a
+:class:`~specdec.errors.ConfigError` with one ``message @ $.path`` line per
+problem.  YAML is read with ``yaml.safe_load`` only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from specdec.errors import ConfigError
+from specdec.records import SCHEMA_VERSION, ExperimentConfig
+from specdec.serialization import problems, structure, unstructure
+
+
+def read_mapping(path: Path) -> dict[str, Any]:
+    """Parse a YAML or JSON file into a mapping, with located errors."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read file: {exc.strerror} @ $"]) from exc
+    if path.suffix == ".json":
+        try:
+            data = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(str(path), [f"broken JSON: {exc} @ $"]) from exc
+    else:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            reason = getattr(exc, "problem", None) or str(exc)
+            raise ConfigError(str(path), [f"broken YAML{where}: {reason} @ $"]) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), [f"expected a mapping, got {type(data).__name__} @ $"])
+    if "schema_version" in data and isinstance(data.get("config"), dict):
+        # A run's own config.yaml: the experiment is under "config".
+        inner: dict[str, Any] = data["config"]
+        return inner
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into its key path and a YAML-parsed value."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError("--set", [f"expected key.path=value, got {item!r} @ $"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError("--set", [f"cannot parse value {raw!r}: {exc} @ $.{key}"]) from exc
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with each ``key.path=value`` override applied."""
+    result: dict[str, Any] = orjson.loads(orjson.dumps(data))
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = result
+        for depth, key in enumerate(keys[:-1]):
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                where = ".".join(keys[: depth + 1])
+                msg = f"cannot set {item!r}: $.{where} is not a mapping @ $.{where}"
+                raise ConfigError("--set", [msg])
+            node = child
+        node[keys[-1]] = value
+    return result
+
+
+def config_from_mapping(data: Mapping[str, Any], source: str = "<config>") -> ExperimentConfig:
+    """Structure a mapping into an :class:`ExperimentConfig`, strictly."""
+    try:
+        return structure(dict(data), ExperimentConfig)
+    except Exception as exc:
+        raise ConfigError(source, problems(exc)) from exc
+
+
+def load_config(
+    path: Path | None = None, overrides: Iterable[str] = (), base: Mapping[str, Any] | None = None
+) -> ExperimentConfig:
+    """Load ``path`` (or start from ``base``/defaults), apply overrides, and check it."""
+    data: dict[str, Any] = dict(base or {})
+    source = "defaults"
+    if path is not None:
+        data.update(read_mapping(path))
+        source = str(path)
+    overrides = list(overrides)
+    if overrides:
+        data = apply_overrides(data, overrides)
+        source = f"{source} with --set overrides" if path else "--set overrides"
+    return config_from_mapping(data, source)
+
+
+def dump_config(config: ExperimentConfig, provenance: Mapping[str, Any]) -> str:
+    """Render a run's ``config.yaml``: schema version, provenance and the resolved config.
+
+    :func:`load_config` reads such a file back, so any run can be repeated with
+    ``--config RUN_DIR/config.yaml``.
+    """
+    document = {
+        "schema_version": SCHEMA_VERSION,
+        "provenance": dict(provenance),
+        "config": unstructure(config),
+    }
+    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)

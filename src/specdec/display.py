@@ -1,0 +1,121 @@
+"""What people see in the terminal: progress bars and rich tables."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from specdec.records import GroupMetrics, SpecMetrics
+    from specdec.runner import RunResult
+
+stdout = Console()
+stderr = Console(stderr=True)
+
+
+class RequestProgress:
+    """A progress bar over requests that appears once the engine is ready."""
+
+    def __init__(self, progress: Progress) -> None:
+        """Wrap a rich Progress."""
+        self._progress = progress
+        self._task: TaskID | None = None
+
+    def start(self, total: int) -> None:
+        """Show the bar for ``total`` requests."""
+        self._task = self._progress.add_task("requests", total=total)
+
+    def advance(self) -> None:
+        """One more request finished."""
+        if self._task is not None:
+            self._progress.advance(self._task)
+
+
+@contextmanager
+def progress() -> Iterator[RequestProgress]:
+    """A request progress bar on stderr for the duration of a run."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=stderr, transient=False) as bar:
+        yield RequestProgress(bar)
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _row(name: str, group: GroupMetrics, spec: SpecMetrics | None) -> list[str]:
+    return [
+        name,
+        str(group.requests),
+        str(group.output_tokens),
+        _fmt(group.walltime_s.mean),
+        _fmt(group.walltime_s.median),
+        _fmt(group.tokens_per_s_total, 1),
+        _fmt(group.tokens_per_s_mean, 1),
+        _fmt(spec.acceptance_rate if spec else None),
+        _fmt(spec.mean_acceptance_length if spec else None),
+    ]
+
+
+def print_summary(result: RunResult) -> None:
+    """The end-of-run table, overall and per category."""
+    summary = result.summary
+    table = Table(title=f"{result.config.strategy.name} on {result.config.model} "
+                        f"({result.config.mode}) -> {result.output_dir}")
+    for header in ("category", "requests", "out tokens", "mean s", "median s",
+                   "tok/s total", "tok/s mean", "accept rate", "mean accept len"):
+        table.add_column(header, justify="left" if header == "category" else "right")
+    for name, group in summary.categories.items():
+        table.add_row(*_row(name, group, group.spec))
+    table.add_section()
+    table.add_row(*_row("overall", summary.overall, summary.engine_spec or summary.overall.spec))
+    stdout.print(table)
+    stdout.print(
+        f"elapsed {summary.elapsed_s:.2f} s, throughput "
+        f"{summary.throughput_tokens_per_s:.1f} output tokens/s (warm-up excluded)"
+    )
+
+
+def print_models() -> None:
+    """``specdec models list``."""
+    from specdec.models import BUNDLED  # noqa: PLC0415
+
+    table = Table(title="bundled models")
+    for header in ("name", "prepared", "path", "description"):
+        table.add_column(header)
+    for model in BUNDLED.values():
+        table.add_row(model.name, "yes" if model.prepared else "no", str(model.path),
+                      model.description)
+    stdout.print(table)
+
+
+def print_plugins() -> int:
+    """``specdec plugins``: every plugin with its package, version and status."""
+    from specdec.registry import all_registries  # noqa: PLC0415
+
+    table = Table(title="specdec plugins")
+    for header in ("kind", "name", "package", "version", "status"):
+        table.add_column(header)
+    broken = False
+    for reg in all_registries():
+        for info in reg.infos():
+            status = "ok" if info.error is None else info.error
+            broken = broken or (info.enabled and info.error is not None)
+            table.add_row(info.kind, info.name, info.package, info.version, status)
+    stdout.print(table)
+    if broken:
+        stderr.print("some plugins failed to load; their error is in the status column")
+    return 0

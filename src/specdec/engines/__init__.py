@@ -1,0 +1,1 @@
+"""Inference engines: the offline vLLM engine (one module imports vLLM)."""

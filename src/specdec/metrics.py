@@ -1,0 +1,256 @@
+"""Every formula specdec reports, each defined once (see ``docs/metrics.md``).
+
+The functions here are pure: they turn per-request records and engine counters
+into :class:`~specdec.records.SpecMetrics`, :class:`~specdec.records.GroupMetrics`
+and :class:`~specdec.records.RunSummary`.  Nothing here times anything or talks
+to an engine.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from itertools import zip_longest
+from typing import TYPE_CHECKING
+
+from specdec.records import (
+    Distribution,
+    GroupMetrics,
+    RequestRecord,
+    RunSummary,
+    SpecMetrics,
+    SpecStats,
+    TurnRecord,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+__all__ = [
+    "add_stats",
+    "distribution",
+    "group_metrics",
+    "request_spec",
+    "request_tokens_per_s",
+    "spec_metrics",
+    "speedup",
+    "summarise",
+    "turn_tpot",
+]
+
+
+def _sum_tuples(tuples: Iterable[tuple[int, ...]]) -> tuple[int, ...]:
+    """Element-wise sum, shorter tuples padded with zeros."""
+    return tuple(sum(column) for column in zip_longest(*tuples, fillvalue=0))
+
+
+def add_stats(items: Iterable[SpecStats]) -> SpecStats:
+    """Sum speculative counts element-wise (turns into a request, requests into a run).
+
+    ``num_drafts``, ``num_draft_tokens`` and ``num_accepted_tokens`` are added;
+    ``accepted_per_position`` and ``acceptance_histogram`` are added position by
+    position, the shorter ones padded with zeros.  ``accepted_per_step`` is left
+    empty: the order of steps across turns or requests means nothing.  No items
+    give all-zero counts.
+    """
+    items = list(items)
+    return SpecStats(
+        num_drafts=sum(s.num_drafts for s in items),
+        num_draft_tokens=sum(s.num_draft_tokens for s in items),
+        num_accepted_tokens=sum(s.num_accepted_tokens for s in items),
+        accepted_per_position=_sum_tuples(s.accepted_per_position for s in items),
+        acceptance_histogram=_sum_tuples(s.acceptance_histogram for s in items),
+    )
+
+
+def spec_metrics(stats: SpecStats) -> SpecMetrics:
+    """Acceptance figures of one set of counts.
+
+    - acceptance rate = accepted / draft tokens (None without draft tokens);
+    - mean acceptance length = 1 + accepted / drafts (None without drafts): the
+      tokens one verify step yields, the target model's own token included;
+    - acceptance at position i = accepted_per_position[i] / drafts (empty without
+      drafts);
+    - ``acceptance_length_histogram`` is ``stats.acceptance_histogram`` unchanged:
+      index j counts drafts that accepted exactly j draft tokens, that is drafts of
+      acceptance length j + 1 (empty when only engine counters were available).
+    """
+    drafts = stats.num_drafts
+    accepted = stats.num_accepted_tokens
+    return SpecMetrics(
+        num_drafts=drafts,
+        num_draft_tokens=stats.num_draft_tokens,
+        num_accepted_tokens=accepted,
+        acceptance_rate=accepted / stats.num_draft_tokens if stats.num_draft_tokens else None,
+        mean_acceptance_length=1 + accepted / drafts if drafts else None,
+        acceptance_per_position=(
+            tuple(a / drafts for a in stats.accepted_per_position) if drafts else ()
+        ),
+        acceptance_length_histogram=stats.acceptance_histogram,
+    )
+
+
+def _percentile(ordered: Sequence[float], percent: float) -> float:
+    """The ``percent`` percentile of sorted values by linear interpolation.
+
+    The value at rank h = (n - 1) * percent / 100, interpolated between the two
+    nearest ranks: numpy's default ``"linear"`` method (Hyndman & Fan type 7).
+    """
+    rank = (len(ordered) - 1) * percent / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (rank - low) * (ordered[high] - ordered[low])
+
+
+def distribution(values: Sequence[float]) -> Distribution:
+    """Mean, median, 90th and 99th percentiles, minimum and maximum of ``values``.
+
+    Percentiles interpolate linearly between ranks (numpy's default method): the
+    p-th percentile of n sorted values x[0..n-1] is at rank h = (n - 1) * p / 100,
+    x[floor(h)] + (h - floor(h)) * (x[floor(h) + 1] - x[floor(h)]).  The median is
+    the 50th percentile.  One value is every figure at once.
+
+    Raises:
+        ValueError: if ``values`` is empty.
+    """
+    if not values:
+        raise ValueError("cannot describe the distribution of no values")
+    ordered = sorted(values)
+    return Distribution(
+        mean=statistics.fmean(ordered),
+        median=_percentile(ordered, 50),
+        p90=_percentile(ordered, 90),
+        p99=_percentile(ordered, 99),
+        min=ordered[0],
+        max=ordered[-1],
+    )
+
+
+def turn_tpot(turn: TurnRecord) -> float | None:
+    """Time per output token: decode_s / (output_tokens - 1).
+
+    The first token's time is the TTFT, so the decode time is spread over the
+    remaining tokens.  None when fewer than two tokens were generated.
+    """
+    if turn.output_tokens <= 1:
+        return None
+    return turn.decode_s / (turn.output_tokens - 1)
+
+
+def _rate(tokens: int, seconds: float) -> float:
+    """Tokens per second, 0.0 when no time has passed."""
+    return tokens / seconds if seconds > 0 else 0.0
+
+
+def request_tokens_per_s(record: RequestRecord) -> float:
+    """A request's own token rate: output tokens / walltime, over all its turns.
+
+    The walltime is the sum over turns of TTFT + decode time (as Spec-Bench sums a
+    question's turns).  0.0 when the walltime is zero.
+    """
+    return _rate(record.output_tokens, record.walltime_s)
+
+
+def request_spec(record: RequestRecord) -> SpecStats | None:
+    """A request's speculative counts: :func:`add_stats` of its turns' counts.
+
+    None when no turn carries counts (speculation off).
+    """
+    stats = [t.spec for t in record.turns if t.spec is not None]
+    return add_stats(stats) if stats else None
+
+
+def group_metrics(records: Sequence[RequestRecord]) -> GroupMetrics:
+    """Every aggregate of one group of requests.
+
+    - ``walltime_total_s`` sums the requests' walltimes; ``walltime_s`` is their
+      distribution over requests; ``ttft_s`` is over turns; ``tpot_s`` is over the
+      turns that have a :func:`turn_tpot` (None if none has);
+    - ``tokens_per_s_total`` = output tokens / ``walltime_total_s`` (token-weighted);
+      ``tokens_per_s_mean`` = mean over requests of :func:`request_tokens_per_s`
+      (request-averaged, Spec-Bench's figure);
+    - ``spec`` = :func:`spec_metrics` of the summed counts of every turn
+      (token-weighted; None if no turn has counts);
+    - ``spec_request_mean_acceptance_rate`` and ``..._length`` average each
+      request's own acceptance rate and mean acceptance length over the requests
+      where that figure is defined (None if there are none).
+
+    Raises:
+        ValueError: if ``records`` is empty or holds no turn.
+    """
+    if not records:
+        raise ValueError("cannot aggregate no requests")
+    turns = [t for r in records for t in r.turns]
+    if not turns:
+        raise ValueError("cannot aggregate requests that have no turns")
+    output_tokens = sum(t.output_tokens for t in turns)
+    walltime_total = sum(r.walltime_s for r in records)
+    tpots = [tpot for t in turns if (tpot := turn_tpot(t)) is not None]
+
+    turn_stats = [t.spec for t in turns if t.spec is not None]
+    request_figures = [
+        spec_metrics(stats) for r in records if (stats := request_spec(r)) is not None
+    ]
+    rates = [m.acceptance_rate for m in request_figures if m.acceptance_rate is not None]
+    lengths = [
+        m.mean_acceptance_length for m in request_figures if m.mean_acceptance_length is not None
+    ]
+    return GroupMetrics(
+        requests=len(records),
+        turns=len(turns),
+        prompt_tokens=sum(t.prompt_tokens for t in turns),
+        output_tokens=output_tokens,
+        walltime_total_s=walltime_total,
+        walltime_s=distribution([r.walltime_s for r in records]),
+        ttft_s=distribution([t.ttft_s for t in turns]),
+        tpot_s=distribution(tpots) if tpots else None,
+        tokens_per_s_total=_rate(output_tokens, walltime_total),
+        tokens_per_s_mean=statistics.fmean(request_tokens_per_s(r) for r in records),
+        spec=spec_metrics(add_stats(turn_stats)) if turn_stats else None,
+        spec_request_mean_acceptance_rate=statistics.fmean(rates) if rates else None,
+        spec_request_mean_acceptance_length=statistics.fmean(lengths) if lengths else None,
+    )
+
+
+def summarise(
+    records: Sequence[RequestRecord],
+    elapsed_s: float,
+    engine_counters: SpecStats | None,
+) -> RunSummary:
+    """Aggregate one run, overall and per category.
+
+    ``categories`` maps each category, in name order, to the
+    :func:`group_metrics` of its requests.  ``throughput_tokens_per_s`` = all
+    output tokens / ``elapsed_s``, the measured run's wall clock (0.0 if it is
+    zero).  ``engine_spec`` is :func:`spec_metrics` of the engine's counters, read
+    as a difference around the measured run, when given.
+
+    Raises:
+        ValueError: if ``records`` is empty.
+    """
+    if not records:
+        raise ValueError("cannot summarise a run without requests")
+    by_category: dict[str, list[RequestRecord]] = {}
+    for record in records:
+        by_category.setdefault(record.category, []).append(record)
+    overall = group_metrics(records)
+    return RunSummary(
+        elapsed_s=elapsed_s,
+        throughput_tokens_per_s=_rate(overall.output_tokens, elapsed_s),
+        overall=overall,
+        categories={name: group_metrics(by_category[name]) for name in sorted(by_category)},
+        engine_spec=spec_metrics(engine_counters) if engine_counters is not None else None,
+    )
+
+
+def speedup(candidate: float, baseline: float) -> float | None:
+    """How many times faster a candidate rate is than a baseline rate: candidate / baseline.
+
+    Both are token rates (higher is faster).  specdec reports two speedups with
+    it: of ``tokens_per_s_mean`` (Spec-Bench's ratio of mean per-request token
+    rates) and of ``throughput_tokens_per_s`` (ratio of total throughput).  None
+    when the baseline is zero.
+    """
+    if baseline == 0:
+        return None
+    return candidate / baseline

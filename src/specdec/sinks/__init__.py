@@ -1,0 +1,1 @@
+"""Built-in sinks (registered as plugins through entry points)."""

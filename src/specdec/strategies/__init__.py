@@ -1,0 +1,1 @@
+"""Built-in strategies (registered as plugins through entry points)."""

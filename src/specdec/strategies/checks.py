@@ -1,0 +1,98 @@
+"""Pre-flight checks shared by the built-in strategies.
+
+They run before the engine starts (which takes tens of seconds), so that a
+mismatched draft or head, or a method the installed vLLM lacks, fails at once
+with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from specdec.errors import StrategyError
+from specdec.interfaces import TargetInfo
+
+
+def positive(_instance: object, attribute: Any, value: int | None) -> None:
+    """An attrs validator: the option, when set, must be at least 1."""
+    if value is not None and value < 1:
+        msg = f"{attribute.name} must be at least 1, got {value}"
+        raise ValueError(msg)
+
+
+def require_method(target: TargetInfo, method: str, since: str | None = None) -> None:
+    """Fail unless the installed vLLM offers speculative ``method``."""
+    if target.vllm_version is None or method in target.speculative_methods:
+        return
+    when = f" It arrived in vLLM {since}." if since else ""
+    msg = (
+        f"the installed vLLM {target.vllm_version} has no speculative method {method!r}.{when} "
+        f"Methods it offers: {', '.join(sorted(target.speculative_methods))}."
+    )
+    raise StrategyError(msg)
+
+
+def read_config(folder: Path, what: str) -> dict[str, Any]:
+    """The ``config.json`` of a draft or head folder."""
+    path = folder / "config.json"
+    try:
+        config: dict[str, Any] = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        msg = f"{what} folder {folder} has no config.json"
+        raise StrategyError(msg) from None
+    except orjson.JSONDecodeError as exc:
+        msg = f"{path}: not valid JSON ({exc})"
+        raise StrategyError(msg) from exc
+    return config
+
+
+def tensor_shapes(folder: Path) -> dict[str, list[int]]:
+    """Names and shapes of every tensor in a folder's safetensors files (no data read)."""
+    from safetensors import safe_open  # noqa: PLC0415 - only needed for checks
+
+    files = sorted(folder.glob("*.safetensors"))
+    shapes: dict[str, list[int]] = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+                shapes[key] = list(f.get_slice(key).get_shape())
+    return shapes
+
+
+def _vocab(folder: Path) -> dict[str, int] | None:
+    tokenizer = folder / "tokenizer.json"
+    if not tokenizer.is_file():
+        return None
+    vocab: dict[str, int] | None = orjson.loads(tokenizer.read_bytes()).get("model", {}).get(
+        "vocab"
+    )
+    return vocab
+
+
+def check_same_vocabulary(target: TargetInfo, draft: Path, draft_config: dict[str, Any]) -> None:
+    """Fail if the draft's vocabulary differs from the target's.
+
+    Compares ``vocab_size`` and, where both folders have a ``tokenizer.json``,
+    the token-to-id tables themselves.
+    """
+    target_size = target.config.get("vocab_size")
+    draft_size = draft_config.get("vocab_size")
+    if target_size is not None and draft_size is not None and target_size != draft_size:
+        msg = (
+            f"draft {draft} has a vocabulary of {draft_size} tokens but the target "
+            f"{target.model} has {target_size}: a draft must share the target's tokenizer"
+        )
+        raise StrategyError(msg)
+    if target.path is None:
+        return
+    ours, theirs = _vocab(target.path), _vocab(draft)
+    if ours is not None and theirs is not None and ours != theirs:
+        differing = sum(1 for token, i in theirs.items() if ours.get(token) != i)
+        msg = (
+            f"draft {draft} uses a different tokenizer from the target {target.model} "
+            f"({differing} tokens map to other ids): a draft must share the target's tokenizer"
+        )
+        raise StrategyError(msg)

@@ -1,0 +1,50 @@
+"""Any ``speculative_config`` passed through, its keys checked against the installed vLLM."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from specdec.errors import StrategyError
+from specdec.interfaces import TargetInfo
+from specdec.registry import PLUGIN_API_VERSION
+from specdec.strategies.checks import require_method
+
+
+class RawStrategy:
+    """Pass the strategy's options to vLLM as ``speculative_config`` unchanged.
+
+    For methods and settings specdec has no dedicated strategy for.  Every key
+    is checked against the installed vLLM's ``SpeculativeConfig`` fields, so a
+    typo fails before the engine starts.
+    """
+
+    name = "raw"
+    plugin_api_version = PLUGIN_API_VERSION
+    options_type = dict[str, Any]
+
+    def check(self, options: dict[str, Any], target: TargetInfo) -> None:
+        """Every key must be a SpeculativeConfig field; the method must exist."""
+        if not options:
+            msg = "the raw strategy needs speculative_config keys, e.g. method: ngram"
+            raise StrategyError(msg)
+        fields = target.speculative_config_fields
+        if fields:
+            unknown = sorted(set(options) - fields)
+            if unknown:
+                hints = []
+                for key in unknown:
+                    close = difflib.get_close_matches(key, sorted(fields), n=1)
+                    hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+                msg = (
+                    f"vLLM {target.vllm_version}'s speculative_config has no field "
+                    f"{', '.join(hints)}"
+                )
+                raise StrategyError(msg)
+        method = options.get("method")
+        if isinstance(method, str):
+            require_method(target, method)
+
+    def speculative_config(self, options: dict[str, Any], target: TargetInfo) -> dict[str, Any]:
+        """The options themselves."""
+        return dict(options)
