@@ -52,3 +52,7 @@ class PluginError(SpecdecError):
 
 class UnknownPluginError(PluginError, LookupError):
     """No plugin of the asked kind has the asked name."""
+
+
+class InvalidOptionError(ValueError):
+    """Raised by option validators; its message is shown to the user as it is."""

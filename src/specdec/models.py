@@ -118,7 +118,7 @@ def _build_base(out: Path) -> None:
     tokenizer.save_pretrained(str(out))
 
 
-def _truncate(source: Path, out: Path, layers: int) -> None:
+def truncate(source: Path, out: Path, layers: int) -> None:
     """Keep the first ``layers`` decoder layers, the final norm and the tied head."""
     from safetensors.torch import load_file, save_file  # noqa: PLC0415
 
@@ -139,7 +139,7 @@ def _truncate(source: Path, out: Path, layers: int) -> None:
 
 
 def _build_draft(out: Path) -> None:
-    _truncate(prepare(BASE_ALIAS), out, DRAFT_LAYERS)
+    truncate(prepare(BASE_ALIAS), out, DRAFT_LAYERS)
 
 
 BUNDLED: dict[str, BundledModel] = {

@@ -6,14 +6,17 @@ Structuring is strict: unknown keys are refused, and errors come back as one
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import cattrs
 import orjson
 from cattrs.preconf.orjson import make_converter
+from cattrs.v import format_exception
 
+from specdec.errors import InvalidOptionError
 from specdec.records import StrategyConfig
 
 T = TypeVar("T")
@@ -47,10 +50,20 @@ converter.register_structure_hook(StrategyConfig, _structure_strategy)
 converter.register_unstructure_hook(StrategyConfig, _unstructure_strategy)
 
 
+def _describe(exc: BaseException, type_: type | None) -> str:
+    # Validators raise InvalidOptionError with a sentence meant for the user: keep it.
+    if isinstance(exc, InvalidOptionError):
+        return str(exc)
+    if type_ is not None and typing.get_origin(type_) is Literal:
+        allowed = ", ".join(repr(a) for a in typing.get_args(type_))
+        return f"must be one of {allowed}"
+    return format_exception(exc, type_)
+
+
 def problems(exc: BaseException, path: str = "$") -> list[str]:
     """Turn a structuring error into ``message @ $.path`` lines."""
     if isinstance(exc, cattrs.BaseValidationError | cattrs.ForbiddenExtraKeysError):
-        return list(cattrs.transform_error(exc, path=path))
+        return list(cattrs.transform_error(exc, path=path, format_exception=_describe))
     return [f"{exc} @ {path}"]
 
 

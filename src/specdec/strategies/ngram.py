@@ -6,6 +6,7 @@ from typing import Any
 
 from attrs import field, frozen
 
+from specdec.errors import InvalidOptionError
 from specdec.interfaces import TargetInfo
 from specdec.registry import PLUGIN_API_VERSION
 from specdec.strategies.checks import positive, require_method
@@ -17,7 +18,7 @@ def _window(instance: NgramOptions, _attribute: Any, value: int) -> None:
             f"prompt_lookup_min ({instance.prompt_lookup_min}) must be <= "
             f"prompt_lookup_max ({value})"
         )
-        raise ValueError(msg)
+        raise InvalidOptionError(msg)
 
 
 @frozen

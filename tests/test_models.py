@@ -1,0 +1,141 @@
+"""Bundled models: the real conversion (cached between runs) and atomic preparation."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import orjson
+import pytest
+
+from specdec import models
+from specdec.errors import ModelError
+
+
+@pytest.fixture(scope="session")
+def base_model() -> Path:
+    """The real bundled model, converted once per machine into $SPECDEC_HOME."""
+    return models.prepare(models.BASE_ALIAS)
+
+
+def test_real_conversion_is_verified(base_model: Path) -> None:
+    """The converted folder has a Llama config, a chat template and all 30 layers."""
+    config = models.verify(base_model, 30)
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert config["vocab_size"] == 49152
+    assert config["hidden_size"] == 576
+    assert "quantization_config" not in config
+    assert (base_model / models.MARKER).is_file()
+    assert models.bundled(models.BASE_ALIAS).prepared
+
+
+def test_tokenizer_has_chat_template(base_model: Path) -> None:
+    """transformers loads the tokenizer and renders a chat prompt."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(base_model))
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert "<|im_start|>user\nHi<|im_end|>" in text
+    assert text.endswith("<|im_start|>assistant\n")
+
+
+def test_truncated_draft(base_model: Path) -> None:
+    """The draft keeps the first layers, the final norm and the tokenizer."""
+    draft = models.prepare(models.DRAFT_ALIAS)
+    config = models.verify(draft, models.DRAFT_LAYERS)
+    assert config["num_hidden_layers"] == models.DRAFT_LAYERS
+    assert (draft / "tokenizer.json").read_bytes() == (base_model / "tokenizer.json").read_bytes()
+    from safetensors import safe_open
+
+    with safe_open(str(draft / "model.safetensors"), framework="pt") as f:
+        layers = {int(k.split(".")[2]) for k in f.keys() if k.startswith("model.layers.")}  # noqa: SIM118
+    assert layers == set(range(models.DRAFT_LAYERS))
+
+
+def test_alias_resolves_anywhere(base_model: Path) -> None:
+    """The alias resolves to the prepared folder; folders and hub ids pass through."""
+    assert models.resolve_model(models.BASE_ALIAS) == base_model
+    assert models.resolve_model(str(base_model)) == base_model.resolve()
+    assert models.resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct") == (
+        "HuggingFaceTB/SmolLM2-135M-Instruct"
+    )
+
+
+def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
+    """A path that does not exist, or a folder without config.json, is a ModelError."""
+    with pytest.raises(ModelError, match="not an existing folder and not a bundled alias"):
+        models.resolve_model(str(tmp_path / "nope"))
+    with pytest.raises(ModelError, match=r"has no config\.json"):
+        models.resolve_model(str(tmp_path))
+
+
+@pytest.fixture
+def fake_bundled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                 base_model: Path) -> dict[str, int]:
+    """A bundled model 'fake' whose build copies the real one and can be made to fail."""
+    monkeypatch.setenv("SPECDEC_HOME", str(tmp_path / "home"))
+    state = {"builds": 0, "fail": 0}
+
+    def build(out: Path) -> None:
+        state["builds"] += 1
+        for name in ("config.json", "tokenizer.json", "tokenizer_config.json",
+                     "chat_template.jinja"):
+            shutil.copy2(base_model / name, out / name)
+        if state["fail"]:
+            msg = "interrupted"
+            raise RuntimeError(msg)
+        (out / "model.safetensors").symlink_to(base_model / "model.safetensors")
+
+    monkeypatch.setitem(models.BUNDLED, "fake",
+                        models.BundledModel("fake", "test", build, 30))
+    return state
+
+
+def test_interrupted_build_leaves_nothing(fake_bundled: dict[str, int], tmp_path: Path) -> None:
+    """A build that dies leaves no folder that could be taken for a good one."""
+    fake_bundled["fail"] = 1
+    with pytest.raises(RuntimeError, match="interrupted"):
+        models.prepare("fake")
+    parent = tmp_path / "home" / "models"
+    assert not (parent / "fake").exists()
+    assert [p.name for p in parent.iterdir()] == [".fake.lock"]
+    fake_bundled["fail"] = 0
+    assert models.prepare("fake") == parent / "fake"
+
+
+def test_prepare_runs_once(fake_bundled: dict[str, int]) -> None:
+    """A prepared model is reused; force rebuilds it."""
+    models.prepare("fake")
+    models.prepare("fake")
+    assert fake_bundled["builds"] == 1
+    models.prepare("fake", force=True)
+    assert fake_bundled["builds"] == 2
+
+
+def test_folder_without_marker_is_rebuilt(fake_bundled: dict[str, int], tmp_path: Path) -> None:
+    """A folder left without the completion marker is not trusted."""
+    target = tmp_path / "home" / "models" / "fake"
+    target.mkdir(parents=True)
+    (target / "config.json").write_text("{}")
+    path = models.prepare("fake")
+    assert fake_bundled["builds"] == 1
+    assert orjson.loads((path / models.MARKER).read_bytes())["name"] == "fake"
+
+
+def test_verify_rejects_a_bad_folder(fake_bundled: dict[str, int]) -> None:
+    """verify names a missing layer."""
+    path = models.prepare("fake")
+    with pytest.raises(ModelError, match="expected 8 layers, found 30"):
+        models.verify(path, 8)
+
+
+def test_models_list_command() -> None:
+    """`specdec models list` shows each bundled model and whether it is prepared."""
+    from .conftest import run_cli
+
+    result = run_cli("specdec", "models", "list", env={"COLUMNS": "250"})
+    assert result.returncode == 0
+    assert models.BASE_ALIAS in result.stdout
+    assert models.DRAFT_ALIAS in result.stdout
