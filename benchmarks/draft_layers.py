@@ -5,7 +5,7 @@ norm and tied head), run the draft_model strategy on the sample benchmark with
 the real engine, and record acceptance and speed against the baseline.
 Writes a markdown table to stdout and JSON to --output.
 
-    .venv/bin/python benchmarks/draft_layers.py --layers 4 8 12 16 20 --limit 14
+    .venv/bin/python benchmarks/draft_layers.py --layers 4 8 12 16 20 24 --max-tokens 64
 """
 
 from __future__ import annotations
@@ -24,14 +24,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, nargs="+", default=[4, 8, 12, 16, 20])
-    parser.add_argument("--limit", type=int, default=14)
+    parser.add_argument("--limit", type=int, default=None, help="first N prompts (default all)")
+    parser.add_argument("--mode", choices=["batch", "sequential"], default="batch")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--k", type=int, default=3, help="num_speculative_tokens")
     parser.add_argument("--output", type=Path, default=Path("results/draft_layers.json"))
     args = parser.parse_args()
     base = models.prepare(models.BASE_ALIAS)
-    common = [f"benchmark.limit={args.limit}", f"generation.max_tokens={args.max_tokens}",
+    common = [f"generation.max_tokens={args.max_tokens}", f"mode={args.mode}",
               "engine.enforce_eager=true", "sinks=[]"]
+    if args.limit is not None:
+        common.append(f"benchmark.limit={args.limit}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         baseline = run_experiment(load_config(None, common), Path(tmp) / "none")

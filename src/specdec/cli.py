@@ -64,7 +64,10 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", type=Path,
                         help="where to write; default: results/<UTC time>-<strategy>")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace a finished run already in --output-dir")
+                        help="replace a run already in --output-dir")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run in --output-dir: requests already in "
+                             "its responses.jsonl are not run again")
     parser.add_argument("--log-format", choices=["console", "json"],
                         help="structured log lines as console text or JSON")
 
@@ -131,6 +134,7 @@ def _run(args: argparse.Namespace) -> int:
             config,
             args.output_dir,
             overwrite=args.overwrite,
+            resume=args.resume,
             on_start=bar.start,
             on_record=lambda _record: bar.advance(),
         )

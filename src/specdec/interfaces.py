@@ -8,13 +8,19 @@ Protocol of its kind (see ``docs/plugins.md``).  Built-ins are plugins too.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from attrs import field, frozen
 
-from specdec.records import Conversation, ExperimentConfig, RequestRecord, RunSummary
+from specdec.records import (
+    Conversation,
+    ExperimentConfig,
+    RequestRecord,
+    RunSummary,
+    SpecStats,
+)
 
 
 @frozen
@@ -37,11 +43,16 @@ class TargetInfo:
 
 @frozen
 class RunInfo:
-    """The identity of one run, given to every sink when it opens."""
+    """The identity of one run, given to every sink when it opens.
+
+    ``resumed`` holds requests an earlier, interrupted session of this run
+    already finished (and already gave to the sinks then).
+    """
 
     output_dir: Path
     config: ExperimentConfig
     provenance: Mapping[str, Any]
+    resumed: tuple[RequestRecord, ...] = ()
 
 
 @runtime_checkable
@@ -96,3 +107,36 @@ class MetricsSink(Protocol):
 
     def close(self, summary: RunSummary | None) -> None:
         """Finish; ``summary`` is None when the run failed before it completed."""
+
+
+@frozen
+class EngineRun:
+    """What an engine measured around a whole run.
+
+    ``elapsed_s`` is the wall clock of the measured run; ``counters`` the
+    engine's speculative counters accumulated during it (None without speculation).
+    """
+
+    elapsed_s: float
+    counters: SpecStats | None
+
+
+class Engine(Protocol):
+    """An inference engine the runner drives: the offline vLLM engine, or a server."""
+
+    def start(self) -> None:
+        """Get ready (load the model, warm up); not measured."""
+
+    def close(self) -> None:
+        """Release everything the engine holds."""
+
+    def run(
+        self,
+        conversations: Sequence[Conversation],
+        on_record: Callable[[RequestRecord], None],
+    ) -> EngineRun:
+        """Answer every conversation, calling ``on_record`` as each one finishes."""
+
+
+EngineFactory = Callable[[ExperimentConfig, "Path | str", "Mapping[str, Any] | None"], Engine]
+"""Builds an engine from the resolved config, the model and the speculative_config."""

@@ -53,6 +53,9 @@ class GenerationConfig:
     seed: int | None = None
     ignore_eos: bool = False
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None
+    """Top log-probabilities to ask for per token; 2 or more records each token's
+    margin between the top two (used by the lossless check)."""
 
 
 @frozen
@@ -152,6 +155,9 @@ class TurnRecord:
     finish_reason: str | None = None
     output_token_ids: tuple[int, ...] = ()
     spec: SpecStats | None = None
+    logprob_margins: tuple[float, ...] = ()
+    """Per output token, the log-probability of the top token minus the second's
+    (empty unless ``generation.logprobs`` >= 2)."""
 
     @property
     def walltime_s(self) -> float:
@@ -241,3 +247,6 @@ class RunSummary:
     overall: GroupMetrics
     categories: Mapping[str, GroupMetrics]
     engine_spec: SpecMetrics | None = None
+    resumed_requests: int = 0
+    """Requests finished by an earlier, interrupted session of this run; their
+    time and counts come from their per-request records."""

@@ -13,21 +13,30 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import orjson
 import structlog
 from attrs import frozen
 
 from specdec import registry
 from specdec.benchmarks.loader import default_benchmark_path, load_benchmark
-from specdec.config import dump_config
-from specdec.engines.vllm_offline import Capabilities, VllmOfflineEngine, capabilities, started
+from specdec.config import dump_config, load_config
+from specdec.engines.vllm_offline import Capabilities, VllmOfflineEngine, capabilities
 from specdec.errors import ConfigError, OutputExistsError
-from specdec.interfaces import MetricsSink, RunInfo, TargetInfo
-from specdec.metrics import summarise
+from specdec.interfaces import (
+    Engine,
+    EngineFactory,
+    EngineRun,
+    MetricsSink,
+    RunInfo,
+    TargetInfo,
+)
+from specdec.metrics import add_stats, request_spec, summarise
 from specdec.models import model_config, resolve_model
 from specdec.provenance import collect
 from specdec.records import Conversation, ExperimentConfig, RequestRecord, RunSummary
 from specdec.serialization import problems, structure, unstructure
 from specdec.sinks.json_file import FILE_NAME as METRICS_FILE
+from specdec.sinks.jsonl_file import FILE_NAME as RESPONSES_FILE
 
 log = structlog.get_logger("specdec.runner")
 
@@ -102,17 +111,63 @@ def default_output_dir(config: ExperimentConfig, base: Path = Path("results")) -
     return base / f"{stamp}-{config.name or config.strategy.name}"
 
 
-def _claim_output(output_dir: Path, *, overwrite: bool) -> None:
-    if (output_dir / METRICS_FILE).exists() and not overwrite:
+def read_responses(path: Path) -> list[RequestRecord]:
+    """The records of a ``responses.jsonl``, ignoring a last line cut by a crash.
+
+    A cut last line is removed from the file, so appending continues cleanly.
+    """
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    records: list[RequestRecord] = []
+    good = 0
+    for line in data.splitlines(keepends=True):
+        try:
+            raw = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            break
+        raw.pop("schema_version", None)
+        raw.pop("provenance", None)
+        records.append(structure(raw, RequestRecord))
+        good += len(line)
+    if good < len(data):
+        log.warning("dropping a cut line at the end of responses.jsonl", path=str(path))
+        with path.open("r+b") as handle:
+            handle.truncate(good)
+    return records
+
+
+def _claim_output(output_dir: Path, config: ExperimentConfig, *, overwrite: bool,
+                  resume: bool) -> list[RequestRecord]:
+    """Make the output folder ready; return the records of a run being resumed."""
+    responses = output_dir / RESPONSES_FILE
+    if overwrite:
+        for name in (METRICS_FILE, RESPONSES_FILE, CONFIG_FILE):
+            (output_dir / name).unlink(missing_ok=True)
+    if (output_dir / METRICS_FILE).exists():
         msg = (
             f"{output_dir} already holds a finished run ({METRICS_FILE}): choose another "
             "--output-dir, or pass --overwrite to replace it"
         )
         raise OutputExistsError(msg)
+    previous = read_responses(responses)
+    if previous and not resume:
+        msg = (
+            f"{output_dir} holds an unfinished run ({len(previous)} requests in "
+            f"{RESPONSES_FILE}): pass --resume to continue it, or --overwrite to start again"
+        )
+        raise OutputExistsError(msg)
+    if previous:
+        earlier = load_config(output_dir / CONFIG_FILE)
+        if earlier != config:
+            msg = (
+                f"{output_dir} holds an unfinished run of a different configuration: "
+                f"resume it with --config {output_dir / CONFIG_FILE}, or choose another "
+                "--output-dir"
+            )
+            raise OutputExistsError(msg)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        for name in (METRICS_FILE, "responses.jsonl", CONFIG_FILE):
-            (output_dir / name).unlink(missing_ok=True)
+    return previous
 
 
 class _Sinks:
@@ -143,12 +198,38 @@ class _Sinks:
         self._each("close", lambda s: s.close(summary))
 
 
+def _drive(engine: Engine, todo: Sequence[Conversation],
+           finished: Callable[[RequestRecord], None],
+           on_start: Callable[[int], None] | None) -> EngineRun:
+    engine.start()
+    try:
+        if on_start is not None:
+            on_start(len(todo))
+        return engine.run(todo, finished)
+    finally:
+        engine.close()
+
+
+def _summary(records: list[RequestRecord], previous: list[RequestRecord],
+             measured: EngineRun) -> RunSummary:
+    """Summarise a run; a resumed run adds its earlier requests' own times and counts."""
+    if not previous:
+        return summarise(records, measured.elapsed_s, measured.counters)
+    elapsed = measured.elapsed_s + sum(r.walltime_s for r in previous)
+    counters = measured.counters
+    if counters is not None:
+        counters = add_stats([counters, *(s for r in previous if (s := request_spec(r)))])
+    return attrs.evolve(summarise(records, elapsed, counters), resumed_requests=len(previous))
+
+
 def run_experiment(
     config: ExperimentConfig,
     output_dir: Path | None = None,
     *,
     overwrite: bool = False,
+    resume: bool = False,
     extra_sinks: Sequence[MetricsSink] = (),
+    engine_factory: EngineFactory = VllmOfflineEngine,
     on_record: Callable[[RequestRecord], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> RunResult:
@@ -158,19 +239,24 @@ def run_experiment(
     ``output_dir`` (a fresh folder under ``results/`` by default).
     ``on_start(n)`` is called with the number of conversations once the engine
     is ready; ``on_record`` after each finishes (progress display).
+
+    ``resume`` continues an interrupted run in ``output_dir``: requests already
+    in its ``responses.jsonl`` are kept and not run again.
     """
     prepared = prepare_run(config)
     resolved = prepared.config
     out = output_dir or default_output_dir(resolved)
-    _claim_output(out, overwrite=overwrite)
+    previous = _claim_output(out, resolved, overwrite=overwrite, resume=resume)
+    done = {r.id for r in previous}
+    todo = [c for c in prepared.conversations if c.id not in done]
     provenance = collect(prepared.capabilities.device)
     provenance["model_path"] = str(prepared.model_path)
     provenance["speculative_config"] = prepared.speculative_config
     (out / CONFIG_FILE).write_text(dump_config(resolved, provenance), encoding="utf-8")
 
     sinks = _Sinks(resolved.sinks, extra_sinks)
-    sinks.open(RunInfo(out, resolved, provenance))
-    records: list[RequestRecord] = []
+    sinks.open(RunInfo(out, resolved, provenance, tuple(previous)))
+    records: list[RequestRecord] = list(previous)
 
     def finished(record: RequestRecord) -> None:
         records.append(record)
@@ -178,14 +264,11 @@ def run_experiment(
         if on_record is not None:
             on_record(record)
 
-    engine = VllmOfflineEngine(resolved, prepared.model_path, prepared.speculative_config)
+    engine = engine_factory(resolved, prepared.model_path, prepared.speculative_config)
     summary: RunSummary | None = None
     try:
-        with started(engine):
-            if on_start is not None:
-                on_start(len(prepared.conversations))
-            measured = engine.run(prepared.conversations, finished)
-        summary = summarise(records, measured.elapsed_s, measured.counters)
+        measured = _drive(engine, todo, finished, on_start)
+        summary = _summary(records, previous, measured)
     finally:
         sinks.close(summary)
     return RunResult(out, resolved, prepared.speculative_config, tuple(records), summary,

