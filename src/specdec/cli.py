@@ -171,6 +171,153 @@ def _plugins(_args: argparse.Namespace) -> int:
     return print_plugins()
 
 
+def _batch_progress() -> Any:
+    from rich.progress import (  # noqa: PLC0415
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from specdec.display import stderr  # noqa: PLC0415
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=stderr)
+
+
+def _execute_batch(items: Sequence[Any], output_base: Path, name: str, threshold: float) -> int:
+    from specdec import logs  # noqa: PLC0415
+    from specdec.report import build_report, write_report  # noqa: PLC0415
+    from specdec.study import run_batch  # noqa: PLC0415
+
+    logs.configure()
+    with _batch_progress() as bar:
+        configs = bar.add_task("configurations", total=len(items))
+        requests = bar.add_task("requests", total=None)
+
+        def progress(item: str, done: int, total: int) -> None:
+            bar.update(requests, description=f"requests ({item})", completed=done, total=total)
+
+        def finished(_status: Any) -> None:
+            bar.advance(configs)
+
+        index = run_batch(items, output_base, name=name, near_tie_threshold=threshold,
+                          on_item=finished, on_progress=progress)
+    failed = [i for i in index.items if i.status != "done"]
+    for item in failed:
+        sys.stderr.write(f"specdec: {item.name} {item.status}: {item.error}\n")
+    if len(failed) < len(index.items):
+        report = build_report([output_base])
+        write_report(report, output_base / "report")
+        from specdec.display import print_report  # noqa: PLC0415
+
+        print_report(report)
+        sys.stdout.write(f"report: {output_base / 'report' / 'report.md'}\n")
+    return EXIT_FAILED if failed else 0
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from specdec.study import NEAR_TIE_THRESHOLD, items_from_configs  # noqa: PLC0415
+
+    benchmark = _benchmark_flags(args)
+    items = items_from_configs(args.configs, benchmark, args.repeats)
+    threshold = args.near_tie if args.near_tie is not None else NEAR_TIE_THRESHOLD
+    return _execute_batch(items, args.output_base, args.output_base.name, threshold)
+
+
+def _study(args: argparse.Namespace) -> int:
+    import attrs  # noqa: PLC0415
+
+    from specdec.study import expand_study, load_study  # noqa: PLC0415
+
+    study = load_study(args.study)
+    if args.repeats is not None:
+        study = attrs.evolve(study, repeats=args.repeats)
+    output_base = args.output_base or Path("results") / study.name
+    items = expand_study(study)
+    if args.dry_run:
+        for item in items:
+            sys.stdout.write(f"{item.name}\n")
+        return 0
+    return _execute_batch(items, output_base, study.name, study.near_tie_threshold)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from specdec.display import print_report  # noqa: PLC0415
+    from specdec.report import build_report, write_report  # noqa: PLC0415
+
+    report = build_report(args.runs, args.near_tie)
+    out = args.output or (args.runs[0] / "report" if len(args.runs) == 1
+                          else Path("results") / "report")
+    files = write_report(report, out)
+    print_report(report)
+    sys.stdout.write("wrote " + ", ".join(str(f) for f in files) + "\n")
+    return 0 if all(r.passed for r in report.lossless.values()) else EXIT_FAILED
+
+
+def _export(args: argparse.Namespace) -> int:
+    from specdec.export import export_spec_bench  # noqa: PLC0415
+
+    count = export_spec_bench(args.run, args.output, model_id=args.model_id)
+    sys.stdout.write(f"wrote {count} answers to {args.output}\n")
+    return 0
+
+
+def _add_study_commands(sub: Any) -> None:
+    batch = sub.add_parser(
+        "batch", help="run several experiment files on one benchmark, each in its own process",
+        description="Run each --configs file as its own process on the same prompts, into "
+                    "OUTPUT_BASE/<name>/, with OUTPUT_BASE/batch.json as the index and a report "
+                    "in OUTPUT_BASE/report/. A baseline (strategy none) is added per model if "
+                    "missing. Rerunning the same command resumes: finished configurations are "
+                    "skipped, a half-finished one continues. Exit 1 if any configuration failed.",
+    )
+    batch.add_argument("--configs", type=Path, nargs="+", required=True, metavar="FILE")
+    batch.add_argument("--output-base", type=Path, required=True, metavar="DIR")
+    batch.add_argument("--benchmark", help="prompt file for every configuration")
+    batch.add_argument("--benchmark-format")
+    batch.add_argument("--limit", type=int)
+    batch.add_argument("--categories")
+    batch.add_argument("--repeats", type=int, default=1, help="runs of each configuration")
+    batch.add_argument("--near-tie", type=float, help="near-tie threshold (nats), default 0.25")
+    batch.set_defaults(handler=_batch)
+
+    study = sub.add_parser(
+        "study", help="expand a study file (models x strategies x sweeps) and run it as a batch",
+        description="Run a study file: every model x strategy x swept setting x repeat as a "
+                    "batch (see `specdec batch`), then write the report. See docs/studies.md.",
+    )
+    study.add_argument("study", type=Path, help="study file (YAML or JSON)")
+    study.add_argument("--output-base", type=Path, help="default: results/<study name>")
+    study.add_argument("--repeats", type=int, help="override the study's repeats")
+    study.add_argument("--dry-run", action="store_true", help="list the runs and stop")
+    study.set_defaults(handler=_study)
+
+    report = sub.add_parser(
+        "report", help="compare runs with their baseline: tables, report.md, PNG plots",
+        description="Read batch folders and run folders; print speedup (Spec-Bench and "
+                    "throughput), acceptance, the best setting per category and the lossless "
+                    "check; write report.md, report.json and PNG plots. Exit 1 if the lossless "
+                    "check finds a real mismatch.",
+    )
+    report.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR")
+    report.add_argument("--output", type=Path, help="default: RUN_DIR/report")
+    report.add_argument("--near-tie", type=float, help="near-tie threshold (nats)")
+    report.set_defaults(handler=_report)
+
+    export = sub.add_parser(
+        "export", help="write a run in Spec-Bench's answer format",
+        description="Write one JSONL line per question in Spec-Bench's answer format, which "
+                    "Spec-Bench's evaluation/speed.py and equal.py read.",
+    )
+    export.add_argument("format", choices=["spec-bench"])
+    export.add_argument("run", type=Path, metavar="RUN_DIR")
+    export.add_argument("--output", "-o", type=Path, required=True)
+    export.add_argument("--model-id", help="model_id written into each line")
+    export.set_defaults(handler=_export)
+
+
 def run_parser(prog: str = "specdec-run") -> argparse.ArgumentParser:
     """The parser of ``specdec-run`` (and ``specdec run``)."""
     parser = argparse.ArgumentParser(
@@ -211,6 +358,7 @@ def toolbox_parser() -> argparse.ArgumentParser:
         "plugins", help="list every strategy, benchmark format and sink, with its package"
     )
     plugins.set_defaults(handler=_plugins)
+    _add_study_commands(sub)
     return parser
 
 

@@ -19,6 +19,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from specdec.records import GroupMetrics, SpecMetrics
+    from specdec.report import Report
     from specdec.runner import RunResult
 
 stdout = Console()
@@ -119,3 +120,28 @@ def print_plugins() -> int:
     if broken:
         stderr.print("some plugins failed to load; their error is in the status column")
     return 0
+
+
+def print_report(report: Report) -> None:
+    """The comparison table of ``specdec report``: every setting, overall and per category."""
+    table = Table(title="speedup over the baseline (Spec-Bench / throughput)")
+    table.add_column("setting")
+    for category in report.categories:
+        table.add_column(category, justify="right")
+    index = {(c.setting, c.category): c for c in report.comparisons}
+    for setting in report.settings:
+        cells = []
+        for category in report.categories:
+            comp = index.get((setting.name, category))
+            cells.append("-" if comp is None else
+                         f"{_fmt(comp.speedup_spec_bench)}/{_fmt(comp.speedup_throughput)}")
+        table.add_row(setting.name, *cells)
+    stdout.print(table)
+    for name, result in report.lossless.items():
+        verdict = "pass" if result.passed else "FAIL"
+        stdout.print(f"lossless {name}: {verdict} ({result.equal} equal, {result.near_tie} "
+                     f"near-tie flips, {result.mismatch} mismatches, {result.unclassified} "
+                     f"unclassified of {result.turns} turns)")
+    for category, best in report.best.items():
+        stdout.print(f"best for {category}: {best['setting']} (fastest {best['fastest']}, "
+                     f"margin {best['margin']})")

@@ -32,6 +32,9 @@ __all__ = [
     "group_metrics",
     "request_spec",
     "request_tokens_per_s",
+    "spec_bench_accept_lengths",
+    "spec_bench_mean_accepted_tokens",
+    "spec_bench_speedup",
     "spec_metrics",
     "speedup",
     "summarise",
@@ -254,3 +257,124 @@ def speedup(candidate: float, baseline: float) -> float | None:
     if baseline == 0:
         return None
     return candidate / baseline
+
+
+def _accepted_per_draft(spec: SpecStats) -> list[int]:
+    """Accepted draft tokens of each draft step of one turn.
+
+    ``accepted_per_step`` in the engine's order when it lists every draft;
+    otherwise rebuilt from ``acceptance_histogram`` (``histogram[j]`` steps with
+    ``j`` accepted, in increasing ``j``: the order is lost, the counts are not).
+
+    Raises:
+        ValueError: if neither lists every draft (only totals were recorded).
+    """
+    if len(spec.accepted_per_step) == spec.num_drafts:
+        return list(spec.accepted_per_step)
+    if sum(spec.acceptance_histogram) == spec.num_drafts:
+        return [j for j, count in enumerate(spec.acceptance_histogram) for _ in range(count)]
+    raise ValueError(
+        f"the turn's counts do not list its {spec.num_drafts} draft steps one by one "
+        "(neither accepted_per_step nor acceptance_histogram covers them)"
+    )
+
+
+def spec_bench_accept_lengths(turn: TurnRecord) -> list[int]:
+    """Tokens produced by each forward step of one turn, as Spec-Bench's ``accept_lengths``.
+
+    Spec-Bench appends one entry per target-model forward pass: the tokens that
+    pass added to the output, so the entries of a turn add up to its new tokens
+    (the baseline writes ``[1] * new_token``; prompt lookup decoding counts its
+    first, prefill, pass too).  From a turn's counts:
+
+    - the prefill step that produced the first token: 1 (vLLM proposes no draft
+      with it);
+    - each verify step that carried a draft, in order: accepted + 1 (the target
+      model's own token included);
+    - each decode step without a draft: 1.  Their number is not recorded, so it
+      is output_tokens - 1 - sum(accepted + 1 over draft steps), at least 0.
+
+    The last step can be cut short by ``max_tokens`` or a stop, and vLLM counts
+    its accepted tokens before the cut; then the tokens of the draft steps exceed
+    the output, no plain step is left, and the excess is taken off the last
+    entries (never below 1 per step) so that the entries add up to
+    ``output_tokens``, as in Spec-Bench.  The plain steps are listed after the
+    draft steps: their real place among them is unknown, which changes no mean.
+    Without counts (``spec`` None, speculation off) every step gives 1 token: the
+    baseline's ``[1] * output_tokens``.  No output gives no entries.
+
+    Raises:
+        ValueError: if the turn's counts do not list each draft step (neither
+            ``accepted_per_step`` nor ``acceptance_histogram`` covers
+            ``num_drafts``).
+    """
+    if turn.output_tokens <= 0:
+        return []
+    drafted = [] if turn.spec is None else [a + 1 for a in _accepted_per_draft(turn.spec)]
+    plain = max(turn.output_tokens - 1 - sum(drafted), 0)
+    lengths = [1, *drafted, *([1] * plain)]
+    excess = sum(lengths) - turn.output_tokens
+    for i in reversed(range(1, len(lengths))):
+        if excess <= 0:
+            break
+        cut = min(excess, lengths[i] - 1)
+        lengths[i] -= cut
+        excess -= cut
+    return lengths
+
+
+def spec_bench_mean_accepted_tokens(records: Sequence[RequestRecord]) -> float | None:
+    """Spec-Bench's "#Mean accepted tokens" of a group of requests.
+
+    The mean of every :func:`spec_bench_accept_lengths` entry of every turn of
+    every request, as ``evaluation/speed.py`` takes ``np.mean`` of all the
+    answers' ``accept_lengths`` together.  Since a turn's entries add up to its
+    output tokens, this is (barring a cut last step) all output tokens / all
+    forward steps, where the prefill and steps without a draft count as steps.
+    None when there are no entries (no output at all).
+
+    Raises:
+        ValueError: as :func:`spec_bench_accept_lengths`.
+    """
+    lengths = [n for r in records for t in r.turns for n in spec_bench_accept_lengths(t)]
+    return statistics.fmean(lengths) if lengths else None
+
+
+def _spec_bench_rate(records: Sequence[RequestRecord], which: str) -> float:
+    """Mean over requests of output tokens / walltime (both summed over turns)."""
+    if not records:
+        raise ValueError(f"no {which} requests to compute a Spec-Bench speedup from")
+    for record in records:
+        if record.walltime_s <= 0:
+            raise ValueError(
+                f"{which} request {record.id!r} has no walltime; Spec-Bench's speed.py "
+                "would divide by zero"
+            )
+    return statistics.fmean(request_tokens_per_s(r) for r in records)
+
+
+def spec_bench_speedup(
+    candidate: Sequence[RequestRecord], baseline: Sequence[RequestRecord]
+) -> float:
+    """Spec-Bench's "Speedup ratio" of a candidate run over a baseline run.
+
+    As ``evaluation/speed.py``: each request's rate is sum(new tokens) /
+    sum(wall time) over its turns (:func:`request_tokens_per_s`, with
+    ``output_tokens`` and ``walltime_s``); the speedup is
+
+        mean(candidate rates) / mean(baseline rates)
+
+    the same as :func:`speedup` of the two groups' ``tokens_per_s_mean``.
+    (speed.py counts the baseline's tokens by re-tokenizing its answer texts;
+    here both sides use the engine's own ``output_tokens``.)  Filter both by
+    category first for a per-category figure.
+
+    Raises:
+        ValueError: if either side has no requests, a request has no walltime, or
+            the baseline generated no tokens.
+    """
+    candidate_rate = _spec_bench_rate(candidate, "candidate")
+    baseline_rate = _spec_bench_rate(baseline, "baseline")
+    if baseline_rate == 0:
+        raise ValueError("the baseline generated no tokens; no Spec-Bench speedup")
+    return candidate_rate / baseline_rate

@@ -1,0 +1,137 @@
+"""PNG plots of a report, drawn with matplotlib (headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from specdec.report import Report
+
+
+def draw_all(report: Report, out: Path) -> list[Path]:
+    """Draw every plot the report's data supports; return the files written."""
+    import matplotlib as mpl  # noqa: PLC0415 - heavy, only when drawing
+
+    mpl.use("Agg")
+    drawn = [
+        _speedup_by_category(report, out / "speedup_by_category.png"),
+        _acceptance_by_position(report, out / "acceptance_by_position.png"),
+        _acceptance_histogram(report, out / "acceptance_length_histogram.png"),
+        _throughput_vs_batch(report, out / "throughput_vs_batch_size.png"),
+    ]
+    return [p for p in drawn if p is not None]
+
+
+def _speedup_by_category(report: Report, path: Path) -> Path | None:
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    from specdec.study import BASELINE  # noqa: PLC0415
+
+    names = [s.name for s in report.settings if s.strategy != BASELINE]
+    index = {(c.setting, c.category): c for c in report.comparisons}
+    if not names:
+        return None
+    categories = list(report.categories)
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(categories) + 2), 4.5))
+    for i, name in enumerate(names):
+        values = [getattr(index.get((name, c)), "speedup_spec_bench", None) or 0.0
+                  for c in categories]
+        xs = [x + (i - (len(names) - 1) / 2) * width for x in range(len(categories))]
+        ax.bar(xs, values, width, label=name)
+    ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+    ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
+    ax.set_ylabel("speedup (ratio of mean per-request tokens/s)")
+    ax.set_title("Speedup over the baseline, by category")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _acceptance_by_position(report: Report, path: Path) -> Path | None:
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    drawn = False
+    for setting in report.settings:
+        summary = setting.first.summary
+        spec = summary.engine_spec
+        if spec is None or not spec.acceptance_per_position:
+            spec = summary.overall.spec
+        if spec is None or not spec.acceptance_per_position:
+            continue
+        positions = range(1, len(spec.acceptance_per_position) + 1)
+        ax.plot(list(positions), list(spec.acceptance_per_position), marker="o",
+                label=setting.name)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("draft position")
+    ax.set_ylabel("share of drafts accepted at this position")
+    ax.set_ylim(0, 1)
+    ax.set_title("Acceptance by draft position")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _acceptance_histogram(report: Report, path: Path) -> Path | None:
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    rows = []
+    for setting in report.settings:
+        spec = setting.first.summary.overall.spec
+        if spec is not None and any(spec.acceptance_length_histogram):
+            rows.append((setting.name, spec.acceptance_length_histogram))
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    width = 0.8 / len(rows)
+    for i, (name, histogram) in enumerate(rows):
+        total = sum(histogram)
+        xs = [j + 1 + (i - (len(rows) - 1) / 2) * width for j in range(len(histogram))]
+        ax.bar(xs, [h / total for h in histogram], width, label=name)
+    ax.set_xlabel("acceptance length (accepted draft tokens + 1)")
+    ax.set_ylabel("share of drafts")
+    ax.set_title("Acceptance-length histogram")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _throughput_vs_batch(report: Report, path: Path) -> Path | None:
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    key = "engine.max_num_seqs"
+    lines: dict[str, list[tuple[float, float]]] = {}
+    for setting in report.settings:
+        size = setting.first.labels.get(key)
+        if not isinstance(size, int | float):
+            continue
+        values = setting.values("overall", "throughput")
+        if values:
+            family = setting.name.split(f"__{key.rsplit('.', maxsplit=1)[-1]}=")[0]
+            lines.setdefault(family, []).append((float(size), sorted(values)[len(values) // 2]))
+    if not lines:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for family, points in lines.items():
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=family)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("max_num_seqs (batch size limit)")
+    ax.set_ylabel("throughput (output tokens/s)")
+    ax.set_title("Throughput against batch size")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,377 @@
+"""Reports: compare runs with their baseline, pick the best settings, draw the plots.
+
+``specdec report RUN_DIR...`` accepts batch folders (with ``batch.json``) and
+single run folders.  Runs of one setting (model, strategy, swept values) are
+its repeats; each setting is compared with the baseline (strategy ``none``) of
+the same model and the same engine settings.  Speedups are reported two ways
+(``docs/metrics.md``): Spec-Bench's ratio of mean per-request token rates, and
+the ratio of total throughput.  Medians over repeats are shown with their
+spread, so a difference inside the noise is not taken for a win.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from attrs import field, frozen
+
+from specdec.config import load_config
+from specdec.errors import SpecdecError
+from specdec.lossless import LosslessResult, check
+from specdec.metrics import speedup
+from specdec.records import ExperimentConfig, GroupMetrics, RequestRecord, RunSummary
+from specdec.serialization import structure, unstructure, write_json
+from specdec.study import BASELINE, INDEX_FILE, NEAR_TIE_THRESHOLD, read_index
+
+OVERALL = "overall"
+NOISE_FLOOR = 0.03
+"""Smallest relative margin within which two settings count as equally fast."""
+
+
+@frozen
+class Run:
+    """One finished run folder."""
+
+    folder: Path
+    setting: str
+    repeat: int
+    labels: dict[str, Any]
+    config: ExperimentConfig
+    summary: RunSummary
+    records: tuple[RequestRecord, ...]
+
+    @property
+    def strategy(self) -> str:
+        """The strategy's name."""
+        return self.config.strategy.name
+
+    def group(self, category: str) -> GroupMetrics | None:
+        """The metrics of one category, or overall."""
+        if category == OVERALL:
+            return self.summary.overall
+        return self.summary.categories.get(category)
+
+    def throughput(self, category: str) -> float | None:
+        """Total tokens/s: the run's wall clock overall, summed request time per category."""
+        if category == OVERALL:
+            return self.summary.throughput_tokens_per_s
+        group = self.group(category)
+        return group.tokens_per_s_total if group else None
+
+
+@frozen
+class Spread:
+    """Median over repeats, with the relative spread (max - min) / median."""
+
+    median: float
+    spread: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread | None:
+        """Summarise the values of the repeats (None if there are none)."""
+        if not values:
+            return None
+        mid = statistics.median(values)
+        spread = (max(values) - min(values)) / mid if mid else 0.0
+        return cls(mid, spread, len(values))
+
+
+@frozen
+class Comparison:
+    """One setting against its baseline, in one category."""
+
+    setting: str
+    category: str
+    tokens_per_s_mean: Spread | None
+    throughput: Spread | None
+    speedup_spec_bench: float | None
+    speedup_throughput: float | None
+    acceptance_rate: float | None
+    mean_acceptance_length: float | None
+
+
+@frozen
+class Setting:
+    """The repeats of one configuration."""
+
+    name: str
+    runs: tuple[Run, ...]
+
+    @property
+    def first(self) -> Run:
+        """The first repeat (used for the lossless check)."""
+        return min(self.runs, key=lambda r: r.repeat)
+
+    @property
+    def strategy(self) -> str:
+        """The strategy's name."""
+        return self.first.strategy
+
+    def engine_labels(self) -> dict[str, Any]:
+        """Swept experiment keys (dotted paths), which a baseline must share."""
+        return {k: v for k, v in self.first.labels.items() if "." in k}
+
+    def values(self, category: str, which: str) -> list[float]:
+        """A metric of every repeat, in one category."""
+        out: list[float] = []
+        for run in self.runs:
+            if which == "throughput":
+                value = run.throughput(category)
+            else:
+                group = run.group(category)
+                value = group.tokens_per_s_mean if group else None
+            if value is not None:
+                out.append(value)
+        return out
+
+
+@frozen
+class Report:
+    """Everything ``specdec report`` shows and writes."""
+
+    settings: tuple[Setting, ...]
+    baselines: dict[str, str]
+    categories: tuple[str, ...]
+    comparisons: tuple[Comparison, ...]
+    best: dict[str, dict[str, str]]
+    lossless: dict[str, LosslessResult]
+    failed: tuple[str, ...] = ()
+    threshold: float = NEAR_TIE_THRESHOLD
+    files: tuple[Path, ...] = field(factory=tuple)
+
+
+def load_run(folder: Path, setting: str | None = None, repeat: int = 0,
+             labels: dict[str, Any] | None = None) -> Run:
+    """Read a finished run folder (its config.yaml and metrics.json)."""
+    metrics_path = folder / "metrics.json"
+    if not metrics_path.is_file():
+        msg = f"{folder} holds no finished run (no metrics.json)"
+        raise SpecdecError(msg)
+    data = orjson.loads(metrics_path.read_bytes())
+    config = load_config(folder / "config.yaml")
+    records = tuple(structure(r, RequestRecord) for r in data["requests"])
+    return Run(folder, setting or folder.name, repeat, labels or {}, config,
+               structure(data["summary"], RunSummary), records)
+
+
+def collect_runs(folders: Sequence[Path]) -> tuple[list[Run], list[str], float]:
+    """Runs from batch and run folders; also the failed items and the near-tie threshold."""
+    runs: list[Run] = []
+    failed: list[str] = []
+    threshold = NEAR_TIE_THRESHOLD
+    for folder in folders:
+        if (folder / INDEX_FILE).is_file():
+            index = read_index(folder)
+            threshold = index.near_tie_threshold
+            for item in index.items:
+                if item.status == "done":
+                    runs.append(load_run(folder / item.name, item.setting, item.repeat,
+                                         dict(item.labels)))
+                else:
+                    failed.append(f"{item.name}: {item.status}"
+                                  + (f" ({item.error})" if item.error else ""))
+        else:
+            runs.append(load_run(folder))
+    if not runs:
+        msg = "no finished runs in " + ", ".join(str(f) for f in folders)
+        raise SpecdecError(msg)
+    return runs, failed, threshold
+
+
+def _baseline_for(setting: Setting, settings: Sequence[Setting]) -> Setting | None:
+    candidates = [
+        s for s in settings
+        if s.strategy == BASELINE and s.first.config.model == setting.first.config.model
+        and s.engine_labels() == setting.engine_labels()
+    ]
+    return candidates[0] if candidates else None
+
+
+def _simplicity(setting: Setting) -> tuple[int, float]:
+    # The baseline is simplest; then fewer speculative tokens and smaller swept values.
+    options = setting.first.config.strategy.options
+    numbers = [v for v in options.values() if isinstance(v, int | float)]
+    numbers += [v for v in setting.first.labels.values() if isinstance(v, int | float)]
+    return (0 if setting.strategy == BASELINE else 1, float(sum(numbers)))
+
+
+def best_settings(
+    settings: Sequence[Setting], categories: Sequence[str]
+) -> dict[str, dict[str, str]]:
+    """Per category, the fastest setting by median, preferring a simpler one within the noise.
+
+    Two settings are within the noise when the slower's median is within
+    ``max(NOISE_FLOOR, spread of the fastest)`` of the fastest's.
+    """
+    best: dict[str, dict[str, str]] = {}
+    for category in categories:
+        scored = [(s, Spread.of(s.values(category, "tokens_per_s_mean"))) for s in settings]
+        ranked = [(s, sp) for s, sp in scored if sp is not None]
+        if not ranked:
+            continue
+        top, top_spread = max(ranked, key=lambda x: x[1].median)
+        margin = max(NOISE_FLOOR, top_spread.spread)
+        within = [s for s, sp in ranked if sp.median >= top_spread.median * (1 - margin)]
+        chosen = min(within, key=_simplicity)
+        best[category] = {
+            "setting": chosen.name,
+            "fastest": top.name,
+            "margin": f"{margin:.1%}",
+        }
+    return best
+
+
+def build_report(folders: Sequence[Path], threshold: float | None = None) -> Report:
+    """Compare every setting with its baseline, per category and overall."""
+    runs, failed, index_threshold = collect_runs(folders)
+    threshold = index_threshold if threshold is None else threshold
+    by_setting: dict[str, list[Run]] = {}
+    for run in runs:
+        by_setting.setdefault(run.setting, []).append(run)
+    settings = tuple(Setting(name, tuple(rs)) for name, rs in by_setting.items())
+    categories = sorted({c for r in runs for c in r.summary.categories})
+    all_categories = (*categories, OVERALL)
+    comparisons: list[Comparison] = []
+    baselines: dict[str, str] = {}
+    lossless: dict[str, LosslessResult] = {}
+    for setting in settings:
+        baseline = _baseline_for(setting, settings)
+        if baseline is not None:
+            baselines[setting.name] = baseline.name
+            if setting is not baseline:
+                lossless[setting.name] = check(setting.first.records, baseline.first.records,
+                                               threshold)
+        for category in all_categories:
+            rate = Spread.of(setting.values(category, "tokens_per_s_mean"))
+            total = Spread.of(setting.values(category, "throughput"))
+            base_rate = base_total = None
+            if baseline is not None:
+                base_rate = Spread.of(baseline.values(category, "tokens_per_s_mean"))
+                base_total = Spread.of(baseline.values(category, "throughput"))
+            group = setting.first.group(category)
+            spec = None
+            if group is not None:
+                spec = (setting.first.summary.engine_spec
+                        if category == OVERALL and setting.first.summary.engine_spec
+                        else group.spec)
+            comparisons.append(Comparison(
+                setting.name, category, rate, total,
+                speedup(rate.median, base_rate.median) if rate and base_rate else None,
+                speedup(total.median, base_total.median) if total and base_total else None,
+                spec.acceptance_rate if spec else None,
+                spec.mean_acceptance_length if spec else None,
+            ))
+    return Report(settings, baselines, all_categories, tuple(comparisons),
+                  best_settings(settings, all_categories), lossless, tuple(failed), threshold)
+
+
+def _f(value: float | None, digits: int = 2, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def _rate(spread: Spread | None) -> str:
+    if spread is None:
+        return "-"
+    if spread.n == 1:
+        return f"{spread.median:.1f}"
+    return f"{spread.median:.1f} ±{spread.spread / 2:.0%} (n={spread.n})"
+
+
+def _speedup_section(report: Report, index: dict[tuple[str, str], Comparison]) -> list[str]:
+    names = [s.name for s in report.settings if s.strategy != BASELINE]
+    lines = ["## Speedup by category", "",
+             "| category | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
+    for category in report.categories:
+        cells = []
+        for name in names:
+            comp = index.get((name, category))
+            cells.append("-" if comp is None else
+                         f"{_f(comp.speedup_spec_bench, suffix='x')} / "
+                         f"{_f(comp.speedup_throughput, suffix='x')}")
+        lines.append(f"| {category} | " + " | ".join(cells) + " |")
+    return [*lines, "", "Each cell: Spec-Bench speedup / throughput speedup.", ""]
+
+
+def _settings_section(report: Report, index: dict[tuple[str, str], Comparison]) -> list[str]:
+    lines = ["## Settings (overall)", "",
+             ("| setting | baseline | tokens/s per request | throughput tokens/s | "
+              "acceptance rate | mean acceptance length |"),
+             "| --- | --- | --- | --- | --- | --- |"]
+    for setting in report.settings:
+        comp = index[(setting.name, OVERALL)]
+        lines.append(
+            f"| {setting.name} | {report.baselines.get(setting.name, '-')} | "
+            f"{_rate(comp.tokens_per_s_mean)} | {_rate(comp.throughput)} | "
+            f"{_f(comp.acceptance_rate)} | {_f(comp.mean_acceptance_length)} |"
+        )
+    lines += ["", "## Best setting per category", "",
+              ("Fastest median per-request tokens/s; within the noise margin the simpler "
+               "setting (baseline, then fewer speculative tokens) is preferred."), "",
+              "| category | best | fastest | margin |", "| --- | --- | --- | --- |"]
+    lines += [f"| {category} | {best['setting']} | {best['fastest']} | {best['margin']} |"
+              for category, best in report.best.items()]
+    return [*lines, ""]
+
+
+def _lossless_section(report: Report) -> list[str]:
+    lines = ["## Lossless check", "",
+             (f"Greedy outputs compared token by token with the baseline's. A divergence "
+              f"where the baseline's top-2 log-probability margin is at most {report.threshold}"
+              " is a near-tie flip; above it, a real mismatch (a failure)."), "",
+             ("| setting | turns | equal | near-tie flips | mismatches | unclassified | "
+              "not compared | result |"),
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, result in report.lossless.items():
+        verdict = "pass" if result.passed else "FAIL"
+        lines.append(f"| {name} | {result.turns} | {result.equal} | {result.near_tie} | "
+                     f"{result.mismatch} | {result.unclassified} | {result.not_compared} | "
+                     f"{verdict} |")
+    for name, result in report.lossless.items():
+        shown = [c for c in result.comparisons if c.position is not None][:10]
+        if shown:
+            lines += ["", f"### Divergences of {name}", ""]
+            lines += [f"- `{c.id}` turn {c.turn + 1}, token {c.position}, {c.status}, margin "
+                      f"{_f(c.baseline_margin, 3)}: baseline `{c.baseline_text!r}` vs "
+                      f"`{c.candidate_text!r}`" for c in shown]
+    return [*lines, ""]
+
+
+def render_markdown(report: Report, plots: Sequence[Path]) -> str:
+    """The text of ``report.md``."""
+    index = {(c.setting, c.category): c for c in report.comparisons}
+    lines = ["# specdec report", "",
+             ("Speedup is shown two ways: **Spec-Bench** (ratio of mean per-request tokens/s) "
+              "and **throughput** (ratio of total output tokens/s). Medians over repeats; "
+              "± is half the relative spread. Definitions: docs/metrics.md."), ""]
+    lines += _speedup_section(report, index)
+    lines += _settings_section(report, index)
+    lines += _lossless_section(report)
+    if report.failed:
+        lines += ["## Failed runs", "", *(f"- {f}" for f in report.failed), ""]
+    if plots:
+        lines += ["## Plots", "", *(f"![{p.stem}]({p.name})" for p in plots)]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: Report, out: Path) -> list[Path]:
+    """Write ``report.md``, ``report.json`` and the plots into ``out``."""
+    from specdec.plots import draw_all  # noqa: PLC0415 - matplotlib only when writing
+
+    out.mkdir(parents=True, exist_ok=True)
+    plots = draw_all(report, out)
+    (out / "report.md").write_text(render_markdown(report, plots), encoding="utf-8")
+    write_json(out / "report.json", {
+        "comparisons": unstructure(report.comparisons),
+        "baselines": report.baselines,
+        "best": report.best,
+        "lossless": {k: {**unstructure(v), "passed": v.passed}
+                     for k, v in report.lossless.items()},
+        "failed": list(report.failed),
+        "near_tie_threshold": report.threshold,
+    })
+    return [out / "report.md", out / "report.json", *plots]

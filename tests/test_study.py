@@ -1,0 +1,171 @@
+"""Studies without an engine: expansion, baselines, the lossless check and reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from specdec.config import load_config
+from specdec.errors import ConfigError
+from specdec.lossless import check
+from specdec.records import RequestRecord, TurnRecord
+from specdec.report import build_report, write_report
+from specdec.runner import run_experiment
+from specdec.serialization import write_json
+from specdec.study import (
+    BatchIndex,
+    ItemStatus,
+    expand_study,
+    items_from_configs,
+    load_study,
+)
+
+from .test_runner import StandInEngine
+
+
+def _study(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_study_expands_models_strategies_sweeps_and_repeats(tmp_path: Path) -> None:
+    """models x strategies x option sweep x engine sweep x repeats, baseline added first."""
+    study = load_study(_study(tmp_path, """
+name: s
+benchmark: {limit: 2}
+models: [smollm2-135m]
+base: {generation: {max_tokens: 16}, engine: {enforce_eager: true}}
+strategies:
+  - name: ngram
+    prompt_lookup_max: 4
+    sweep: {num_speculative_tokens: [2, 4]}
+sweep: {engine.max_num_seqs: [1, 8]}
+repeats: 2
+"""))
+    items = expand_study(study)
+    settings = sorted({i.setting for i in items})
+    assert settings == [
+        "smollm2-135m__ngram__num_speculative_tokens=2__max_num_seqs=1",
+        "smollm2-135m__ngram__num_speculative_tokens=2__max_num_seqs=8",
+        "smollm2-135m__ngram__num_speculative_tokens=4__max_num_seqs=1",
+        "smollm2-135m__ngram__num_speculative_tokens=4__max_num_seqs=8",
+        "smollm2-135m__none__max_num_seqs=1",
+        "smollm2-135m__none__max_num_seqs=8",
+    ]
+    assert len(items) == 12
+    assert items[0].experiment["strategy"] == {"name": "none"}
+    ngram = next(i for i in items if i.setting.endswith("tokens=4__max_num_seqs=8"))
+    assert ngram.experiment["strategy"] == {"name": "ngram", "prompt_lookup_max": 4,
+                                            "num_speculative_tokens": 4}
+    assert ngram.experiment["engine"] == {"enforce_eager": True, "max_num_seqs": 8}
+    assert ngram.experiment["generation"] == {"max_tokens": 16, "logprobs": 2}
+    assert {i.name for i in items if i.setting == ngram.setting} == {
+        f"{ngram.setting}__r0", f"{ngram.setting}__r1"}
+
+
+def test_study_errors_name_the_item(tmp_path: Path) -> None:
+    """A bad key in a study names its path; a bad experiment names the item."""
+    with pytest.raises(ConfigError, match=r"extra fields found \(repeat\) @ \$"):
+        load_study(_study(tmp_path, "repeat: 2\n"))
+    study = load_study(_study(tmp_path, "base: {generation: {max_token: 3}}\n"))
+    with pytest.raises(ConfigError, match="study item smollm2-135m__none"):
+        expand_study(study)
+
+
+def test_batch_from_configs_adds_a_baseline(tmp_path: Path) -> None:
+    """Config files without a baseline get one per model, first."""
+    ngram = tmp_path / "ngram.yaml"
+    ngram.write_text("strategy: {name: ngram}\n")
+    draft = tmp_path / "draft.yaml"
+    draft.write_text("strategy: {name: draft_model}\n")
+    items = items_from_configs([ngram, draft], {"limit": 3}, repeats=1)
+    assert [i.name for i in items] == ["baseline", "ngram", "draft"]
+    assert items[0].experiment["strategy"] == {"name": "none"}
+    assert all(i.experiment["benchmark"]["limit"] == 3 for i in items)
+    assert all(i.experiment["generation"]["logprobs"] == 2 for i in items)
+
+
+def _turn(ids: list[int], margins: list[float] | None = None, text: str = "") -> TurnRecord:
+    return TurnRecord(prompt="q", output=text or " ".join(map(str, ids)), prompt_tokens=1,
+                      output_tokens=len(ids), ttft_s=0.1, decode_s=0.1,
+                      output_token_ids=tuple(ids), logprob_margins=tuple(margins or ()))
+
+
+def test_lossless_classifies_divergences() -> None:
+    """Equal, near-tie flip, real mismatch, unclassified, and later turns not compared."""
+    baseline = [
+        RequestRecord("a", "c", (_turn([1, 2, 3], [1.0, 1.0, 1.0]),)),
+        RequestRecord("b", "c", (_turn([1, 2, 3], [2.0, 0.1, 3.0]), _turn([4, 5], [1, 1]))),
+        RequestRecord("c", "c", (_turn([1, 2, 3], [2.0, 2.0, 2.0]),)),
+        RequestRecord("d", "c", (_turn([1, 2]),)),
+        RequestRecord("e", "c", (_turn([1]),)),
+    ]
+    candidate = [
+        RequestRecord("a", "c", (_turn([1, 2, 3]),)),
+        RequestRecord("b", "c", (_turn([1, 9, 3]), _turn([4, 6]))),
+        RequestRecord("c", "c", (_turn([1, 2, 7]),)),
+        RequestRecord("d", "c", (_turn([1, 3]),)),
+    ]
+    result = check(candidate, baseline, threshold=0.25)
+    statuses = [(c.id, c.turn, c.status) for c in result.comparisons]
+    assert statuses == [("b", 0, "near_tie"), ("b", 1, "not_compared"), ("c", 0, "mismatch"),
+                        ("d", 0, "unclassified"), ("e", 0, "missing")]
+    assert (result.equal, result.near_tie, result.mismatch) == (1, 1, 1)
+    near = result.comparisons[0]
+    assert near.position == 1
+    assert near.baseline_margin == 0.1
+    assert not result.passed
+    assert check(candidate[:2], baseline[:2], threshold=0.25).passed
+
+
+def test_shorter_candidate_diverges_where_it_stops() -> None:
+    """A candidate that stops early diverges at its length."""
+    result = check([RequestRecord("a", "c", (_turn([1, 2]),))],
+                   [RequestRecord("a", "c", (_turn([1, 2, 3], [5.0, 5.0, 5.0]),))], 0.25)
+    assert result.comparisons[0].position == 2
+    assert result.comparisons[0].status == "mismatch"
+
+
+def _fake_batch(tmp_path: Path) -> Path:
+    """A batch folder written by the stand-in engine: baseline and ngram, two repeats."""
+    base = tmp_path / "batch"
+    items = []
+    for strategy in ("none", "ngram"):
+        for repeat in (0, 1):
+            name = f"{strategy}__r{repeat}"
+            config = load_config(None, [f"strategy.name={strategy}", "benchmark.limit=6",
+                                        "sinks=[json]"])
+            run_experiment(config, base / name, engine_factory=StandInEngine)
+            items.append(ItemStatus(name, strategy, strategy, "smollm2-135m", repeat, {},
+                                    status="done"))
+    items.append(ItemStatus("broken", "broken", "ngram", "smollm2-135m", 0, {},
+                            status="failed", error="unknown strategy 'ngarm'"))
+    write_json(base / "batch.json", BatchIndex("batch", tuple(items)))
+    return base
+
+
+def test_report_compares_with_baseline_and_draws(tmp_path: Path) -> None:
+    """The report pairs repeats, computes both speedups, checks losslessness and draws PNGs."""
+    base = _fake_batch(tmp_path)
+    report = build_report([base])
+    assert [s.name for s in report.settings] == ["none", "ngram"]
+    assert report.baselines == {"none": "none", "ngram": "none"}
+    assert report.failed == ("broken: failed (unknown strategy 'ngarm')",)
+    overall = {c.setting: c for c in report.comparisons if c.category == "overall"}
+    assert overall["ngram"].speedup_spec_bench == pytest.approx(1.0)
+    assert overall["ngram"].tokens_per_s_mean is not None
+    assert overall["ngram"].tokens_per_s_mean.n == 2
+    assert report.lossless["ngram"].passed
+    assert report.best["overall"]["setting"] == "none"
+    files = write_report(report, base / "report")
+    names = sorted(f.name for f in files)
+    assert "report.md" in names
+    assert "speedup_by_category.png" in names
+    assert "acceptance_by_position.png" in names
+    text = (base / "report" / "report.md").read_text()
+    assert "## Speedup by category" in text
+    assert "| ngram | 8 | 8 | 0 | 0 | 0 | 0 | pass |" in text
+    for png in (f for f in files if f.suffix == ".png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
