@@ -9,9 +9,11 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 python="${PYTHON:-$(command -v python3.11 || command -v python3)}"
-extra="${SPECDEC_EXTRA:-cpu}"
 venv="$root/.venv"
 stamp="$venv/.specdec-install-stamp"
+# Keep the extra this environment was installed with (cpu or cuda) unless told otherwise.
+installed_extra="$(sed -n 's/.*-\([a-z]*\)$/\1/p' "$stamp" 2>/dev/null || true)"
+extra="${SPECDEC_EXTRA:-${installed_extra:-cpu}}"
 want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)-$extra"
 
 if [ ! -x "$venv/bin/python" ]; then

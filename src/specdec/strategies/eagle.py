@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import structlog
 from attrs import field, frozen
 
 from specdec.errors import StrategyError
@@ -17,6 +18,8 @@ from specdec.strategies.checks import (
     require_method,
     tensor_shapes,
 )
+
+log = structlog.get_logger("specdec.strategies.eagle")
 
 
 @frozen
@@ -51,7 +54,12 @@ class EagleStrategy:
         read_config(head, f"{self.method} head")
         shapes = _strip(tensor_shapes(head))
         if not shapes:
-            msg = f"{self.method} head folder {head} holds no .safetensors weights"
+            if any(head.glob("*.bin")) or any(head.glob("*.pt")):
+                # Pickled weights cannot be inspected without loading them; vLLM will.
+                log.warning("head weights are not safetensors; layout not checked",
+                            head=str(head))
+                return
+            msg = f"{self.method} head folder {head} holds no weights (.safetensors or .bin)"
             raise StrategyError(msg)
         self._check_layout(head, shapes, target)
 
