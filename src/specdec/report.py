@@ -22,7 +22,7 @@ from attrs import field, frozen
 from specdec.config import load_config
 from specdec.errors import SpecdecError
 from specdec.lossless import LosslessResult, check
-from specdec.metrics import speedup
+from specdec.metrics import spec_bench_mean_accepted_tokens, speedup
 from specdec.records import ExperimentConfig, GroupMetrics, RequestRecord, RunSummary
 from specdec.serialization import structure, unstructure, write_json
 from specdec.study import BASELINE, INDEX_FILE, NEAR_TIE_THRESHOLD, read_index
@@ -93,6 +93,8 @@ class Comparison:
     speedup_throughput: float | None
     acceptance_rate: float | None
     mean_acceptance_length: float | None
+    spec_bench_accepted_tokens: float | None = None
+    """Spec-Bench's "#Mean accepted tokens": output tokens per target forward step."""
 
 
 @frozen
@@ -259,12 +261,15 @@ def build_report(folders: Sequence[Path], threshold: float | None = None) -> Rep
                 spec = (setting.first.summary.engine_spec
                         if category == OVERALL and setting.first.summary.engine_spec
                         else group.spec)
+            records = [r for r in setting.first.records
+                       if category in (OVERALL, r.category)]
             comparisons.append(Comparison(
                 setting.name, category, rate, total,
                 speedup(rate.median, base_rate.median) if rate and base_rate else None,
                 speedup(total.median, base_total.median) if total and base_total else None,
                 spec.acceptance_rate if spec else None,
                 spec.mean_acceptance_length if spec else None,
+                spec_bench_mean_accepted_tokens(records),
             ))
     return Report(settings, baselines, all_categories, tuple(comparisons),
                   best_settings(settings, all_categories), lossless, tuple(failed), threshold)
@@ -300,14 +305,15 @@ def _speedup_section(report: Report, index: dict[tuple[str, str], Comparison]) -
 def _settings_section(report: Report, index: dict[tuple[str, str], Comparison]) -> list[str]:
     lines = ["## Settings (overall)", "",
              ("| setting | baseline | tokens/s per request | throughput tokens/s | "
-              "acceptance rate | mean acceptance length |"),
-             "| --- | --- | --- | --- | --- | --- |"]
+              "acceptance rate | mean acceptance length | Spec-Bench mean accepted tokens |"),
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for setting in report.settings:
         comp = index[(setting.name, OVERALL)]
         lines.append(
             f"| {setting.name} | {report.baselines.get(setting.name, '-')} | "
             f"{_rate(comp.tokens_per_s_mean)} | {_rate(comp.throughput)} | "
-            f"{_f(comp.acceptance_rate)} | {_f(comp.mean_acceptance_length)} |"
+            f"{_f(comp.acceptance_rate)} | {_f(comp.mean_acceptance_length)} | "
+            f"{_f(comp.spec_bench_accepted_tokens)} |"
         )
     lines += ["", "## Best setting per category", "",
               ("Fastest median per-request tokens/s; within the noise margin the simpler "
