@@ -1,4 +1,4 @@
-"""The seed's comprehensive runner: ``python run_all_experiments.py STUDY.yaml [--output-base DIR]``.
+"""The seed's comprehensive runner: ``python run_all_experiments.py STUDY.yaml``.
 
 Expands a study file (models x strategies x sweeps x repeats) into a batch and
 runs it, as ``specdec study``; see ``specdec study --help`` and docs/studies.md.

@@ -1,4 +1,4 @@
-"""The seed's batch runner: ``python run_batch.py --benchmark B --configs a.yaml b.yaml --output-base DIR``.
+"""The seed's batch runner: ``python run_batch.py --configs A.yaml B.yaml --output-base DIR``.
 
 The same as ``specdec batch``; see ``specdec batch --help``.
 """
