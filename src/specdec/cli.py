@@ -55,6 +55,17 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="run only the first N prompts")
     parser.add_argument("--categories", help="comma-separated categories to run")
     parser.add_argument("--sinks", help="comma-separated sinks (default: json,jsonl,log)")
+    parser.add_argument("--endpoint", metavar="URL",
+                        help="send requests to this OpenAI-compatible vLLM server instead of "
+                             "the offline engine (engine.backend=server, engine.url=URL)")
+    parser.add_argument("--launch", action="store_true",
+                        help="start a vLLM server for this run on a free loopback port, run "
+                             "against it, and stop it afterwards")
+    parser.add_argument("--concurrency", type=int,
+                        help="server backend: requests in flight (default: 1 in sequential "
+                             "mode, all in batch mode)")
+    parser.add_argument("--request-rate", type=float,
+                        help="server backend: send requests at this fixed rate per second")
     parser.add_argument("--raw-prompts", action="store_true",
                         help="send prompts as they are, without the chat template")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
@@ -89,6 +100,38 @@ def _benchmark_flags(args: argparse.Namespace) -> dict[str, Any]:
     return flags
 
 
+def _engine_flags(args: argparse.Namespace) -> dict[str, Any]:
+    flags: dict[str, Any] = {}
+    if args.endpoint:
+        flags |= {"backend": "server", "url": args.endpoint}
+    if args.launch:
+        flags |= {"backend": "server", "launch": True}
+    if args.concurrency is not None:
+        flags["concurrency"] = args.concurrency
+    if args.request_rate is not None:
+        flags["request_rate"] = args.request_rate
+    return flags
+
+
+def _top_level_flags(args: argparse.Namespace, current_strategy: Any) -> dict[str, Any]:
+    flags: dict[str, Any] = {}
+    if args.model:
+        flags["model"] = args.model
+    if args.strategy:
+        current = current_strategy
+        name = current.get("name") if isinstance(current, dict) else current
+        if name != args.strategy:
+            # Options belong to the strategy they were written for.
+            flags["strategy"] = {"name": args.strategy}
+    if args.mode:
+        flags["mode"] = args.mode
+    if args.raw_prompts:
+        flags["chat_template"] = False
+    if args.sinks:
+        flags["sinks"] = _split(args.sinks)
+    return flags
+
+
 def build_config(args: argparse.Namespace) -> Any:
     """The ExperimentConfig described by a config file, flags and overrides."""
     from specdec.config import apply_overrides, config_from_mapping, read_mapping  # noqa: PLC0415
@@ -96,26 +139,13 @@ def build_config(args: argparse.Namespace) -> Any:
     data: dict[str, Any] = read_mapping(args.config) if args.config else {}
     source = str(args.config) if args.config else "command line"
 
-    if args.model:
-        data["model"] = args.model
-    if args.strategy:
-        current = data.get("strategy")
-        name = current.get("name") if isinstance(current, dict) else current
-        if name != args.strategy:
-            # Options belong to the strategy they were written for.
-            data["strategy"] = {"name": args.strategy}
-    if args.mode:
-        data["mode"] = args.mode
-    if args.raw_prompts:
-        data["chat_template"] = False
-    if args.sinks:
-        data["sinks"] = _split(args.sinks)
-    benchmark = _benchmark_flags(args)
-    if benchmark:
-        section = data.setdefault("benchmark", {})
-        if not isinstance(section, dict):
-            raise ConfigError(source, ["expected a mapping @ $.benchmark"])
-        section.update(benchmark)
+    data.update(_top_level_flags(args, data.get("strategy")))
+    for name, values in (("engine", _engine_flags(args)), ("benchmark", _benchmark_flags(args))):
+        if values:
+            section = data.setdefault(name, {})
+            if not isinstance(section, dict):
+                raise ConfigError(source, [f"expected a mapping @ $.{name}"])
+            section.update(values)
     if args.overrides:
         data = apply_overrides(data, args.overrides)
         source += " with --set overrides"

@@ -110,7 +110,7 @@ def check(candidate: Sequence[RequestRecord], baseline: Sequence[RequestRecord],
     results: list[TurnComparison] = []
     for request in baseline:
         mine = ours.get(request.id)
-        if mine is None:
+        if mine is None or mine.error is not None:
             results.append(TurnComparison(request.id, 0, "missing"))
             continue
         diverged = False

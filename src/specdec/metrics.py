@@ -226,11 +226,15 @@ def summarise(
     :func:`group_metrics` of its requests.  ``throughput_tokens_per_s`` = all
     output tokens / ``elapsed_s``, the measured run's wall clock (0.0 if it is
     zero).  ``engine_spec`` is :func:`spec_metrics` of the engine's counters, read
-    as a difference around the measured run, when given.
+    as a difference around the measured run, when given.  Failed requests
+    (``error`` set) are counted in ``failed_requests`` and left out of every
+    aggregate.
 
     Raises:
-        ValueError: if ``records`` is empty.
+        ValueError: if no request succeeded.
     """
+    failed = sum(1 for r in records if r.error is not None)
+    records = [r for r in records if r.error is None]
     if not records:
         raise ValueError("cannot summarise a run without requests")
     by_category: dict[str, list[RequestRecord]] = {}
@@ -243,6 +247,7 @@ def summarise(
         overall=overall,
         categories={name: group_metrics(by_category[name]) for name in sorted(by_category)},
         engine_spec=spec_metrics(engine_counters) if engine_counters is not None else None,
+        failed_requests=failed,
     )
 
 

@@ -60,11 +60,18 @@ class GenerationConfig:
 
 @frozen
 class EngineConfig:
-    """Engine settings, passed to ``vllm.LLM``.
+    """Engine settings, passed to ``vllm.LLM`` (or to a vLLM server's command line).
 
     ``gpu_memory_utilization`` left unset takes a device-appropriate default (on
     the CPU backend it is the share of memory kept for the KV cache).  ``extra``
-    passes further ``vllm.LLM`` keyword arguments through unchanged.
+    passes further ``vllm.LLM`` keyword arguments (server flags, when launching)
+    through unchanged.
+
+    ``backend: server`` sends the benchmark to an OpenAI-compatible vLLM server
+    at ``url`` (``launch: true`` starts one on the loopback interface first), with
+    ``concurrency`` requests in flight (default 1 in sequential mode, all in
+    batch mode) or a fixed ``request_rate`` per second; each request is bounded
+    by ``timeout_s``.
     """
 
     dtype: str = "auto"
@@ -77,6 +84,16 @@ class EngineConfig:
     gpu_memory_utilization: float | None = None
     max_num_seqs: int | None = None
     extra: Mapping[str, Any] = field(factory=dict)
+    backend: Literal["offline", "server"] = "offline"
+    url: str | None = None
+    api_key_env: str | None = None
+    served_model_name: str | None = None
+    launch: bool = False
+    port: int | None = None
+    launch_timeout_s: float = 600.0
+    concurrency: int | None = None
+    request_rate: float | None = None
+    timeout_s: float = 600.0
 
 
 @frozen
@@ -172,6 +189,8 @@ class RequestRecord:
     id: str
     category: str
     turns: tuple[TurnRecord, ...]
+    error: str | None = None
+    """Why the request failed (its finished turns are kept); None if it succeeded."""
 
     @property
     def output_tokens(self) -> int:
@@ -250,3 +269,6 @@ class RunSummary:
     resumed_requests: int = 0
     """Requests finished by an earlier, interrupted session of this run; their
     time and counts come from their per-request records."""
+    failed_requests: int = 0
+    """Requests that failed (their errors are in the per-request records); every
+    aggregate above counts only the requests that succeeded."""

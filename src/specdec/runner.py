@@ -20,8 +20,9 @@ from attrs import frozen
 from specdec import registry
 from specdec.benchmarks.loader import default_benchmark_path, load_benchmark
 from specdec.config import dump_config, load_config
-from specdec.engines.vllm_offline import Capabilities, VllmOfflineEngine, capabilities
-from specdec.errors import ConfigError, OutputExistsError
+from specdec.engines import engine_for
+from specdec.engines.vllm_offline import Capabilities, capabilities
+from specdec.errors import ConfigError, EngineError, OutputExistsError
 from specdec.interfaces import (
     Engine,
     EngineFactory,
@@ -213,6 +214,13 @@ def _drive(engine: Engine, todo: Sequence[Conversation],
 def _summary(records: list[RequestRecord], previous: list[RequestRecord],
              measured: EngineRun) -> RunSummary:
     """Summarise a run; a resumed run adds its earlier requests' own times and counts."""
+    failed = [r for r in records if r.error is not None]
+    if len(failed) == len(records):
+        msg = (
+            f"all {len(records)} requests failed; the first: {failed[0].error}"
+            if failed else "the benchmark selection is empty"
+        )
+        raise EngineError(msg)
     if not previous:
         return summarise(records, measured.elapsed_s, measured.counters)
     elapsed = measured.elapsed_s + sum(r.walltime_s for r in previous)
@@ -229,7 +237,7 @@ def run_experiment(
     overwrite: bool = False,
     resume: bool = False,
     extra_sinks: Sequence[MetricsSink] = (),
-    engine_factory: EngineFactory = VllmOfflineEngine,
+    engine_factory: EngineFactory = engine_for,
     on_record: Callable[[RequestRecord], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> RunResult:
@@ -249,9 +257,13 @@ def run_experiment(
     previous = _claim_output(out, resolved, overwrite=overwrite, resume=resume)
     done = {r.id for r in previous}
     todo = [c for c in prepared.conversations if c.id not in done]
+    engine = engine_factory(resolved, prepared.model_path, prepared.speculative_config)
     provenance = collect(prepared.capabilities.device)
     provenance["model_path"] = str(prepared.model_path)
     provenance["speculative_config"] = prepared.speculative_config
+    describe = getattr(engine, "describe", None)
+    if callable(describe):
+        provenance["server"] = describe()
     (out / CONFIG_FILE).write_text(dump_config(resolved, provenance), encoding="utf-8")
 
     sinks = _Sinks(resolved.sinks, extra_sinks)
@@ -264,7 +276,6 @@ def run_experiment(
         if on_record is not None:
             on_record(record)
 
-    engine = engine_factory(resolved, prepared.model_path, prepared.speculative_config)
     summary: RunSummary | None = None
     try:
         measured = _drive(engine, todo, finished, on_start)
