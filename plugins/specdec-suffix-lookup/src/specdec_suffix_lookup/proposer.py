@@ -62,16 +62,14 @@ class Span(NamedTuple):
     start: int
 
 
-def _extend_single(window: Tokens, end: int, length: int, max_match: int) -> int:
-    """Match length of the one remaining candidate, grown as far as it goes at once."""
-    last = window.shape[0] - 1
-    room = min(max_match, end) - length
+def _match_length(window: Tokens, end: int, limit: int) -> int:
+    """How many tokens before index ``end`` equal the last tokens of ``window`` (at most limit)."""
+    room = min(limit, end)
     if room <= 0:
-        return length
-    before_occurrence = window[end - length - room : end - length][::-1]
-    before_suffix = window[last + 1 - length - room : last + 1 - length][::-1]
-    same = before_occurrence == before_suffix
-    return length + (room if bool(same.all()) else int(np.argmin(same)))
+        return 0
+    size = window.shape[0]
+    same = window[end - room : end][::-1] == window[size - room :][::-1]
+    return room if bool(same.all()) else int(np.argmin(same))
 
 
 def find_longest_span(
@@ -83,10 +81,12 @@ def find_longest_span(
     """Find the longest suffix of ``tokens`` that occurred earlier, most recent occurrence first.
 
     Only the last ``max_lookback`` tokens are searched (all of them when None).
-    Candidates are the positions after every earlier copy of the last token;
-    each round keeps those whose copy extends one token further back, so the
-    work is one comparison over the window and then one per surviving
-    candidate per round.  Returns None when no suffix of at least
+    Candidates are the positions after every earlier copy of the last token.
+    The most recent candidate's match is measured in one comparison; only an
+    earlier candidate that matches more tokens can beat it, so those are kept
+    (one comparison for all of them) and the search repeats among them.  On
+    repetitive text the most recent candidate usually reaches ``max_match`` at
+    once, which ends the search.  Returns None when no suffix of at least
     ``min_match`` tokens occurred earlier.
     """
     total = int(tokens.shape[0])
@@ -95,24 +95,23 @@ def find_longest_span(
     last = window.shape[0] - 1
     if last < 1:
         return None
-    # ends[j] is the index just after an earlier occurrence of the current match.
+    # ends[j] is the index just after an earlier copy of the last token, ascending.
     ends = np.flatnonzero(window[:last] == window[last]) + 1
-    if ends.size == 0:
-        return None
-    length = 1
-    while length < max_match:
-        if ends.size == 1:
-            length = _extend_single(window, int(ends[0]), length, max_match)
+    best: Span | None = None
+    while ends.size:
+        end = int(ends[-1])
+        length = _match_length(window, end, max_match)
+        best = Span(length=length, start=offset + end)
+        if length >= max_match:
             break
-        longer = ends[ends > length]
-        longer = longer[window[longer - 1 - length] == window[last - length]]
-        if longer.size == 0:
-            break
-        ends, length = longer, length + 1
-    if length < min_match:
+        rivals = ends[:-1]
+        rivals = rivals[rivals > length]
+        steps = np.arange(length + 1)
+        longer = (window[rivals[:, None] - 1 - steps] == window[last - steps]).all(axis=1)
+        ends = rivals[longer]
+    if best is None or best.length < min_match:
         return None
-    # flatnonzero is ascending and filtering keeps order: the last is the most recent.
-    return Span(length=length, start=offset + int(ends[-1]))
+    return best
 
 
 def draft_tokens(
