@@ -294,7 +294,51 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import time  # noqa: PLC0415
+
+    import attrs  # noqa: PLC0415
+
+    from specdec import logs  # noqa: PLC0415
+    from specdec.engines.launch import ServerProcess  # noqa: PLC0415
+    from specdec.runner import prepare_run  # noqa: PLC0415
+
+    logs.configure(args.log_format)
+    config = build_config(args)
+    if args.port is not None:
+        config = attrs.evolve(config, engine=attrs.evolve(config.engine, port=args.port))
+    prepared = prepare_run(config)
+    server = ServerProcess(prepared.config, prepared.model_path, prepared.speculative_config)
+    try:
+        url = server.start()
+        sys.stdout.write(
+            f"vLLM server ready at {url} ({prepared.config.strategy.name}); Ctrl-C stops it.\n"
+            f"measure it: specdec-run --endpoint {url} --strategy "
+            f"{prepared.config.strategy.name} ...\n"
+        )
+        sys.stdout.flush()
+        while server.process is not None and server.process.poll() is None:
+            time.sleep(1.0)
+        sys.stderr.write(f"specdec: the server exited; see {server.log_path}\n")
+        return EXIT_FAILED
+    finally:
+        server.stop()
+
+
 def _add_study_commands(sub: Any) -> None:
+    serve = sub.add_parser(
+        "serve", help="start vLLM's OpenAI-compatible server with a strategy, until Ctrl-C",
+        description="Start vLLM's OpenAI-compatible server on the loopback interface with the "
+                    "experiment's model, engine settings and the strategy's speculative_config "
+                    "on its command line, wait until it is healthy, print its URL, and stop it "
+                    "cleanly on Ctrl-C. To launch a server just for one run, use "
+                    "`specdec-run --launch` instead.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_run_arguments(serve)
+    serve.add_argument("--port", type=int, help="port to listen on (default: a free one)")
+    serve.set_defaults(handler=_serve)
+
     batch = sub.add_parser(
         "batch", help="run several experiment files on one benchmark, each in its own process",
         description="Run each --configs file as its own process on the same prompts, into "
