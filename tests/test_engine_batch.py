@@ -59,9 +59,14 @@ def batch(
         path = tmp / f"{name}.yaml"
         path.write_text(COMMON + text + "\n")
         files.append(str(path))
+    wanted = {"code-03", "code-04", "extract-01", "extract-02"}
+    lines = [line for line in (ROOT / "data" / "sample_benchmark.jsonl").read_bytes().splitlines()
+             if line.strip() and orjson.loads(line)["question_id"] in wanted]
+    bench = tmp / "bench.jsonl"
+    bench.write_bytes(b"\n".join(lines) + b"\n")
     base = tmp / "out"
     command = ["batch", "--configs", *files, "--output-base", str(base),
-               "--categories", "code_editing,extraction", "--limit", "4"]
+               "--benchmark", str(bench)]
     process = subprocess.Popen([str(BIN / "specdec"), *command], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)

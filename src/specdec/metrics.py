@@ -66,6 +66,40 @@ def add_stats(items: Iterable[SpecStats]) -> SpecStats:
     )
 
 
+def stats_from_histogram(
+    histogram: Sequence[int], num_draft_tokens: int, accepted_per_step: Sequence[int] = ()
+) -> SpecStats:
+    """One request's counts from vLLM's per-request acceptance histogram.
+
+    ``histogram[j]`` counts verify steps that accepted exactly ``j`` draft
+    tokens, so drafts = sum(histogram), accepted = sum(j * histogram[j]), and
+    position ``i`` was accepted in every step with ``j > i``: accepted at
+    position i = sum of histogram[j] for j > i.  These are the engine
+    counters' own definitions, counted per request.
+    """
+    counts = [int(c) for c in histogram]
+    return SpecStats(
+        num_drafts=sum(counts),
+        num_draft_tokens=int(num_draft_tokens),
+        num_accepted_tokens=sum(j * c for j, c in enumerate(counts)),
+        accepted_per_position=tuple(sum(counts[i + 1 :]) for i in range(len(counts) - 1)),
+        acceptance_histogram=tuple(counts),
+        accepted_per_step=tuple(int(a) for a in accepted_per_step),
+    )
+
+
+def subtract_stats(after: SpecStats, before: SpecStats) -> SpecStats:
+    """Counter deltas: ``after - before`` element-wise (per-position tuples padded)."""
+    positions = zip_longest(after.accepted_per_position, before.accepted_per_position,
+                            fillvalue=0)
+    return SpecStats(
+        num_drafts=after.num_drafts - before.num_drafts,
+        num_draft_tokens=after.num_draft_tokens - before.num_draft_tokens,
+        num_accepted_tokens=after.num_accepted_tokens - before.num_accepted_tokens,
+        accepted_per_position=tuple(a - b for a, b in positions),
+    )
+
+
 def spec_metrics(stats: SpecStats) -> SpecMetrics:
     """Acceptance figures of one set of counts.
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from specdec.report import Report
@@ -21,6 +21,17 @@ def draw_all(report: Report, out: Path) -> list[Path]:
         _throughput_vs_batch(report, out / "throughput_vs_batch_size.png"),
     ]
     return [p for p in drawn if p is not None]
+
+
+def _save(fig: Any, ax: Any, path: Path, title: str) -> Path:
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _speedup_by_category(report: Report, path: Path) -> Path | None:
@@ -43,12 +54,7 @@ def _speedup_by_category(report: Report, path: Path) -> Path | None:
     ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
     ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
     ax.set_ylabel("speedup (ratio of mean per-request tokens/s)")
-    ax.set_title("Speedup over the baseline, by category")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, "Speedup over the baseline, by category")
 
 
 def _acceptance_by_position(report: Report, path: Path) -> Path | None:
@@ -73,12 +79,7 @@ def _acceptance_by_position(report: Report, path: Path) -> Path | None:
     ax.set_xlabel("draft position")
     ax.set_ylabel("share of drafts accepted at this position")
     ax.set_ylim(0, 1)
-    ax.set_title("Acceptance by draft position")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, "Acceptance by draft position")
 
 
 def _acceptance_histogram(report: Report, path: Path) -> Path | None:
@@ -99,12 +100,7 @@ def _acceptance_histogram(report: Report, path: Path) -> Path | None:
         ax.bar(xs, [h / total for h in histogram], width, label=name)
     ax.set_xlabel("acceptance length (accepted draft tokens + 1)")
     ax.set_ylabel("share of drafts")
-    ax.set_title("Acceptance-length histogram")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, "Acceptance-length histogram")
 
 
 def _throughput_vs_batch(report: Report, path: Path) -> Path | None:
@@ -129,9 +125,4 @@ def _throughput_vs_batch(report: Report, path: Path) -> Path | None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("max_num_seqs (batch size limit)")
     ax.set_ylabel("throughput (output tokens/s)")
-    ax.set_title("Throughput against batch size")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, "Throughput against batch size")

@@ -215,7 +215,11 @@ def items_from_configs(paths: Sequence[Path], benchmark: Mapping[str, Any],
         if experiment["model"] not in models_with_baseline:
             models_with_baseline.add(experiment["model"])
             baseline = {**experiment, "strategy": {"name": BASELINE}, "name": None}
-            name = "baseline" if "baseline" not in seen else f"baseline-{len(seen)}"
+            name = "baseline"
+            if name in seen:
+                name = f"baseline-{_slug(str(experiment['model']).rstrip('/').split('/')[-1])}"
+            while name in seen:
+                name += "_"
             seen.add(name)
             experiments.insert(0, (name, baseline))
     return [

@@ -31,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from specdec.engines.launch import ServerProcess
 from specdec.errors import EngineError
 from specdec.interfaces import EngineRun
+from specdec.metrics import stats_from_histogram, subtract_stats
 from specdec.records import (
     Conversation,
     ExperimentConfig,
@@ -78,20 +79,10 @@ def parse_counters(text: str) -> SpecStats | None:
 
 
 def counter_delta(after: SpecStats | None, before: SpecStats | None) -> SpecStats | None:
-    """The counts accumulated between two readings."""
+    """The counts accumulated between two readings (None if the server has none)."""
     if after is None:
         return None
-    if before is None:
-        before = SpecStats()
-    width = max(len(after.accepted_per_position), len(before.accepted_per_position))
-    now = list(after.accepted_per_position) + [0] * (width - len(after.accepted_per_position))
-    then = list(before.accepted_per_position) + [0] * (width - len(before.accepted_per_position))
-    return SpecStats(
-        num_drafts=after.num_drafts - before.num_drafts,
-        num_draft_tokens=after.num_draft_tokens - before.num_draft_tokens,
-        num_accepted_tokens=after.num_accepted_tokens - before.num_accepted_tokens,
-        accepted_per_position=tuple(a - b for a, b in zip(now, then, strict=True)),
-    )
+    return subtract_stats(after, before or SpecStats())
 
 
 def _spec_from_response(metrics: Mapping[str, Any] | None) -> SpecStats | None:
@@ -99,15 +90,8 @@ def _spec_from_response(metrics: Mapping[str, Any] | None) -> SpecStats | None:
     if not metrics or not metrics.get("speculative_decoding"):
         return None
     spec = metrics["speculative_decoding"]
-    histogram = [int(c) for c in spec["acceptance_histogram"]]
-    return SpecStats(
-        num_drafts=sum(histogram),
-        num_draft_tokens=int(spec["num_draft_tokens"]),
-        num_accepted_tokens=sum(j * c for j, c in enumerate(histogram)),
-        accepted_per_position=tuple(sum(histogram[i + 1 :]) for i in range(len(histogram) - 1)),
-        acceptance_histogram=tuple(histogram),
-        accepted_per_step=tuple(int(a) for a in spec.get("per_step_accepted") or ()),
-    )
+    return stats_from_histogram(spec["acceptance_histogram"], spec["num_draft_tokens"],
+                                spec.get("per_step_accepted") or ())
 
 
 def _token_id(token: str) -> int | None:

@@ -24,6 +24,7 @@ from attrs import frozen
 
 from specdec.errors import EngineError
 from specdec.interfaces import EngineRun
+from specdec.metrics import stats_from_histogram, subtract_stats
 from specdec.records import (
     Conversation,
     ExperimentConfig,
@@ -109,24 +110,11 @@ def vllm_version() -> str | None:
 
 
 def _spec_stats(metrics: Any) -> SpecStats | None:
-    """Per-request speculative stats from vLLM's ``RequestSpecDecodeMetrics``.
-
-    ``histogram[j]`` counts verify steps with ``j`` accepted draft tokens, so the
-    drafts are its sum and position ``i`` was accepted in every step with
-    ``j > i`` (the same counting as the engine's own counters).
-    """
+    """Per-request speculative stats from vLLM's ``RequestSpecDecodeMetrics``."""
     if metrics is None:
         return None
-    histogram = [int(c) for c in metrics.histogram]
-    per_position = tuple(sum(histogram[i + 1 :]) for i in range(len(histogram) - 1))
-    return SpecStats(
-        num_drafts=sum(histogram),
-        num_draft_tokens=int(metrics.num_draft_tokens),
-        num_accepted_tokens=sum(j * c for j, c in enumerate(histogram)),
-        accepted_per_position=per_position,
-        acceptance_histogram=tuple(histogram),
-        accepted_per_step=tuple(int(a) for a in metrics.per_step_accepted),
-    )
+    return stats_from_histogram(metrics.histogram, metrics.num_draft_tokens,
+                                metrics.per_step_accepted)
 
 
 def _margins(logprobs: Any) -> tuple[float, ...]:
@@ -138,28 +126,6 @@ def _margins(logprobs: Any) -> tuple[float, ...]:
         values = sorted((float(lp.logprob) for lp in position.values()), reverse=True)
         margins.append(values[0] - values[1] if len(values) > 1 else float("inf"))
     return tuple(margins)
-
-
-@frozen
-class CounterSnapshot:
-    """The engine's cumulative speculative counters at one moment."""
-
-    drafts: int
-    draft_tokens: int
-    accepted: int
-    per_position: tuple[int, ...]
-
-    def minus(self, before: CounterSnapshot) -> SpecStats:
-        """The counts accumulated between ``before`` and this snapshot."""
-        width = max(len(self.per_position), len(before.per_position))
-        now = list(self.per_position) + [0] * (width - len(self.per_position))
-        then = list(before.per_position) + [0] * (width - len(before.per_position))
-        return SpecStats(
-            num_drafts=self.drafts - before.drafts,
-            num_draft_tokens=self.draft_tokens - before.draft_tokens,
-            num_accepted_tokens=self.accepted - before.accepted,
-            accepted_per_position=tuple(a - b for a, b in zip(now, then, strict=True)),
-        )
 
 
 class VllmOfflineEngine:
@@ -265,7 +231,7 @@ class VllmOfflineEngine:
         outputs: list[Any] = self._llm.generate(prompts, params, use_tqdm=False)
         return outputs
 
-    def _counters(self) -> CounterSnapshot:
+    def _counters(self) -> SpecStats:
         values: dict[str, int] = {}
         per_pos: dict[int, int] = {}
         for metric in self._llm.get_metrics():
@@ -275,11 +241,11 @@ class VllmOfflineEngine:
             elif metric.name in (COUNTER_DRAFTS, COUNTER_DRAFT_TOKENS, COUNTER_ACCEPTED):
                 # One counter per engine (data parallel); the run's figure is their sum.
                 values[metric.name] = values.get(metric.name, 0) + int(metric.value)
-        return CounterSnapshot(
-            drafts=values.get(COUNTER_DRAFTS, 0),
-            draft_tokens=values.get(COUNTER_DRAFT_TOKENS, 0),
-            accepted=values.get(COUNTER_ACCEPTED, 0),
-            per_position=tuple(per_pos[i] for i in sorted(per_pos)),
+        return SpecStats(
+            num_drafts=values.get(COUNTER_DRAFTS, 0),
+            num_draft_tokens=values.get(COUNTER_DRAFT_TOKENS, 0),
+            num_accepted_tokens=values.get(COUNTER_ACCEPTED, 0),
+            accepted_per_position=tuple(per_pos[i] for i in sorted(per_pos)),
         )
 
     def _turn(self, prompt: dict[str, Any], question: str, output: Any) -> TurnRecord:
@@ -322,7 +288,7 @@ class VllmOfflineEngine:
             for record in self._answer_batch(list(conversations), params):
                 on_record(record)
         elapsed = time.perf_counter() - start
-        delta = self._counters().minus(before) if self.speculative_config else None
+        delta = subtract_stats(self._counters(), before) if self.speculative_config else None
         return EngineRun(elapsed, delta)
 
     def _answer_batch(self, convs: list[Conversation], params: Any) -> list[RequestRecord]:
