@@ -61,7 +61,7 @@ def _acceptance_by_position(report: Report, path: Path) -> Path | None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    drawn = False
+    longest = 0
     for setting in report.settings:
         summary = setting.first.summary
         spec = summary.engine_spec
@@ -72,10 +72,11 @@ def _acceptance_by_position(report: Report, path: Path) -> Path | None:
         positions = range(1, len(spec.acceptance_per_position) + 1)
         ax.plot(list(positions), list(spec.acceptance_per_position), marker="o",
                 label=setting.name)
-        drawn = True
-    if not drawn:
+        longest = max(longest, len(spec.acceptance_per_position))
+    if not longest:
         plt.close(fig)
         return None
+    ax.set_xticks(range(1, longest + 1))
     ax.set_xlabel("draft position")
     ax.set_ylabel("share of drafts accepted at this position")
     ax.set_ylim(0, 1)
@@ -98,6 +99,7 @@ def _acceptance_histogram(report: Report, path: Path) -> Path | None:
         total = sum(histogram)
         xs = [j + 1 + (i - (len(rows) - 1) / 2) * width for j in range(len(histogram))]
         ax.bar(xs, [h / total for h in histogram], width, label=name)
+    ax.set_xticks(range(1, max(len(h) for _, h in rows) + 1))
     ax.set_xlabel("acceptance length (accepted draft tokens + 1)")
     ax.set_ylabel("share of drafts")
     return _save(fig, ax, path, "Acceptance-length histogram")
