@@ -32,6 +32,8 @@ class StandInEngine:
 
     stop_after: int | None = None
     runs: ClassVar[list[list[str]]] = []
+    speed_by_tokens: ClassVar[dict[int, float]] = {}
+    """Decode speed-up by num_speculative_tokens, to fake faster settings."""
 
     def __init__(self, config: ExperimentConfig, model: Path | str,
                  spec: Mapping[str, Any] | None) -> None:
@@ -50,9 +52,11 @@ class StandInEngine:
             if self.stop_after is not None and n == self.stop_after:
                 raise KeyboardInterrupt
             spec = SpecStats(2, 8, 3, (2, 1, 0, 0), (0, 1, 1, 0, 0), (1, 2))
+            k = (self.spec or {}).get("num_speculative_tokens", 0)
+            decode = 0.5 / self.speed_by_tokens.get(k, 1.0)
             turns = tuple(
                 TurnRecord(prompt=t, output="x", prompt_tokens=10, output_tokens=6,
-                           ttft_s=0.1, decode_s=0.5, spec=spec)
+                           ttft_s=0.1, decode_s=decode, spec=spec)
                 for t in conv.turns
             )
             on_record(RequestRecord(conv.id, conv.category, turns))
@@ -65,6 +69,7 @@ class StandInEngine:
 def _reset_engine() -> None:
     StandInEngine.stop_after = None
     StandInEngine.runs = []
+    StandInEngine.speed_by_tokens = {}
 
 
 def _run(out: Path, **kwargs: Any) -> Any:

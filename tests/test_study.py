@@ -169,3 +169,32 @@ def test_report_compares_with_baseline_and_draws(tmp_path: Path) -> None:
     assert "| ngram | 8 | 8 | 0 | 0 | 0 | 0 | pass |" in text
     for png in (f for f in files if f.suffix == ".png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_best_setting_prefers_the_simpler_within_the_noise(tmp_path: Path) -> None:
+    """k=4 is 1% faster than k=2: inside the 3% noise floor, so k=2 is named best."""
+    StandInEngine.speed_by_tokens = {2: 1.50, 4: 1.52}
+    base = tmp_path / "sweep"
+    items = []
+    for k in (0, 2, 4):
+        for seqs in (1, 4):
+            strategy = "none" if k == 0 else "ngram"
+            extra = [] if k == 0 else [f"strategy.num_speculative_tokens={k}"]
+            name = f"{strategy}-k{k}-s{seqs}"
+            config = load_config(None, [f"strategy.name={strategy}", "benchmark.limit=3",
+                                        "sinks=[json]", f"engine.max_num_seqs={seqs}", *extra])
+            run_experiment(config, base / name, engine_factory=StandInEngine)
+            setting = f"m__{strategy}" + (f"__num_speculative_tokens={k}" if k else "")
+            setting += f"__max_num_seqs={seqs}"
+            labels = {"engine.max_num_seqs": seqs, **({"num_speculative_tokens": k} if k else {})}
+            items.append(ItemStatus(name, setting, strategy, "smollm2-135m", 0, labels,
+                                    status="done"))
+    write_json(base / "batch.json", BatchIndex("sweep", tuple(items)))
+    report = build_report([base])
+    assert report.baselines["m__ngram__num_speculative_tokens=4__max_num_seqs=4"] == (
+        "m__none__max_num_seqs=4")
+    best = report.best["overall"]
+    assert best["fastest"].startswith("m__ngram__num_speculative_tokens=4")
+    assert best["setting"].startswith("m__ngram__num_speculative_tokens=2")
+    files = write_report(report, base / "report")
+    assert base / "report" / "throughput_vs_batch_size.png" in files

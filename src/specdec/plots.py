@@ -125,6 +125,8 @@ def _throughput_vs_batch(report: Report, path: Path) -> Path | None:
         points.sort()
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=family)
     ax.set_xscale("log", base=2)
+    sizes = sorted({p[0] for points in lines.values() for p in points})
+    ax.set_xticks(sizes, [f"{s:g}" for s in sizes])
     ax.set_xlabel("max_num_seqs (batch size limit)")
     ax.set_ylabel("throughput (output tokens/s)")
     return _save(fig, ax, path, "Throughput against batch size")
