@@ -117,6 +117,9 @@ def test_concurrency_changes_overlap(batch: Path) -> None:
 def test_report_and_lossless_cover_server_runs(batch: Path) -> None:
     """The batch's report compares server runs and the offline run with the baseline."""
     report = orjson.loads((batch / "report" / "report.json").read_bytes())
-    assert set(report["lossless"]) >= {"none-c4", "ngram-c1", "ngram-c4", "offline-ngram"}
+    assert report["baselines"] == {"none-c1": "none-c1", "none-c4": "none-c4",
+                                   "ngram-c1": "none-c1", "ngram-c4": "none-c4",
+                                   "offline-ngram": "none-c1"}
+    assert set(report["lossless"]) == {"ngram-c1", "ngram-c4", "offline-ngram"}
     for name in ("ngram-c1", "ngram-c4"):
         assert report["lossless"][name]["mismatch"] == 0, report["lossless"][name]

@@ -185,13 +185,31 @@ def collect_runs(folders: Sequence[Path]) -> tuple[list[Run], list[str], float]:
     return runs, failed, threshold
 
 
+IGNORED_FOR_PAIRING = ("strategy", "name", "sinks")
+IGNORED_ENGINE_KEYS = ("url", "port", "served_model_name", "api_key_env")
+
+
+def _context(setting: Setting) -> dict[str, Any]:
+    """What a baseline must share with a setting: everything but the strategy (and names)."""
+    data: dict[str, Any] = unstructure(setting.first.config)
+    for key in IGNORED_FOR_PAIRING:
+        data.pop(key, None)
+    # Two servers (with and without speculation) differ in address, not in settings.
+    data["engine"] = {k: v for k, v in data["engine"].items() if k not in IGNORED_ENGINE_KEYS}
+    return data
+
+
 def _baseline_for(setting: Setting, settings: Sequence[Setting]) -> Setting | None:
+    """The baseline run under the same settings, else the model's first baseline."""
     candidates = [
         s for s in settings
         if s.strategy == BASELINE and s.first.config.model == setting.first.config.model
         and s.engine_labels() == setting.engine_labels()
     ]
-    return candidates[0] if candidates else None
+    context = _context(setting)
+    same = [s for s in candidates if _context(s) == context]
+    chosen = same or candidates
+    return chosen[0] if chosen else None
 
 
 def _simplicity(setting: Setting) -> tuple[int, float]:
