@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
-from specdec.interfaces import RunInfo
+from specdec import load_config, run_experiment
+from specdec.interfaces import EngineRun, RunInfo
 from specdec.metrics import summarise
 from specdec.records import (
+    Conversation,
     ExperimentConfig,
     RequestRecord,
     SpecStats,
@@ -223,3 +226,37 @@ def test_registry_accepts_it() -> None:
     sinks = Registry(SINK, source=lambda _group: [])
     sinks.add("sqlite", SqliteSink)
     assert isinstance(sinks.create("sqlite"), SqliteSink)
+
+
+class StandInEngine:
+    """Answers every turn at once with fixed counts: the runner without vLLM."""
+
+    def __init__(self, config: ExperimentConfig, model: Path | str,
+                 spec: Mapping[str, Any] | None) -> None:
+        self.spec = spec
+
+    def start(self) -> None:
+        """Nothing to start."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def run(self, conversations: Sequence[Conversation],
+            on_record: Callable[[RequestRecord], None]) -> EngineRun:
+        for conversation in conversations:
+            turns = tuple(_turn(f"answer to {t}", 4, 2) for t in conversation.turns)
+            on_record(RequestRecord(conversation.id, conversation.category, turns))
+        return EngineRun(1.0, SpecStats(num_drafts=2, num_draft_tokens=6, num_accepted_tokens=2))
+
+
+def test_sink_in_a_run_of_the_real_runner(tmp_path: Path, db_path: Path) -> None:
+    """specdec's runner drives the sink through open, record and close."""
+    config = load_config(None, ["strategy.name=ngram", "benchmark.limit=3", "sinks=[json]"])
+    result = run_experiment(config, tmp_path / "run", engine_factory=StandInEngine,
+                            extra_sinks=[SqliteSink()])
+    assert result.sink_errors == ()
+    assert _query(db_path, "SELECT strategy, status, requests FROM runs") == [
+        ("ngram", "finished", 3)
+    ]
+    ((tokens,),) = _query(db_path, "SELECT SUM(output_tokens) FROM requests")
+    assert tokens == result.summary.overall.output_tokens
