@@ -154,10 +154,12 @@ def test_eagle3_expects_three_layers(tmp_path: Path) -> None:
         strategy.check(options, _target(tmp_path))
 
 
-def test_eagle_needs_a_head() -> None:
-    """The head path is required."""
+def test_eagle_head_defaults_to_the_bundled_alias() -> None:
+    """eagle defaults to the bundled model's trained head; eagle3 needs a head named."""
+    _, options = _options("eagle")
+    assert options.model == "smollm2-135m-eagle"
     with pytest.raises(ConfigError, match=r"required field missing @ \$\.strategy\.model"):
-        _options("eagle")
+        _options("eagle3")
 
 
 def test_method_missing_from_vllm(tmp_path: Path) -> None:

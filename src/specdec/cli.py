@@ -347,12 +347,14 @@ def _add_study_commands(sub: Any) -> None:
                     "missing. Rerunning the same command resumes: finished configurations are "
                     "skipped, a half-finished one continues. Exit 1 if any configuration failed.",
     )
-    batch.add_argument("--configs", type=Path, nargs="+", required=True, metavar="FILE")
-    batch.add_argument("--output-base", type=Path, required=True, metavar="DIR")
+    batch.add_argument("--configs", type=Path, nargs="+", required=True, metavar="FILE",
+                       help="experiment files (YAML or JSON), one configuration each")
+    batch.add_argument("--output-base", type=Path, required=True, metavar="DIR",
+                       help="batch folder: one subfolder per configuration, batch.json, report/")
     batch.add_argument("--benchmark", help="prompt file for every configuration")
-    batch.add_argument("--benchmark-format")
-    batch.add_argument("--limit", type=int)
-    batch.add_argument("--categories")
+    batch.add_argument("--benchmark-format", help="prompts | questions | chat; default: detected")
+    batch.add_argument("--limit", type=int, help="first N prompts (after --categories)")
+    batch.add_argument("--categories", help="comma-separated categories to run")
     batch.add_argument("--repeats", type=int, default=1, help="runs of each configuration")
     batch.add_argument("--near-tie", type=float, help="near-tie threshold (nats), default 0.25")
     batch.set_defaults(handler=_batch)
@@ -390,6 +392,13 @@ def _add_study_commands(sub: Any) -> None:
     export.add_argument("--output", "-o", type=Path, required=True)
     export.add_argument("--model-id", help="model_id written into each line")
     export.set_defaults(handler=_export)
+
+
+def _add_train_command(sub: Any) -> None:
+    # The parser is light; the handler imports torch and vLLM when it runs.
+    from specdec.training.command import add_train_parser  # noqa: PLC0415
+
+    add_train_parser(sub)
 
 
 def run_parser(prog: str = "specdec-run") -> argparse.ArgumentParser:
@@ -433,6 +442,7 @@ def toolbox_parser() -> argparse.ArgumentParser:
     )
     plugins.set_defaults(handler=_plugins)
     _add_study_commands(sub)
+    _add_train_command(sub)
     return parser
 
 

@@ -10,7 +10,7 @@ from attrs import field, frozen
 
 from specdec.errors import StrategyError
 from specdec.interfaces import TargetInfo
-from specdec.models import resolve_model
+from specdec.models import EAGLE_ALIAS, resolve_model
 from specdec.registry import PLUGIN_API_VERSION
 from specdec.strategies.checks import (
     positive,
@@ -24,7 +24,18 @@ log = structlog.get_logger("specdec.strategies.eagle")
 
 @frozen
 class EagleOptions:
-    """Options of EAGLE speculation: the head's folder and how many tokens it drafts."""
+    """Options of EAGLE speculation: the head's folder and how many tokens it drafts.
+
+    ``model`` defaults to the bundled model's trained head (``specdec train eagle``).
+    """
+
+    model: str = EAGLE_ALIAS
+    num_speculative_tokens: int = field(default=3, validator=positive)
+
+
+@frozen
+class Eagle3Options:
+    """Options of EAGLE-3 speculation: the head's folder (required) and its draft length."""
 
     model: str
     num_speculative_tokens: int = field(default=3, validator=positive)
@@ -40,12 +51,12 @@ class EagleStrategy:
 
     name = "eagle"
     plugin_api_version = PLUGIN_API_VERSION
-    options_type = EagleOptions
+    options_type: type[EagleOptions | Eagle3Options] = EagleOptions
     method = "eagle"
     fc_inputs = 2
     """``fc`` maps ``fc_inputs`` hidden-size vectors to one."""
 
-    def check(self, options: EagleOptions, target: TargetInfo) -> None:
+    def check(self, options: EagleOptions | Eagle3Options, target: TargetInfo) -> None:
         """VLLM must offer the method and the head's weights must fit the target."""
         require_method(target, self.method)
         head = resolve_model(options.model)
@@ -87,7 +98,8 @@ class EagleStrategy:
             )
             raise StrategyError(msg)
 
-    def speculative_config(self, options: EagleOptions, target: TargetInfo) -> dict[str, Any]:
+    def speculative_config(self, options: EagleOptions | Eagle3Options,
+                           target: TargetInfo) -> dict[str, Any]:
         """``{"method": "eagle", "model": <head folder>, "num_speculative_tokens": k}``."""
         return {
             "method": self.method,
@@ -101,6 +113,7 @@ class Eagle3Strategy(EagleStrategy):
 
     name = "eagle3"
     method = "eagle3"
+    options_type = Eagle3Options
     fc_inputs = 3
 
     def _check_layout(self, head: Path, shapes: dict[str, list[int]], target: TargetInfo) -> None:

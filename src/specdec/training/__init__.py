@@ -1,0 +1,34 @@
+"""Train speculative drafters on the CPU: today, EAGLE-1 heads in vLLM's layout.
+
+``specdec train eagle`` and :func:`train_eagle` generate the target's own
+answers with vLLM, collect its hidden states with transformers, train the head
+with torch, save it where vLLM loads it and measure it with the runner.  See
+``docs/eagle.md``.
+
+Importing this package is light; torch, transformers and vLLM are imported by
+the steps that need them.  A script calling :func:`train_eagle` must guard its
+entry with ``if __name__ == "__main__":`` because vLLM starts its workers with
+``spawn``.
+"""
+
+from __future__ import annotations
+
+from specdec.training.options import (
+    EAGLE_ALIAS,
+    SUPPORTED_MODEL_TYPES,
+    TrainingError,
+    TrainOptions,
+    check_target,
+)
+from specdec.training.pipeline import EagleTrainResult, Progress, train_eagle
+
+__all__ = [
+    "EAGLE_ALIAS",
+    "SUPPORTED_MODEL_TYPES",
+    "EagleTrainResult",
+    "Progress",
+    "TrainOptions",
+    "TrainingError",
+    "check_target",
+    "train_eagle",
+]

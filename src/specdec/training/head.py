@@ -1,0 +1,269 @@
+"""The EAGLE-1 head in torch, computing exactly what vLLM computes at draft time.
+
+vLLM's ``EagleLlamaForCausalLM`` (``vllm/model_executor/models/llama_eagle.py``)
+drafts token ``t + 2`` at position ``t`` from the embedding of token ``t + 1``
+and the target's hidden state at ``t``::
+
+    x = fc(cat(embed(token[t + 1]), hidden[t]))     # embedding first, then hidden
+    r = x + attention(x)                             # layer 0 has no input norm
+    h = r + mlp(post_attention_layernorm(r))         # returned without a final norm
+    logits = lm_head(h)                              # the target's own LM head
+
+``hidden`` is the target's last hidden state *after* its final norm (vLLM's
+Llama returns ``norm(hidden + residual)``, and the model runner hands that to
+the drafter).  The next drafting step feeds ``h`` back as the hidden state, one
+position further on, with the drafted token.
+
+This module imports torch; the rest of specdec imports it only when training.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812 - the usual name
+from torch import nn
+
+HEAD_PREFIX = "layers.0."
+"""Tensor names of the decoder layer inside vLLM's EAGLE-1 checkpoint."""
+
+
+class RMSNorm(nn.Module):  # type: ignore[misc]  # torch is untyped here
+    """Llama's RMS norm (computed in float32)."""
+
+    def __init__(self, size: int, eps: float) -> None:
+        """A norm over ``size`` features."""
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise the last dimension."""
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class Attention(nn.Module):  # type: ignore[misc]
+    """Llama attention (grouped-query, rotary) that can also attend as a drafting step.
+
+    A drafting step ``s >= 1`` at row ``i`` (position ``i + s``) sees what vLLM's
+    draft KV cache holds at that moment: the step-0 keys of positions ``0..i``
+    (written from the target's hidden states) and the keys its own earlier
+    drafting steps wrote at positions ``i + 1 .. i + s``.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        """Projections named as in a Llama checkpoint."""
+        super().__init__()
+        hidden = config["hidden_size"]
+        self.heads = config["num_attention_heads"]
+        self.kv_heads = config.get("num_key_value_heads") or self.heads
+        self.head_dim = config.get("head_dim") or hidden // self.heads
+        self.q_proj = nn.Linear(hidden, self.heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(hidden, self.kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(hidden, self.kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.heads * self.head_dim, hidden, bias=False)
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+
+    def project(self, x: torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries [B, H, T, D] and keys and values [B, H, T, D] (kv heads repeated)."""
+        from transformers.models.llama.modeling_llama import (  # noqa: PLC0415
+            apply_rotary_pos_emb,
+        )
+
+        batch, length, _ = x.shape
+        q = self.q_proj(x).view(batch, length, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        repeat = self.heads // self.kv_heads
+        if repeat > 1:
+            k = k.repeat_interleave(repeat, dim=1)
+            v = v.repeat_interleave(repeat, dim=1)
+        return q, k, v
+
+    def output(self, attended: torch.Tensor) -> torch.Tensor:
+        """[B, H, T, D] -> [B, T, hidden] through ``o_proj``."""
+        batch, _, length, _ = attended.shape
+        return self.o_proj(attended.transpose(1, 2).reshape(batch, length, -1))
+
+
+class MLP(nn.Module):  # type: ignore[misc]
+    """Llama's SwiGLU MLP."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        """Projections named as in a Llama checkpoint."""
+        super().__init__()
+        hidden, inner = config["hidden_size"], config["intermediate_size"]
+        self.gate_proj = nn.Linear(hidden, inner, bias=False)
+        self.up_proj = nn.Linear(hidden, inner, bias=False)
+        self.down_proj = nn.Linear(inner, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``down(silu(gate(x)) * up(x))``."""
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Layer(nn.Module):  # type: ignore[misc]
+    """A Llama decoder layer without its input norm (vLLM's EAGLE-1 layer 0)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        """Attention, MLP and the post-attention norm."""
+        super().__init__()
+        self.self_attn = Attention(config)
+        self.mlp = MLP(config)
+        self.post_attention_layernorm = RMSNorm(config["hidden_size"], config["rms_norm_eps"])
+
+    def finish(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """Residual, post-attention norm, MLP and residual again."""
+        residual = x + self.self_attn.output(attended)
+        return residual + self.mlp(self.post_attention_layernorm(residual))
+
+
+class EagleHead(nn.Module):  # type: ignore[misc]
+    """``fc`` plus one :class:`Layer`, with the target's embedding and LM head frozen.
+
+    ``forward`` runs ``steps`` drafting steps at once over padded sequences
+    (teacher forcing for step 0, the head's own hidden states after it) and
+    returns each step's predicted hidden states.
+    """
+
+    def __init__(self, config: dict[str, Any], embed: torch.Tensor) -> None:
+        """Build the head for a target described by its ``config.json`` mapping.
+
+        ``embed`` is the target's input embedding [vocab, hidden] (kept frozen).
+        """
+        from transformers import LlamaConfig  # noqa: PLC0415
+        from transformers.models.llama.modeling_llama import (  # noqa: PLC0415
+            LlamaRotaryEmbedding,
+        )
+
+        super().__init__()
+        hidden = config["hidden_size"]
+        self.config = dict(config)
+        self.fc = nn.Linear(2 * hidden, hidden, bias=False)
+        self.layers = nn.ModuleList([Layer(config)])
+        self.register_buffer("embed", embed.detach().float().clone(), persistent=False)
+        settings = {k: v for k, v in config.items() if k not in ("architectures", "dtype")}
+        self.rotary = LlamaRotaryEmbedding(LlamaConfig(**settings))
+
+    @property
+    def layer(self) -> Layer:
+        """The one decoder layer."""
+        layer: Layer = self.layers[0]
+        return layer
+
+    def head_state(self) -> dict[str, torch.Tensor]:
+        """The trainable weights under the names vLLM's EAGLE-1 loader expects."""
+        return {k: v for k, v in self.state_dict().items() if k.startswith(("fc.", "layers."))}
+
+    def _cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cos, sin = self.rotary(self.fc.weight, positions)
+        return cos.float(), sin.float()
+
+    def forward(self, tokens: torch.Tensor, hidden: torch.Tensor, next_tokens: torch.Tensor,
+                steps: int, *, detach: bool = False) -> list[torch.Tensor]:
+        """Predicted hidden states of each drafting step, each [B, T - 1, hidden].
+
+        Args:
+            tokens: [B, T] token ids of the sequences.
+            hidden: [B, T, hidden] the target's post-norm hidden states.
+            next_tokens: [B, T] the target's greedy next token at each position
+                (what an accepted draft would have been), used as the drafted
+                token of steps after the first.
+            steps: drafting steps to unroll.
+            detach: feed each step's prediction to the next without its gradient.
+
+        Row ``i`` of step ``s`` sits at position ``i + s`` and predicts the
+        target's hidden state at ``i + s + 1``; rows past a sequence's end are
+        garbage and must be masked by the caller.
+        """
+        batch, length = tokens.shape
+        rows = length - 1
+        base = torch.arange(rows, device=tokens.device).expand(batch, rows)
+        attn = self.layer.self_attn
+        outputs: list[torch.Tensor] = []
+        keys: list[torch.Tensor] = []
+        values: list[torch.Tensor] = []
+        previous = hidden[:, :-1]
+        first_k = first_v = torch.empty(0)
+        for step in range(steps):
+            # Step 0 reads the real next token; later steps the token an accepted draft had.
+            step_tokens = tokens[:, 1:] if step == 0 else _shift(next_tokens[:, 1:], step - 1)
+            x = self.fc(torch.cat((self.embed[step_tokens], previous), dim=-1))
+            cos, sin = self._cos_sin(base + step)
+            q, k, v = attn.project(x, cos, sin)
+            if step == 0:
+                attended = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                          scale=attn.scale)
+                first_k, first_v = k, v
+            else:
+                keys.append(k)
+                values.append(v)
+                attended = _draft_attention(q, (first_k, first_v), keys, values, attn.scale)
+            out = self.layer.finish(x, attended)
+            outputs.append(out)
+            previous = out.detach() if detach else out
+        return outputs
+
+
+def _shift(x: torch.Tensor, by: int) -> torch.Tensor:
+    """``x`` moved ``by`` places to the left along dim 1, padded with its last column."""
+    if by == 0:
+        return x
+    pad = x[:, -1:].expand(-1, by)
+    return torch.cat((x[:, by:], pad), dim=1)
+
+
+def _draft_attention(q: torch.Tensor, first: tuple[torch.Tensor, torch.Tensor],
+                     keys: list[torch.Tensor], values: list[torch.Tensor],
+                     scale: float) -> torch.Tensor:
+    """Attention of drafting step ``len(keys)``: causal over step 0, diagonal over later steps.
+
+    ``first`` holds step 0's keys and values (the draft cache written from the
+    target's hidden states); ``keys`` and ``values`` those of steps 1..s at the
+    same row (what the earlier drafting steps appended).
+    """
+    first_k, first_v = first
+    rows = q.shape[2]
+    scores = torch.matmul(q, first_k.transpose(-1, -2)) * scale
+    future = torch.ones(rows, rows, dtype=torch.bool, device=q.device).triu(1)
+    scores = scores.masked_fill(future, float("-inf"))
+    own = torch.stack([(q * k).sum(-1) * scale for k in keys], dim=-1)
+    weights = torch.softmax(torch.cat((scores, own), dim=-1).float(), dim=-1).to(q.dtype)
+    attended = torch.matmul(weights[..., :rows], first_v)
+    for index, v in enumerate(values):
+        attended = attended + weights[..., rows + index, None] * v
+    return attended
+
+
+def warm_start(head: EagleHead, target_weights: dict[str, torch.Tensor], layers: int) -> None:
+    """Start from the target's last decoder layer, with ``fc = [0 | I]`` and its outputs zeroed.
+
+    With ``fc`` passing the hidden state through and the attention's and MLP's
+    output projections at zero, the untrained head predicts "the next hidden
+    state equals this one", a sane baseline; the last layer's other weights give
+    the attention and MLP a trained place to start.  (Copying the layer whole
+    does not work: it expects the target's un-normalised residual stream and
+    blows the post-norm hidden states up by orders of magnitude.)
+    """
+    prefix = f"model.layers.{layers - 1}."
+    state = {
+        HEAD_PREFIX + key.removeprefix(prefix): value.float().clone()
+        for key, value in target_weights.items()
+        if key.startswith(prefix) and "input_layernorm" not in key
+    }
+    hidden = head.fc.weight.shape[0]
+    state["fc.weight"] = torch.cat((torch.zeros(hidden, hidden), torch.eye(hidden)), dim=1)
+    missing = set(head.head_state()) - set(state)
+    if missing:
+        msg = f"the target's layer {layers - 1} lacks {', '.join(sorted(missing))}"
+        raise KeyError(msg)
+    for name in ("self_attn.o_proj.weight", "mlp.down_proj.weight"):
+        state[HEAD_PREFIX + name].zero_()
+    head.load_state_dict(state, strict=False)
