@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from specdec.errors import ConfigError, InvalidOptionError
 from specdec.models import BASE_ALIAS
 from specdec.training.options import EAGLE_ALIAS, EVAL_STRATEGIES, TrainOptions
@@ -38,6 +40,10 @@ examples:
 """
 
 
+def _default(name: str) -> Any:
+    return attrs.fields_dict(TrainOptions)[name].default
+
+
 def add_train_parser(sub: Any) -> None:
     """Add ``train`` (with its ``eagle`` action) to the ``specdec`` sub-commands."""
     train = sub.add_parser("train", help="train a speculative drafter (EAGLE head) on the CPU")
@@ -58,35 +64,48 @@ def add_train_parser(sub: Any) -> None:
     data.add_argument("--eval-prompts", type=Path, metavar="FILE",
                       help="held-out prompts for the evaluation (removed from training); "
                            "default: a --holdout share of the prompts")
-    data.add_argument("--holdout", type=float, default=0.1, metavar="FRACTION",
+    data.add_argument("--holdout", type=float, default=_default("holdout_fraction"),
+                      metavar="FRACTION",
                       help="share of conversations held out when --eval-prompts is not given")
-    data.add_argument("--max-tokens", type=int, default=192,
-                      help="answer length the target generates per prompt (default 192)")
-    data.add_argument("--max-length", type=int, default=1024,
-                      help="longest sequence whose hidden states are kept (default 1024)")
+    data.add_argument("--max-tokens", type=int, default=_default("max_tokens"),
+                      help="answer length the target generates per prompt (default %(default)s)")
+    data.add_argument("--max-length", type=int, default=_default("max_length"),
+                      help="longest sequence whose hidden states are kept (default %(default)s)")
     data.add_argument("--set", dest="overrides", action="append", default=[],
                       metavar="KEY.PATH=VALUE",
                       help="experiment override for the generation and evaluation runs, "
                            "e.g. engine.enforce_eager=true (repeatable)")
 
     train_group = eagle.add_argument_group("training")
-    train_group.add_argument("--epochs", type=int, default=4)
+    train_group.add_argument("--epochs", type=int, default=_default("epochs"),
+                             help="passes over the data (default %(default)s)")
     train_group.add_argument("--max-steps", type=int, help="stop after this many steps")
-    train_group.add_argument("--lr", type=float, default=1e-3)
-    train_group.add_argument("--ce-weight", type=float, default=0.5,
-                             help="cross-entropy weight beside the feature regression")
-    train_group.add_argument("--unroll", type=int, default=3,
-                             help="drafting steps trained per position (1: teacher forcing)")
-    train_group.add_argument("--batch-tokens", type=int, default=4096,
-                             help="padded tokens per batch")
-    train_group.add_argument("--val-fraction", type=float, default=0.05,
+    train_group.add_argument("--lr", type=float, default=_default("lr"),
+                             help="peak learning rate (default %(default)s)")
+    train_group.add_argument("--ce-weight", type=float, default=_default("ce_weight"),
+                             help="cross-entropy weight beside the feature regression "
+                                  "(default %(default)s)")
+    train_group.add_argument("--unroll", type=int, default=_default("unroll"),
+                             help="drafting steps trained per position (1: teacher forcing; "
+                                  "default %(default)s)")
+    train_group.add_argument("--teacher-epochs", type=int, default=_default("teacher_epochs"),
+                             help="first epochs with teacher forcing only (default %(default)s)")
+    train_group.add_argument("--ce-vocab", type=int, default=_default("ce_vocab"),
+                             help="cross-entropy over the N most frequent target tokens "
+                                  "(0: the whole vocabulary; default %(default)s)")
+    train_group.add_argument("--batch-tokens", type=int, default=_default("batch_tokens"),
+                             help="padded tokens per batch (default %(default)s)")
+    train_group.add_argument("--val-fraction", type=float, default=_default("val_fraction"),
                              help="share of training conversations for the held-out loss")
-    train_group.add_argument("--patience", type=int, default=3,
+    train_group.add_argument("--patience", type=int, default=_default("patience"),
                              help="held-out evaluations without improvement before stopping")
-    train_group.add_argument("--eval-every", type=int, default=100, metavar="STEPS")
-    train_group.add_argument("--checkpoint-every", type=int, default=50, metavar="STEPS")
-    train_group.add_argument("--seed", type=int, default=0)
-    train_group.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    train_group.add_argument("--eval-every", type=int, default=_default("eval_every"),
+                             metavar="STEPS", help="held-out loss every N steps")
+    train_group.add_argument("--checkpoint-every", type=int,
+                             default=_default("checkpoint_every"), metavar="STEPS")
+    train_group.add_argument("--seed", type=int, default=_default("seed"))
+    train_group.add_argument("--threads", type=int, default=_default("threads"),
+                             help="torch threads (default %(default)s)")
 
     output = eagle.add_argument_group("output and evaluation")
     output.add_argument("--output", type=Path, metavar="DIR",
@@ -97,8 +116,9 @@ def add_train_parser(sub: Any) -> None:
     output.add_argument("--skip-eval", action="store_true", help="do not run step 5")
     output.add_argument("--eval-strategies", default=",".join(EVAL_STRATEGIES),
                         help="compared with the baseline (default ngram,draft_model,eagle)")
-    output.add_argument("--eval-k", type=int, default=3, help="speculative tokens (default 3)")
-    output.add_argument("--eval-max-tokens", type=int, default=128)
+    output.add_argument("--eval-k", type=int, default=_default("eval_k"),
+                        help="speculative tokens (default %(default)s)")
+    output.add_argument("--eval-max-tokens", type=int, default=_default("eval_max_tokens"))
     output.add_argument("--eval-draft", help="draft model for draft_model (default: the "
                                              "bundled truncated draft for the bundled target)")
     output.add_argument("--eval-set", dest="eval_overrides", action="append", default=[],
@@ -133,6 +153,8 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
             lr=args.lr,
             ce_weight=args.ce_weight,
             unroll=args.unroll,
+            teacher_epochs=args.teacher_epochs,
+            ce_vocab=args.ce_vocab,
             patience=args.patience,
             eval_every=args.eval_every,
             checkpoint_every=args.checkpoint_every,

@@ -69,16 +69,16 @@ class TrainOptions:
     max_tokens: int = field(default=192, validator=_positive)
     """New tokens per answer when the target generates its training answers."""
     engine_overrides: tuple[str, ...] = ()
-    max_length: int = field(default=1024, validator=_positive)
+    max_length: int = field(default=512, validator=_positive)
     """Longest sequence (prompt + answer) whose hidden states are collected; longer
     prompts lose their beginning, the answer is always kept."""
     collect_dtype: FeatureDtype = "bfloat16"
     """Precision of the transformers pass: bfloat16 is what vLLM runs the bundled
     model in (``dtype: auto``), and several times faster on CPUs with AVX-512 BF16."""
     feature_dtype: FeatureDtype = "bfloat16"
-    batch_tokens: int = field(default=4096, validator=_positive)
+    batch_tokens: int = field(default=2048, validator=_positive)
     shard_tokens: int = field(default=32768, validator=_positive)
-    epochs: int = field(default=4, validator=_positive)
+    epochs: int = field(default=8, validator=_positive)
     max_steps: int | None = field(default=None, validator=_positive)
     lr: float = field(default=1e-3, validator=_positive)
     warmup_steps: int = 20
@@ -87,8 +87,11 @@ class TrainOptions:
     """Weight of the token cross-entropy beside the feature regression."""
     unroll: int = field(default=3, validator=_positive)
     """Drafting steps trained per position (1: teacher forcing only)."""
+    teacher_epochs: int = 6
+    """Epochs trained with teacher forcing only (cheap, fast to learn the first
+    draft) before the ``unroll`` steps are trained."""
     step_decay: float = field(default=0.8, validator=_positive)
-    soft_labels: bool = True
+    soft_labels: bool = False
     """Cross-entropy against the target's full distribution (over ``ce_vocab``) rather
     than its greedy token alone: more signal per position."""
     detach_steps: bool = True
@@ -100,8 +103,8 @@ class TrainOptions:
     autocast: bool = True
     """Run the head's matrix products in bfloat16 (weights stay float32)."""
     patience: int = field(default=3, validator=_positive)
-    eval_every: int = field(default=100, validator=_positive)
-    checkpoint_every: int = field(default=50, validator=_positive)
+    eval_every: int = field(default=200, validator=_positive)
+    checkpoint_every: int = field(default=100, validator=_positive)
     val_tokens: int = field(default=16384, validator=_positive)
     """Held-out positions scored at each evaluation during training (a prefix)."""
     seed: int = 0

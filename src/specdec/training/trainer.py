@@ -416,7 +416,8 @@ class Trainer:
             shard, indices = plan[position]
             if shard != current:
                 data, current = self.train.load(shard), shard
-            figures = self._step(make_batch(data, indices), state["step"])
+            state["phase"] = self._steps_for(state["epoch"])
+            figures = self._step(make_batch(data, indices), state["step"], state["phase"])
             state["step"] += 1
             state["batch"] = position + 1
             end_of_epoch = position + 1 == len(plan)
@@ -446,6 +447,7 @@ class Trainer:
             "step": 0, "epoch": 0, "batch": 0, "history": [], "bad_evals": 0,
             "best_loss": math.inf, "best_step": 0, "best_state": None, "seconds": 0.0,
             "stopped_early": False, "last_eval": -1, "running": [],
+            "phase": self._steps_for(0), "eval_phase": self._steps_for(0),
         }
         if self.checkpoint_path.is_file():
             saved = torch.load(self.checkpoint_path, weights_only=False)
@@ -465,11 +467,15 @@ class Trainer:
         self._save({**state, "head": self.head.head_state(),
                     "optimizer": self.optimizer.state_dict()})
 
-    def _step(self, batch: Batch, step: int) -> dict[str, Any]:
+    def _steps_for(self, epoch: int) -> int:
+        """Drafting steps trained in ``epoch``: teacher forcing first, then the unroll."""
+        return 1 if epoch < self.options.teacher_epochs else self.options.unroll
+
+    def _step(self, batch: Batch, step: int, steps: int) -> dict[str, Any]:
         opts = self.options
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(opts, step, self.total_steps)
-        loss, stats = self.objective(self.head, batch, opts.unroll)
+        loss, stats = self.objective(self.head, batch, steps)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if opts.grad_clip > 0:
@@ -483,7 +489,12 @@ class Trainer:
             state["best_state"] = {k: v.clone() for k, v in self.head.head_state().items()}
             state["best_step"] = state["last_eval"] = state["step"]
             return
-        figures = self._validate(opts.unroll, opts.val_tokens)
+        if state["phase"] != state["eval_phase"]:
+            # Losses of different unroll depths do not compare: each phase picks its best,
+            # and the last phase's best is the head.
+            state["eval_phase"] = state["phase"]
+            state["best_loss"], state["bad_evals"] = math.inf, 0
+        figures = self._validate(state["phase"], opts.val_tokens)
         loss = figures["loss"]
         state["last_eval"] = state["step"]
         state["history"].append({"step": state["step"], "val_loss": loss,
@@ -509,7 +520,7 @@ def _log_entry(state: dict[str, Any], running: list[dict[str, Any]]) -> dict[str
         "lr": round(running[-1]["lr"], 8) if running else None,
         "loss": round(sum(r["loss"] for r in running) / count, 5),
         "acc": [round(sum(r["acc"][s] for r in running) / count, 4)
-                for s in range(len(running[0]["acc"]))] if running else [],
+                for s in range(min(len(r["acc"]) for r in running))] if running else [],
     }
 
 
