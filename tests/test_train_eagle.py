@@ -236,6 +236,27 @@ def test_objective_trains_the_head(tiny_target: Path, tmp_path: Path) -> None:
     assert len(result.validation["acc"]) == 3
 
 
+def test_feature_noise_reaches_inputs_only_while_training(tiny_target: Path,
+                                                          tmp_path: Path) -> None:
+    """Noise changes the training loss, not the held-out one, and never the regression target."""
+    from specdec.training.features import collect
+    from specdec.training.trainer import Trainer, make_batch
+
+    options = _options(tmp_path, feature_noise=0.5)
+    collect(options, tiny_target, _sequences(), tmp_path / "work")
+    trainer = Trainer(options, tiny_target, _config(tiny_target), tmp_path / "work")
+    data = trainer.train.load(0)
+    batch = make_batch(data, list(range(min(4, len(trainer.train.lengths[0])))))
+    clean = batch.hidden.clone()
+    with torch.no_grad():
+        held_out = [trainer.objective(trainer.head, batch, 2)[0] for _ in range(2)]
+        noisy = [trainer.objective(trainer.head, batch, 2, train=True)[0] for _ in range(2)]
+    assert torch.equal(batch.hidden, clean)
+    assert torch.equal(held_out[0], held_out[1])
+    assert not torch.equal(noisy[0], noisy[1])
+    assert not torch.equal(noisy[0], held_out[0])
+
+
 def test_resume_matches_an_uninterrupted_training(tiny_target: Path, tmp_path: Path) -> None:
     """Stopping after step 4 and resuming from the checkpoint ends with the same weights."""
     from specdec.training.features import collect

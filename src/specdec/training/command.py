@@ -90,6 +90,10 @@ def add_train_parser(sub: Any) -> None:
                                   "default %(default)s)")
     train_group.add_argument("--teacher-epochs", type=int, default=_default("teacher_epochs"),
                              help="first epochs with teacher forcing only (default %(default)s)")
+    train_group.add_argument("--feature-noise", type=float, default=_default("feature_noise"),
+                             metavar="WIDTH",
+                             help="uniform noise of this width on the input hidden states "
+                                  "while training (default %(default)s)")
     train_group.add_argument("--ce-vocab", type=int, default=_default("ce_vocab"),
                              help="cross-entropy over the N most frequent target tokens "
                                   "(0: the whole vocabulary; default %(default)s)")
@@ -155,6 +159,7 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
             unroll=args.unroll,
             teacher_epochs=args.teacher_epochs,
             ce_vocab=args.ce_vocab,
+            feature_noise=args.feature_noise,
             patience=args.patience,
             eval_every=args.eval_every,
             checkpoint_every=args.checkpoint_every,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from attrs import field, frozen
+from attrs import field, frozen, validators
 
 from specdec.errors import InvalidOptionError, ModelError, SpecdecError
 from specdec.models import BASE_ALIAS, DRAFT_ALIAS
@@ -97,6 +97,9 @@ class TrainOptions:
     detach_steps: bool = True
     """Drafting steps after the first see the previous step's prediction without
     back-propagating into it (stabler on small batches)."""
+    feature_noise: float = field(default=0.0, validator=validators.ge(0.0))
+    """Width of uniform noise added to the input hidden states while training
+    (EAGLE's augmentation against over-fitting; targets stay clean). 0: none."""
     ce_vocab: int = 8192
     """Cross-entropy over the most frequent target tokens of the data (0: all)."""
     grad_clip: float = 1.0

@@ -40,7 +40,7 @@ STAGES: dict[str, tuple[str, ...]] = {
                  "batch_tokens", "shard_tokens"),
     "train": ("epochs", "max_steps", "lr", "warmup_steps", "weight_decay", "ce_weight",
               "unroll", "step_decay", "ce_vocab", "grad_clip", "autocast", "patience",
-              "soft_labels", "detach_steps", "teacher_epochs",
+              "soft_labels", "detach_steps", "teacher_epochs", "feature_noise",
               "eval_every", "val_tokens", "threads"),
     "evaluate": ("evaluate", "eval_strategies", "eval_k", "eval_draft", "eval_max_tokens",
                  "eval_overrides"),

@@ -198,11 +198,19 @@ class Objective:
         self.options = options
 
     def __call__(self, head: EagleHead, batch: Batch, steps: int, *,
-                 full_vocab: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
-        """The weighted loss and per-step figures (regression, cross-entropy, accuracy)."""
+                 full_vocab: bool = False, train: bool = False,
+                 ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The weighted loss and per-step figures (regression, cross-entropy, accuracy).
+
+        With ``train`` the head reads the hidden states with ``feature_noise``
+        added; the regression targets are always the clean states.
+        """
         opts = self.options
+        inputs = batch.hidden
+        if train and opts.feature_noise > 0:
+            inputs = inputs + (torch.rand_like(inputs) - 0.5) * opts.feature_noise
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=opts.autocast):
-            outputs = head(batch.tokens, batch.hidden, batch.labels, steps,
+            outputs = head(batch.tokens, inputs, batch.labels, steps,
                            detach=opts.detach_steps)
         rows = batch.tokens.shape[1] - 1
         index = torch.arange(rows)
@@ -475,7 +483,7 @@ class Trainer:
         opts = self.options
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(opts, step, self.total_steps)
-        loss, stats = self.objective(self.head, batch, steps)
+        loss, stats = self.objective(self.head, batch, steps, train=True)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if opts.grad_clip > 0:
