@@ -360,6 +360,16 @@ class Trainer:
         torch.save(state, tmp)
         tmp.replace(path)
 
+    def validate(self, steps: int, limit: int | None = None, *, full_vocab: bool = False,
+                 ) -> dict[str, Any]:
+        """Figures of the current head on the held-out shards (see ``_summarise``).
+
+        ``limit`` stops after that many positions; ``full_vocab`` scores top-1
+        over the whole vocabulary (as vLLM drafts) instead of the training's
+        sub-vocabulary, and then reports no loss.
+        """
+        return self._validate(steps, limit, full_vocab=full_vocab)
+
     def _validate(self, steps: int, limit: int | None, *, full_vocab: bool = False
                   ) -> dict[str, Any]:
         parts: list[dict[str, Any]] = []
