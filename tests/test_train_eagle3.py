@@ -20,7 +20,8 @@ from specdec.training import EAGLE3_ALIAS, TrainingError, TrainOptions, check_ta
 from specdec.training.options import aux_layers
 from specdec.training.pipeline import stage_keys
 
-from .test_train_eagle import TINY, _config, _options, _sequences
+from .conftest import run_cli
+from .test_train_eagle import PROMPTS, TINY, _config, _options, _sequences
 
 torch = pytest.importorskip("torch")
 
@@ -337,3 +338,45 @@ def test_eagle_evaluation_runs_the_head_with_its_method(tmp_path: Path) -> None:
     assert items[1].experiment["strategy"]["name"] == "eagle3"
     with pytest.raises(TrainingError, match="needs an EAGLE-3 head"):
         eval_items(TrainOptions(eval_strategies=("eagle3",)), tmp_path / "h", prompts)
+
+
+@pytest.mark.engine
+def test_train_eagle3_end_to_end(tmp_path: Path) -> None:
+    """Generation, aux hidden states, four steps, save, then vLLM drafts with it as eagle3."""
+    train = tmp_path / "train.jsonl"
+    train.write_bytes(b"\n".join(orjson.dumps({"prompt": p, "id": f"t{i}"})
+                                 for i, p in enumerate(PROMPTS)) + b"\n")
+    held = tmp_path / "held.jsonl"
+    held.write_bytes(b"\n".join(orjson.dumps({"prompt": p, "id": f"h{i}"}) for i, p in
+                                enumerate(["What is the capital of Italy?",
+                                           "Name three animals."])) + b"\n")
+    head = tmp_path / "head"
+    result = run_cli(
+        "specdec", "train", "eagle", "--head", "eagle3", "--prompts", str(train), "--no-sample",
+        "--eval-prompts", str(held), "--output", str(head), "--max-tokens", "24",
+        "--max-steps", "4", "--batch-tokens", "512", "--val-fraction", "0.2",
+        "--set", "engine.enforce_eager=true", "--set", "engine.dtype=float32",
+        "--eval-strategies", "eagle", "--eval-max-tokens", "24",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    from safetensors import safe_open
+
+    from specdec.training.save import EAGLE3_TENSORS
+
+    with safe_open(str(head / "model.safetensors"), framework="pt") as f:
+        assert sorted(f.keys()) == sorted(EAGLE3_TENSORS)
+        assert f.get_slice("fc.weight").get_shape() == [576, 3 * 576]
+    config = _config(head)
+    assert config["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == [2, 15, 27]
+    card = orjson.loads((head / "training.json").read_bytes())
+    assert card["head"]["kind"] == "eagle3"
+    assert card["training"]["steps"] == 4
+    rows = {r["strategy"]: r for r in card["evaluation"]["strategies"]}
+    assert set(rows) == {"baseline", "eagle3"}
+    assert rows["eagle3"]["num_drafts"] > 0
+    assert rows["eagle3"]["lossless"] is True
+    work = tmp_path / "head.partial"
+    metrics = orjson.loads((work / "eval" / "eagle3" / "metrics.json").read_bytes())
+    assert metrics["summary"]["engine_spec"]["num_drafts"] > 0
+    assert metrics["config"]["strategy"]["name"] == "eagle3"
+    assert "EAGLE-3 head" in (head / "README.md").read_text()
