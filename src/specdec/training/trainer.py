@@ -231,8 +231,9 @@ class Objective:
             pred = pred32.float()
             valid = index[None, :] < (batch.lengths[:, None] - 1 - step)
             labels = _shift(batch.labels[:, 1:], step)
-            feats = _shift(batch.hidden[:, 1:], step)
-            reg_loss = _regression(pred, feats, valid) if regress else torch.zeros(())
+            # EAGLE-3's inputs are other layers' states: nothing to regress on.
+            feats = _shift(batch.hidden[:, 1:], step) if regress else None
+            reg_loss = torch.zeros(()) if feats is None else _regression(pred, feats, valid)
             chosen = pred[valid]
             if full_vocab:
                 guess = torch.cat([(c @ self.lm_head.T).argmax(-1)
@@ -243,7 +244,7 @@ class Objective:
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=opts.autocast):
                     logits = chosen @ self.sub_head.T
                 mapped = self.map[labels[valid]]
-                if opts.soft_labels and regress and chosen.shape[0]:
+                if opts.soft_labels and feats is not None and chosen.shape[0]:
                     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16,
                                                          enabled=opts.autocast):
                         teacher = torch.softmax((feats[valid] @ self.sub_head.T).float(), -1)
