@@ -150,16 +150,23 @@ def _build_draft(out: Path) -> None:
 
 EAGLE_ALIAS = "smollm2-135m-eagle"
 """The EAGLE-1 head of the bundled model, written by ``specdec train eagle``."""
+EAGLE3_ALIAS = "smollm2-135m-eagle3"
+"""The EAGLE-3 head of the bundled model, written by ``specdec train eagle --head eagle3``."""
 
 
-def _build_eagle(_out: Path) -> None:
-    # A trained head cannot be built from the wheel: training writes it, marker last.
-    msg = (
-        f"bundled model {EAGLE_ALIAS!r} is not trained yet: run `specdec train eagle` "
-        "(about 45 minutes on 2 CPU cores; see docs/eagle.md), or name another head with "
-        "--set strategy.model=FOLDER"
-    )
-    raise ModelError(msg)
+def _untrained(alias: str, command: str) -> Callable[[Path], None]:
+    """The "build" of a trained head: it cannot be built from the wheel, only trained."""
+
+    def build(_out: Path) -> None:
+        # Training writes the folder, marker last; until then the alias explains itself.
+        msg = (
+            f"bundled model {alias!r} is not trained yet: run `{command}` "
+            "(about 45 minutes on 2 CPU cores; see docs/eagle.md), or name another head with "
+            "--set strategy.model=FOLDER"
+        )
+        raise ModelError(msg)
+
+    return build
 
 
 BUNDLED: dict[str, BundledModel] = {
@@ -179,7 +186,14 @@ BUNDLED: dict[str, BundledModel] = {
     EAGLE_ALIAS: BundledModel(
         EAGLE_ALIAS,
         f"EAGLE-1 head for {BASE_ALIAS}, trained on this machine by `specdec train eagle`",
-        _build_eagle,
+        _untrained(EAGLE_ALIAS, "specdec train eagle"),
+        1,
+    ),
+    EAGLE3_ALIAS: BundledModel(
+        EAGLE3_ALIAS,
+        f"EAGLE-3 head for {BASE_ALIAS}, trained on this machine by "
+        "`specdec train eagle --head eagle3`",
+        _untrained(EAGLE3_ALIAS, "specdec train eagle --head eagle3"),
         1,
     ),
 }

@@ -1,4 +1,4 @@
-"""Train speculative drafters on the CPU: today, EAGLE-1 heads in vLLM's layout.
+"""Train speculative drafters on the CPU: EAGLE-1 and EAGLE-3 heads in vLLM's layouts.
 
 ``specdec train eagle`` and :func:`train_eagle` generate the target's own
 answers with vLLM, collect its hidden states with transformers, train the head
@@ -13,8 +13,8 @@ entry with ``if __name__ == "__main__":`` because vLLM starts its workers with
 
 from __future__ import annotations
 
+from specdec.models import EAGLE3_ALIAS, EAGLE_ALIAS
 from specdec.training.options import (
-    EAGLE_ALIAS,
     SUPPORTED_MODEL_TYPES,
     TrainingError,
     TrainOptions,
@@ -23,6 +23,7 @@ from specdec.training.options import (
 from specdec.training.pipeline import EagleTrainResult, Progress, train_eagle
 
 __all__ = [
+    "EAGLE3_ALIAS",
     "EAGLE_ALIAS",
     "SUPPORTED_MODEL_TYPES",
     "EagleTrainResult",

@@ -13,22 +13,25 @@ from typing import Any
 import attrs
 
 from specdec.errors import ConfigError, InvalidOptionError
-from specdec.models import BASE_ALIAS
-from specdec.training.options import EAGLE_ALIAS, EVAL_STRATEGIES, TrainOptions
+from specdec.models import BASE_ALIAS, EAGLE3_ALIAS, EAGLE_ALIAS
+from specdec.training.options import EVAL_STRATEGIES, HEAD_KINDS, HEAD_TITLES, TrainOptions
 
 DESCRIPTION = f"""\
-Train an EAGLE-1 head for a target model on the CPU, in the layout vLLM loads for
-`method: eagle`, and measure it:
+Train an EAGLE head for a target model on the CPU, in the layout vLLM loads, and
+measure it. --head eagle (default) trains an EAGLE-1 head (vLLM `method: eagle`,
+reads the final hidden state); --head eagle3 an EAGLE-3 head (`method: eagle3`,
+reads the residual streams after layers 2, n/2 and n-3, trained on tokens only).
 
   1. the target answers the training prompts greedily with vLLM (self-distillation),
-  2. transformers collects its final hidden states into shards on disk,
+  2. transformers collects the hidden states the head reads into shards on disk,
   3. the head trains with EAGLE's objective (held-out split, early stopping, seed),
   4. it is saved with a model card (data, steps, loss curve, acceptance),
   5. the runner measures it against ngram and the truncated draft on held-out prompts.
 
-Every step resumes: run the same command again after an interruption. For the
-bundled target the head becomes the bundled alias {EAGLE_ALIAS}, which
-`--strategy eagle` then uses by default. See docs/eagle.md.
+Every step resumes: run the same command again after an interruption (the
+generated answers are shared by both kinds of head). For the bundled target the
+head becomes the bundled alias {EAGLE_ALIAS} ({EAGLE3_ALIAS} for --head eagle3);
+`--strategy eagle` then uses {EAGLE_ALIAS} by default. See docs/eagle.md.
 """
 
 EPILOG = f"""\
@@ -36,6 +39,8 @@ examples:
   specdec train eagle --prompts ../shared/data/spec_bench/question.jsonl \\
       --eval-prompts data/sample_benchmark.jsonl        # the documented full training
   specdec train eagle --max-steps 20 --skip-eval --output /tmp/head   # a quick try
+  specdec train eagle --head eagle3 --prompts ../shared/data/spec_bench/question.jsonl \
+      --eval-prompts data/sample_benchmark.jsonl --eval-strategies eagle   # EAGLE-3 head
   specdec-run --strategy eagle                         # uses {EAGLE_ALIAS} once trained
 """
 
@@ -49,10 +54,13 @@ def add_train_parser(sub: Any) -> None:
     train = sub.add_parser("train", help="train a speculative drafter (EAGLE head) on the CPU")
     tsub = train.add_subparsers(dest="train_command", required=True, metavar="KIND")
     eagle = tsub.add_parser(
-        "eagle", help="train, save and measure an EAGLE-1 head for a target model",
+        "eagle", help="train, save and measure an EAGLE-1 or EAGLE-3 head for a target model",
         description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    eagle.add_argument("--head", choices=HEAD_KINDS, default=_default("head"),
+                       help="kind of head: eagle (EAGLE-1) or eagle3 (EAGLE-3; default "
+                            "%(default)s)")
     data = eagle.add_argument_group("data")
     data.add_argument("--model", default=BASE_ALIAS,
                       help=f"target model folder or bundled alias (default {BASE_ALIAS})")
@@ -84,7 +92,7 @@ def add_train_parser(sub: Any) -> None:
                              help="peak learning rate (default %(default)s)")
     train_group.add_argument("--ce-weight", type=float, default=_default("ce_weight"),
                              help="cross-entropy weight beside the feature regression "
-                                  "(default %(default)s)")
+                                  "(EAGLE-1 only; default %(default)s)")
     train_group.add_argument("--unroll", type=int, default=_default("unroll"),
                              help="drafting steps trained per position (1: teacher forcing; "
                                   "default %(default)s)")
@@ -114,12 +122,13 @@ def add_train_parser(sub: Any) -> None:
     output = eagle.add_argument_group("output and evaluation")
     output.add_argument("--output", type=Path, metavar="DIR",
                         help=f"head folder; default for {BASE_ALIAS}: the bundled alias "
-                             f"{EAGLE_ALIAS} in $SPECDEC_HOME/models")
+                             f"{EAGLE_ALIAS} (or {EAGLE3_ALIAS}) in $SPECDEC_HOME/models")
     output.add_argument("--work-dir", type=Path, metavar="DIR",
                         help="generation, features, checkpoints; default <output>.partial")
     output.add_argument("--skip-eval", action="store_true", help="do not run step 5")
     output.add_argument("--eval-strategies", default=",".join(EVAL_STRATEGIES),
-                        help="compared with the baseline (default ngram,draft_model,eagle)")
+                        help="compared with the baseline (default ngram,draft_model,eagle; "
+                             "eagle is the trained head, run as eagle3 for an EAGLE-3 head)")
     output.add_argument("--eval-k", type=int, default=_default("eval_k"),
                         help="speculative tokens (default %(default)s)")
     output.add_argument("--eval-max-tokens", type=int, default=_default("eval_max_tokens"))
@@ -141,6 +150,7 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
     try:
         return TrainOptions(
             target=args.model,
+            head=args.head,
             output=args.output,
             work_dir=args.work_dir,
             prompts=tuple(args.prompts),
@@ -212,7 +222,7 @@ def run_train_eagle(args: argparse.Namespace) -> int:
         result = train_eagle(options, on_progress=progress)
     card = result.card
     validation = card["training"].get("validation") or {}
-    stdout.print(f"EAGLE head: {result.head}")
+    stdout.print(f"{HEAD_TITLES[options.head]} head: {result.head}")
     stdout.print(f"steps {card['training']['steps']}, held-out top-1 per drafting step "
                  f"{validation.get('acc')}, predicted mean acceptance length "
                  f"{validation.get('predicted_mean_acceptance_length')}")

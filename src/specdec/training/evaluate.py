@@ -26,7 +26,12 @@ REPORT_DIR = "evaluation"
 
 
 def eval_items(options: TrainOptions, head: Path, prompts: Path) -> list[Any]:
-    """The batch: baseline, then each compared strategy with ``eval_k`` speculative tokens."""
+    """The batch: baseline, then each compared strategy with ``eval_k`` speculative tokens.
+
+    ``eagle`` in ``options.eval_strategies`` names the trained head, whatever its
+    kind: it runs under vLLM's method for that kind (``eagle`` or ``eagle3``)
+    and its item and report row carry that name.
+    """
     from specdec.config import apply_overrides, config_from_mapping  # noqa: PLC0415
     from specdec.study import BatchItem  # noqa: PLC0415
 
@@ -51,11 +56,17 @@ def eval_items(options: TrainOptions, head: Path, prompts: Path) -> list[Any]:
                 continue
             strategies[name] = {"name": "draft_model", "model": draft,
                                 "num_speculative_tokens": k}
-        elif name == "eagle":
-            strategies[name] = {"name": "eagle", "model": str(head),
-                                "num_speculative_tokens": k}
+        elif name in ("eagle", "eagle3"):
+            # The trained head, run with its own method: an EAGLE-3 head under `eagle3`.
+            if name == "eagle3" and options.head != "eagle3":
+                msg = ("evaluation strategy 'eagle3' needs an EAGLE-3 head (--head eagle3); "
+                       "this training's head is EAGLE-1: use 'eagle'")
+                raise TrainingError(msg)
+            strategies[options.head] = {"name": options.head, "model": str(head),
+                                        "num_speculative_tokens": k}
         else:
-            msg = f"unknown evaluation strategy {name!r}: use ngram, draft_model or eagle"
+            msg = (f"unknown evaluation strategy {name!r}: use ngram, draft_model or eagle "
+                   "(the trained head; eagle3 is accepted for an EAGLE-3 head)")
             raise TrainingError(msg)
     items = []
     for name, strategy in strategies.items():

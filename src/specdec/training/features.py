@@ -1,14 +1,21 @@
 """Step 2: the target's hidden states, collected with transformers into shards on disk.
 
-For each sequence the target (loaded by transformers on the CPU) gives its
-last hidden state *after* the final norm, the tensor vLLM hands to an EAGLE
-drafter, and its greedy next token at every position (the token a draft must
-match to be accepted).  Sequences go through in length-sorted batches; every
+For each sequence the target (loaded by transformers on the CPU) gives the
+hidden states vLLM hands to the drafter and its greedy next token at every
+position (the token a draft must match to be accepted):
+
+- EAGLE-1: the last hidden state *after* the final norm [N, hidden];
+- EAGLE-3: the residual streams after the :func:`~.options.aux_layers` layers
+  ``(2, n // 2, n - 3)``, concatenated in ascending order [N, 3 * hidden], as
+  vLLM's Llama collects them (``hidden + residual``, before any norm), which
+  are transformers' ``hidden_states[k]`` (entry 0 is the embedding; only the
+  last entry is post-norm, and every aux id is below it).
+  Sequences go through in length-sorted batches; every
 ``shard_tokens`` tokens a shard is written atomically, and ``manifest.json``
 records how far collection got, so memory stays bounded and an interrupted
 collection resumes after its last shard.
 
-Shard tensors (safetensors): ``features`` [N, hidden], ``tokens`` [N],
+Shard tensors (safetensors): ``features`` [N, hidden or 3 * hidden], ``tokens`` [N],
 ``labels`` [N] (greedy next token), ``offsets`` [S + 1] and ``answer_start``
 [S] (per sequence, relative to its start).
 """
@@ -20,13 +27,14 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import orjson
 import structlog
 from attrs import frozen
 
 from specdec.serialization import structure, unstructure
 from specdec.training.data import TrainSequence
-from specdec.training.options import TrainingError, TrainOptions
+from specdec.training.options import TrainingError, TrainOptions, aux_layers
 
 log = structlog.get_logger("specdec.training")
 
@@ -49,7 +57,11 @@ class ShardInfo:
 
 @frozen
 class Manifest:
-    """What ``features/manifest.json`` records."""
+    """What ``features/manifest.json`` records.
+
+    ``head`` is the kind of head the features are for; ``aux_layers`` the target
+    layers concatenated into an EAGLE-3 feature (empty for EAGLE-1).
+    """
 
     target: str
     hidden_size: int
@@ -57,6 +69,8 @@ class Manifest:
     done_sequences: int = 0
     shards: tuple[ShardInfo, ...] = ()
     seconds: float = 0.0
+    head: str = "eagle"
+    aux_layers: tuple[int, ...] = ()
 
     @property
     def complete(self) -> bool:
@@ -148,7 +162,9 @@ def load_target(path: Path, dtype: str) -> Any:
     return model.eval()
 
 
-def _hidden_and_labels(model: Any, group: list[TrainSequence]) -> list[tuple[Any, Any]]:
+def _hidden_and_labels(model: Any, group: list[TrainSequence],
+                       layers: tuple[int, ...] = ()) -> list[tuple[Any, Any]]:
+    """Per sequence: its features (``layers``' hidden states, else the final one) and labels."""
     import torch  # noqa: PLC0415
 
     longest = max(len(s.tokens) for s in group)
@@ -158,14 +174,16 @@ def _hidden_and_labels(model: Any, group: list[TrainSequence]) -> list[tuple[Any
         ids[row, : len(seq.tokens)] = torch.tensor(seq.tokens)
     with torch.inference_mode():
         # transformers' last_hidden_state is taken after the final norm, like vLLM's.
-        hidden = model.model(input_ids=ids).last_hidden_state
+        result = model.model(input_ids=ids, output_hidden_states=bool(layers))
+        hidden = result.last_hidden_state
+        aux = torch.cat([result.hidden_states[k] for k in layers], -1) if layers else hidden
         out = []
         for row, seq in enumerate(group):
-            feats = hidden[row, : len(seq.tokens)]
+            final = hidden[row, : len(seq.tokens)]
             labels = torch.cat([
-                model.lm_head(chunk).argmax(-1) for chunk in feats.split(LOGIT_CHUNK)
+                model.lm_head(chunk).argmax(-1) for chunk in final.split(LOGIT_CHUNK)
             ])
-            out.append((feats.clone(), labels))
+            out.append((aux[row, : len(seq.tokens)].clone(), labels))
     return out
 
 
@@ -181,6 +199,12 @@ def collect(options: TrainOptions, target_path: Path, sequences: Sequence[TrainS
     folder.mkdir(parents=True, exist_ok=True)
     todo = order(sequences)
     manifest = read_manifest(folder)
+    if manifest is not None and manifest.head != options.head:
+        msg = (
+            f"{folder} holds features for an {manifest.head} head, not {options.head}: "
+            "it belongs to another training; remove it (or pass --restart)"
+        )
+        raise TrainingError(msg)
     if manifest is not None and manifest.total_sequences != len(todo):
         msg = (
             f"{folder} holds features of {manifest.total_sequences} sequences, not "
@@ -190,8 +214,10 @@ def collect(options: TrainOptions, target_path: Path, sequences: Sequence[TrainS
     if manifest is not None and manifest.complete:
         return manifest
     model = load_target(target_path, options.collect_dtype)
+    layers = aux_layers(int(model.config.num_hidden_layers)) if options.head == "eagle3" else ()
     if manifest is None:
-        manifest = Manifest(str(target_path), int(model.config.hidden_size), len(todo))
+        manifest = Manifest(str(target_path), int(model.config.hidden_size), len(todo),
+                            head=options.head, aux_layers=layers)
         _write_manifest(folder, manifest)
     dtype = getattr(torch, options.feature_dtype)
     buffers = {"train": _Buffer("train"), "val": _Buffer("val")}
@@ -204,7 +230,8 @@ def collect(options: TrainOptions, target_path: Path, sequences: Sequence[TrainS
     log.info("collecting hidden states", sequences=len(todo), done=done,
              tokens=sum(len(s.tokens) for s in todo[done:]))
     for group in batches(todo[done:], options.batch_tokens):
-        for seq, (feats, labels) in zip(group, _hidden_and_labels(model, group), strict=True):
+        for seq, (feats, labels) in zip(group, _hidden_and_labels(model, group, layers),
+                                        strict=True):
             buffers["val" if seq.val else "train"].items.append((seq, feats.to(dtype), labels))
         done += len(group)
         if sum(b.tokens for b in buffers.values()) >= options.shard_tokens or done == len(todo):
@@ -212,8 +239,8 @@ def collect(options: TrainOptions, target_path: Path, sequences: Sequence[TrainS
                        for i, b in enumerate(b for b in buffers.values() if b.items)]
             now = time.perf_counter()
             seconds, started = seconds + now - started, now
-            manifest = Manifest(manifest.target, manifest.hidden_size, len(todo), done,
-                                tuple(shards), seconds)
+            manifest = attrs.evolve(manifest, done_sequences=done, shards=tuple(shards),
+                                    seconds=seconds)
             _write_manifest(folder, manifest)
         if on_progress is not None:
             on_progress(done, len(todo))

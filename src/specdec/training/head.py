@@ -1,4 +1,4 @@
-"""The EAGLE-1 head in torch, computing exactly what vLLM computes at draft time.
+"""The EAGLE-1 and EAGLE-3 heads in torch, computing exactly what vLLM computes at draft time.
 
 vLLM's ``EagleLlamaForCausalLM`` (``vllm/model_executor/models/llama_eagle.py``)
 drafts token ``t + 2`` at position ``t`` from the embedding of token ``t + 1``
@@ -13,6 +13,22 @@ and the target's hidden state at ``t``::
 Llama returns ``norm(hidden + residual)``, and the model runner hands that to
 the drafter).  The next drafting step feeds ``h`` back as the hidden state, one
 position further on, with the drafted token.
+
+vLLM's ``Eagle3LlamaForCausalLM`` (``llama_eagle3.py``; the proposer in
+``vllm/v1/spec_decode/llm_base_proposer.py``) reads instead the target's
+residual streams after three layers ``a < b < c``, before any norm, and
+combines them once, in the proposer's ``combine_hidden_states``::
+
+    g = fc(cat(aux_a[t], aux_b[t], aux_c[t]))        # step 0 only
+    x = cat(input_layernorm(embed(token[t + 1])), hidden_norm(g))   # 2 * hidden wide
+    r = g + o_proj(attention(x))                     # the residual is g, un-normed
+    p = r + mlp(post_attention_layernorm(r))         # "prenorm", fed to the next step
+    logits = lm_head(norm(p))                        # the target's LM head (shared)
+
+Later drafting steps skip ``fc``: ``p`` takes the place of ``g``, one position
+further on, with the drafted token.  (The options ``norm_before_residual``,
+``norm_before_fc``, ``fc_norm`` and ``norm_output`` are off by default and are
+not used by these heads.)
 
 This module imports torch; the rest of specdec imports it only when training.
 """
@@ -56,16 +72,20 @@ class Attention(nn.Module):  # type: ignore[misc]
     drafting steps wrote at positions ``i + 1 .. i + s``.
     """
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        """Projections named as in a Llama checkpoint."""
+    def __init__(self, config: dict[str, Any], inputs: int | None = None) -> None:
+        """Projections named as in a Llama checkpoint, reading ``inputs`` features.
+
+        ``inputs`` defaults to the hidden size; EAGLE-3's layer reads twice that.
+        """
         super().__init__()
         hidden = config["hidden_size"]
+        width = inputs or hidden
         self.heads = config["num_attention_heads"]
         self.kv_heads = config.get("num_key_value_heads") or self.heads
         self.head_dim = config.get("head_dim") or hidden // self.heads
-        self.q_proj = nn.Linear(hidden, self.heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(hidden, self.kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(hidden, self.kv_heads * self.head_dim, bias=False)
+        self.q_proj = nn.Linear(width, self.heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(width, self.kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(width, self.kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.heads * self.head_dim, hidden, bias=False)
         self.scale = 1.0 / math.sqrt(self.head_dim)
 
@@ -112,10 +132,10 @@ class MLP(nn.Module):  # type: ignore[misc]
 class Layer(nn.Module):  # type: ignore[misc]
     """A Llama decoder layer without its input norm (vLLM's EAGLE-1 layer 0)."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        """Attention, MLP and the post-attention norm."""
+    def __init__(self, config: dict[str, Any], inputs: int | None = None) -> None:
+        """Attention (reading ``inputs`` features), MLP and the post-attention norm."""
         super().__init__()
-        self.self_attn = Attention(config)
+        self.self_attn = Attention(config, inputs)
         self.mlp = MLP(config)
         self.post_attention_layernorm = RMSNorm(config["hidden_size"], config["rms_norm_eps"])
 
@@ -125,32 +145,105 @@ class Layer(nn.Module):  # type: ignore[misc]
         return residual + self.mlp(self.post_attention_layernorm(residual))
 
 
-class EagleHead(nn.Module):  # type: ignore[misc]
-    """``fc`` plus one :class:`Layer`, with the target's embedding and LM head frozen.
+class Eagle3Layer(Layer):
+    """vLLM's EAGLE-3 ``midlayer``: attention over [normed embedding, normed hidden state]."""
 
-    ``forward`` runs ``steps`` drafting steps at once over padded sequences
-    (teacher forcing for step 0, the head's own hidden states after it) and
-    returns each step's predicted hidden states.
+    def __init__(self, config: dict[str, Any]) -> None:
+        """The Llama layer reading ``2 * hidden`` features, plus its two input norms."""
+        hidden, eps = config["hidden_size"], config["rms_norm_eps"]
+        super().__init__(config, 2 * hidden)
+        self.input_layernorm = RMSNorm(hidden, eps)
+        self.hidden_norm = RMSNorm(hidden, eps)
+
+
+class _Unrolled(nn.Module):  # type: ignore[misc]
+    """What both heads share: frozen embedding, rotary positions and the unrolled drafting.
+
+    A subclass says how a step's attention input and residual come from the
+    embedded token and the carried state (:meth:`_step_input`), and what a step
+    returns for the LM head and carries to the next step (:meth:`_step_output`).
     """
 
     def __init__(self, config: dict[str, Any], embed: torch.Tensor) -> None:
-        """Build the head for a target described by its ``config.json`` mapping.
-
-        ``embed`` is the target's input embedding [vocab, hidden] (kept frozen).
-        """
         from transformers import LlamaConfig  # noqa: PLC0415
         from transformers.models.llama.modeling_llama import (  # noqa: PLC0415
             LlamaRotaryEmbedding,
         )
 
         super().__init__()
-        hidden = config["hidden_size"]
         self.config = dict(config)
-        self.fc = nn.Linear(2 * hidden, hidden, bias=False)
-        self.layers = nn.ModuleList([Layer(config)])
         self.register_buffer("embed", embed.detach().float().clone(), persistent=False)
         settings = {k: v for k, v in config.items() if k not in ("architectures", "dtype")}
         self.rotary = LlamaRotaryEmbedding(LlamaConfig(**settings))
+
+    @property
+    def layer(self) -> Layer:
+        """The one decoder layer."""
+        raise NotImplementedError
+
+    def _step_input(self, embedded: torch.Tensor,
+                    state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _step_output(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cos, sin = self.rotary(self.embed, positions)
+        return cos.float(), sin.float()
+
+    def _unroll(self, tokens: torch.Tensor, first: torch.Tensor, next_tokens: torch.Tensor,
+                steps: int, *, detach: bool) -> list[torch.Tensor]:
+        """Run ``steps`` drafting steps from ``first``, the state at rows ``0 .. T - 2``."""
+        batch, length = tokens.shape
+        rows = length - 1
+        base = torch.arange(rows, device=tokens.device).expand(batch, rows)
+        attn = self.layer.self_attn
+        outputs: list[torch.Tensor] = []
+        keys: list[torch.Tensor] = []
+        values: list[torch.Tensor] = []
+        state = first
+        first_k = first_v = torch.empty(0)
+        for step in range(steps):
+            # Step 0 reads the real next token; later steps the token an accepted draft had.
+            step_tokens = tokens[:, 1:] if step == 0 else _shift(next_tokens[:, 1:], step - 1)
+            x, residual = self._step_input(self.embed[step_tokens], state)
+            cos, sin = self._cos_sin(base + step)
+            q, k, v = attn.project(x, cos, sin)
+            if step == 0:
+                attended = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                          scale=attn.scale)
+                first_k, first_v = k, v
+            else:
+                keys.append(k)
+                values.append(v)
+                attended = _draft_attention(q, (first_k, first_v), keys, values, attn.scale)
+            out, carried = self._step_output(self.layer.finish(residual, attended))
+            outputs.append(out)
+            state = carried.detach() if detach else carried
+        return outputs
+
+
+class EagleHead(_Unrolled):
+    """EAGLE-1: ``fc`` plus one :class:`Layer`, with the target's embedding and LM head frozen.
+
+    ``forward`` runs ``steps`` drafting steps at once over padded sequences
+    (teacher forcing for step 0, the head's own hidden states after it) and
+    returns each step's predicted hidden states.
+    """
+
+    regresses = True
+    """Trained to predict the target's next hidden state as well as its token."""
+
+    def __init__(self, config: dict[str, Any], embed: torch.Tensor) -> None:
+        """Build the head for a target described by its ``config.json`` mapping.
+
+        ``embed`` is the target's input embedding [vocab, hidden] (kept frozen).
+        """
+        super().__init__(config, embed)
+        hidden = config["hidden_size"]
+        self.fc = nn.Linear(2 * hidden, hidden, bias=False)
+        self.layers = nn.ModuleList([Layer(config)])
 
     @property
     def layer(self) -> Layer:
@@ -162,9 +255,13 @@ class EagleHead(nn.Module):  # type: ignore[misc]
         """The trainable weights under the names vLLM's EAGLE-1 loader expects."""
         return {k: v for k, v in self.state_dict().items() if k.startswith(("fc.", "layers."))}
 
-    def _cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cos, sin = self.rotary(self.fc.weight, positions)
-        return cos.float(), sin.float()
+    def _step_input(self, embedded: torch.Tensor,
+                    state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.fc(torch.cat((embedded, state), dim=-1))  # embedding first, then hidden
+        return x, x
+
+    def _step_output(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return out, out
 
     def forward(self, tokens: torch.Tensor, hidden: torch.Tensor, next_tokens: torch.Tensor,
                 steps: int, *, detach: bool = False) -> list[torch.Tensor]:
@@ -183,33 +280,69 @@ class EagleHead(nn.Module):  # type: ignore[misc]
         target's hidden state at ``i + s + 1``; rows past a sequence's end are
         garbage and must be masked by the caller.
         """
-        batch, length = tokens.shape
-        rows = length - 1
-        base = torch.arange(rows, device=tokens.device).expand(batch, rows)
-        attn = self.layer.self_attn
-        outputs: list[torch.Tensor] = []
-        keys: list[torch.Tensor] = []
-        values: list[torch.Tensor] = []
-        previous = hidden[:, :-1]
-        first_k = first_v = torch.empty(0)
-        for step in range(steps):
-            # Step 0 reads the real next token; later steps the token an accepted draft had.
-            step_tokens = tokens[:, 1:] if step == 0 else _shift(next_tokens[:, 1:], step - 1)
-            x = self.fc(torch.cat((self.embed[step_tokens], previous), dim=-1))
-            cos, sin = self._cos_sin(base + step)
-            q, k, v = attn.project(x, cos, sin)
-            if step == 0:
-                attended = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                                          scale=attn.scale)
-                first_k, first_v = k, v
-            else:
-                keys.append(k)
-                values.append(v)
-                attended = _draft_attention(q, (first_k, first_v), keys, values, attn.scale)
-            out = self.layer.finish(x, attended)
-            outputs.append(out)
-            previous = out.detach() if detach else out
-        return outputs
+        return self._unroll(tokens, hidden[:, :-1], next_tokens, steps, detach=detach)
+
+
+class Eagle3Head(_Unrolled):
+    """EAGLE-3: ``fc`` over three target layers, ``midlayer`` and ``norm``; LM head shared.
+
+    The parameters carry vLLM's checkpoint names (``fc``, ``midlayer.*``,
+    ``norm``).  ``forward`` returns, per drafting step, the normed state the
+    target's LM head reads (``norm(p)``); ``p`` itself is what the next step
+    receives.
+    """
+
+    regresses = False
+    """Its states have no counterpart in the target: trained on tokens only."""
+
+    def __init__(self, config: dict[str, Any], embed: torch.Tensor, aux: int = 3) -> None:
+        """Build the head for a target's ``config.json``, reading ``aux`` of its layers.
+
+        ``embed`` is the target's input embedding [vocab, hidden] (kept frozen).
+        """
+        super().__init__(config, embed)
+        hidden = config["hidden_size"]
+        self.fc = nn.Linear(aux * hidden, hidden, bias=False)
+        self.midlayer = Eagle3Layer(config)
+        self.norm = RMSNorm(hidden, config["rms_norm_eps"])
+
+    @property
+    def layer(self) -> Layer:
+        """The one decoder layer (``midlayer``)."""
+        layer: Layer = self.midlayer
+        return layer
+
+    def head_state(self) -> dict[str, torch.Tensor]:
+        """The trainable weights under the names vLLM's EAGLE-3 loader expects."""
+        return {k: v for k, v in self.state_dict().items()
+                if k.startswith(("fc.", "midlayer.", "norm."))}
+
+    def _step_input(self, embedded: torch.Tensor,
+                    state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        layer = self.midlayer
+        # vLLM's default (no norm_before_residual): the residual is the un-normed state.
+        x = torch.cat((layer.input_layernorm(embedded), layer.hidden_norm(state)), dim=-1)
+        return x, state
+
+    def _step_output(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.norm(out), out
+
+    def forward(self, tokens: torch.Tensor, aux: torch.Tensor, next_tokens: torch.Tensor,
+                steps: int, *, detach: bool = False) -> list[torch.Tensor]:
+        """The normed output of each drafting step, each [B, T - 1, hidden].
+
+        Args:
+            tokens: [B, T] token ids of the sequences.
+            aux: [B, T, aux * hidden] the target's concatenated auxiliary hidden
+                states (residual streams, before any norm).
+            next_tokens: [B, T] the target's greedy next token at each position.
+            steps: drafting steps to unroll.
+            detach: feed each step's state to the next without its gradient.
+
+        Rows and positions as in :meth:`EagleHead.forward`: row ``i`` of step
+        ``s`` predicts the target's greedy token after position ``i + s + 1``.
+        """
+        return self._unroll(tokens, self.fc(aux[:, :-1]), next_tokens, steps, detach=detach)
 
 
 def _shift(x: torch.Tensor, by: int) -> torch.Tensor:
@@ -267,3 +400,65 @@ def warm_start(head: EagleHead, target_weights: dict[str, torch.Tensor], layers:
     for name in ("self_attn.o_proj.weight", "mlp.down_proj.weight"):
         state[HEAD_PREFIX + name].zero_()
     head.load_state_dict(state, strict=False)
+
+
+Head = EagleHead | Eagle3Head
+"""Either kind of head."""
+
+
+def warm_start_eagle3(head: Eagle3Head, target_weights: dict[str, torch.Tensor],
+                      layers: int) -> None:
+    """Start as "the highest aux layer's residual stream, read by the target's LM head".
+
+    ``fc = [0 | 0 | I]`` passes the highest auxiliary layer through, the
+    attention's and MLP's output projections are zero, and ``norm`` is the
+    target's final norm, so the untrained head's logits are the target's early
+    exit at that layer.  The other weights come from where the target applies
+    them to the same kind of input: ``hidden_norm``, the post-attention norm and
+    the MLP from its last layer; ``input_layernorm`` from its first layer (the
+    norm it applies to embeddings); the query, key and value projections take
+    the last layer's on the hidden-state half and zero on the embedding half.
+    """
+    last, hidden = f"model.layers.{layers - 1}.", head.fc.weight.shape[0]
+
+    def weight(name: str) -> torch.Tensor:
+        if name not in target_weights:
+            msg = f"the target lacks {name}"
+            raise KeyError(msg)
+        return target_weights[name].float().clone()
+
+    state = {
+        "fc.weight": torch.cat((torch.zeros(hidden, head.fc.weight.shape[1] - hidden),
+                                torch.eye(hidden)), dim=1),
+        "norm.weight": weight("model.norm.weight"),
+        "midlayer.input_layernorm.weight": weight("model.layers.0.input_layernorm.weight"),
+        "midlayer.hidden_norm.weight": weight(last + "input_layernorm.weight"),
+    }
+    for name in ("post_attention_layernorm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight"):
+        state["midlayer." + name] = weight(last + name)
+    for name in ("q_proj", "k_proj", "v_proj"):
+        projection = weight(f"{last}self_attn.{name}.weight")
+        state[f"midlayer.self_attn.{name}.weight"] = torch.cat(
+            (torch.zeros_like(projection), projection), dim=1)
+    state["midlayer.self_attn.o_proj.weight"] = torch.zeros_like(
+        weight(last + "self_attn.o_proj.weight"))
+    state["midlayer.mlp.down_proj.weight"] = torch.zeros_like(weight(last + "mlp.down_proj.weight"))
+    missing = set(head.head_state()) - set(state)
+    if missing:
+        msg = f"EAGLE-3 warm start has no value for {', '.join(sorted(missing))}"
+        raise KeyError(msg)
+    head.load_state_dict(state, strict=False)
+
+
+def new_head(kind: str, config: dict[str, Any],
+             target_weights: dict[str, torch.Tensor]) -> EagleHead | Eagle3Head:
+    """A warm-started head of ``kind`` (``"eagle"`` or ``"eagle3"``) for the target."""
+    embed = target_weights["model.embed_tokens.weight"]
+    layers = int(config["num_hidden_layers"])
+    if kind == "eagle3":
+        head3 = Eagle3Head(config, embed)
+        warm_start_eagle3(head3, target_weights, layers)
+        return head3
+    head = EagleHead(config, embed)
+    warm_start(head, target_weights, layers)
+    return head

@@ -1,5 +1,9 @@
 """What ``specdec train eagle`` takes, and which targets it can train a head for.
 
+Two kinds of head: EAGLE-1 (``head="eagle"``, vLLM's ``method: eagle``) reads the
+target's final hidden state; EAGLE-3 (``head="eagle3"``, ``method: eagle3``) reads
+three of its layers' hidden states (:func:`aux_layers`).
+
 Light on purpose: attrs records and checks only, so the command line can build
 its parser without importing torch.
 """
@@ -12,13 +16,17 @@ from typing import Any, Literal
 from attrs import field, frozen, validators
 
 from specdec.errors import InvalidOptionError, ModelError, SpecdecError
-from specdec.models import BASE_ALIAS, DRAFT_ALIAS
-
-EAGLE_ALIAS = "smollm2-135m-eagle"
-"""The bundled alias under which the bundled target's trained head is registered."""
+from specdec.models import BASE_ALIAS, DRAFT_ALIAS, EAGLE3_ALIAS, EAGLE_ALIAS
 
 SUPPORTED_MODEL_TYPES = frozenset({"llama"})
-"""Target ``model_type`` values whose EAGLE-1 head vLLM loads (as ``EagleLlamaForCausalLM``)."""
+"""Target ``model_type`` values whose heads vLLM loads (as ``EagleLlamaForCausalLM`` for
+EAGLE-1, ``Eagle3LlamaForCausalLM`` for EAGLE-3)."""
+
+HeadKind = Literal["eagle", "eagle3"]
+HEAD_KINDS: tuple[HeadKind, ...] = ("eagle", "eagle3")
+HEAD_ALIASES: dict[str, str] = {"eagle": EAGLE_ALIAS, "eagle3": EAGLE3_ALIAS}
+"""The bundled alias under which the bundled target's trained head of each kind is registered."""
+HEAD_TITLES: dict[str, str] = {"eagle": "EAGLE-1", "eagle3": "EAGLE-3"}
 
 EVAL_STRATEGIES = ("ngram", "draft_model", "eagle")
 """What the evaluation compares with the baseline, by default."""
@@ -40,9 +48,43 @@ def _fraction(_instance: Any, attribute: Any, value: float) -> None:
         raise InvalidOptionError(f"{attribute.name} must be in [0, 1), got {value}")
 
 
+def _head_kind(_instance: Any, attribute: Any, value: str) -> None:
+    if value not in HEAD_KINDS:
+        msg = f"{attribute.name} must be one of {', '.join(HEAD_KINDS)}, got {value!r}"
+        raise InvalidOptionError(msg)
+
+
+def aux_layers(num_layers: int) -> tuple[int, int, int]:
+    """The target layers an EAGLE-3 head reads: vLLM's default ``(2, n // 2, n - 3)``.
+
+    Index ``k`` is the residual stream after ``k`` decoder layers, before the final
+    norm (vLLM adds ``hidden + residual`` there), which is Hugging Face's
+    ``hidden_states[k]`` for ``k < n``.  The ids are written into the head's
+    ``config.json`` (``eagle_config.eagle_aux_hidden_state_layer_ids``), so vLLM
+    collects exactly these.
+
+    Raises:
+        ModelError: the target has too few layers for three distinct ids.
+    """
+    ids = (2, num_layers // 2, num_layers - 3)
+    if not ids[0] < ids[1] < ids[2] < num_layers:
+        msg = (
+            f"an EAGLE-3 head reads layers (2, n // 2, n - 3) of its target, which needs "
+            f"at least 7 layers; this target has {num_layers}: train an EAGLE-1 head "
+            "(--head eagle) instead"
+        )
+        raise ModelError(msg)
+    return ids
+
+
 @frozen
 class TrainOptions:
-    """Every setting of one EAGLE-1 training, with defaults sized for a 2-core CPU.
+    """Every setting of one EAGLE head training, with defaults sized for a 2-core CPU.
+
+    ``head`` chooses the kind: ``"eagle"`` (EAGLE-1, the default) or ``"eagle3"``.
+    EAGLE-3 trains on token cross-entropy alone (its drafts' states have no
+    counterpart in the target to regress on), so ``ce_weight`` and
+    ``soft_labels`` apply to EAGLE-1 only.
 
     Data: ``prompts`` are read in addition to the bundled sample benchmark
     (unless ``include_sample`` is off).  ``eval_prompts`` are held out for the
@@ -56,9 +98,12 @@ class TrainOptions:
     """
 
     target: str = BASE_ALIAS
+    head: HeadKind = field(default="eagle", validator=_head_kind)
+    """``"eagle"`` (EAGLE-1, vLLM ``method: eagle``) or ``"eagle3"`` (``method: eagle3``)."""
     output: Path | None = None
     """Where the head is written; default: the bundled alias folder for the bundled
-    target (``$SPECDEC_HOME/models/smollm2-135m-eagle``), required otherwise."""
+    target (``$SPECDEC_HOME/models/smollm2-135m-eagle``, or ``-eagle3``), required
+    otherwise."""
     work_dir: Path | None = None
     """Generation, features and checkpoints; default ``<output>.partial``."""
     prompts: tuple[Path, ...] = ()
@@ -124,6 +169,20 @@ class TrainOptions:
     restart: bool = False
     keep_work: bool = False
 
+    def __attrs_post_init__(self) -> None:
+        """Refuse settings that do not apply to the chosen head."""
+        if self.head == "eagle3" and self.soft_labels:
+            msg = (
+                "soft_labels needs the target's final hidden state, which an EAGLE-3 "
+                "training does not collect: leave soft_labels off with head eagle3"
+            )
+            raise InvalidOptionError(msg)
+
+    @property
+    def alias(self) -> str:
+        """The bundled alias of this kind of head for the bundled target."""
+        return HEAD_ALIASES[self.head]
+
     def output_path(self) -> Path:
         """The head's folder."""
         if self.output is not None:
@@ -131,7 +190,7 @@ class TrainOptions:
         if self.target == BASE_ALIAS:
             from specdec.models import bundled  # noqa: PLC0415
 
-            return bundled(EAGLE_ALIAS).path
+            return bundled(self.alias).path
         msg = (
             f"no --output given for target {self.target!r}: only the bundled target "
             f"({BASE_ALIAS}) has a default head folder; name one with --output DIR"
@@ -152,8 +211,8 @@ class TrainOptions:
         return DRAFT_ALIAS if self.target == BASE_ALIAS else None
 
 
-def check_target(config: dict[str, Any], where: str) -> None:
-    """Refuse a target whose EAGLE-1 head this trainer cannot build or vLLM cannot load.
+def check_target(config: dict[str, Any], where: str, head: HeadKind = "eagle") -> None:
+    """Refuse a target whose ``head`` this trainer cannot build or vLLM cannot load.
 
     Raises:
         ModelError: naming the target's architecture and what is supported.
@@ -163,14 +222,16 @@ def check_target(config: dict[str, Any], where: str) -> None:
     if model_type not in SUPPORTED_MODEL_TYPES:
         msg = (
             f"{where}: target architecture {model_type!r} ({architectures}) is not supported: "
-            f"train eagle builds EAGLE-1 heads for {', '.join(sorted(SUPPORTED_MODEL_TYPES))} "
-            "targets only (vLLM loads them as EagleLlamaForCausalLM); choose a Llama-architecture "
-            "target, or train a head for this one with vLLM's speculators project"
+            f"train eagle builds EAGLE heads for {', '.join(sorted(SUPPORTED_MODEL_TYPES))} "
+            "targets only (vLLM loads them as EagleLlamaForCausalLM or Eagle3LlamaForCausalLM); "
+            "choose a Llama-architecture target, or train a head for this one with vLLM's "
+            "speculators project"
         )
         raise ModelError(msg)
     problems = [
         f"no integer {key}"
-        for key in ("hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
+        for key in ("hidden_size", "num_attention_heads", "intermediate_size", "vocab_size",
+                    "num_hidden_layers")
         if not isinstance(config.get(key), int)
     ]
     if config.get("hidden_act", "silu") != "silu":
@@ -179,7 +240,12 @@ def check_target(config: dict[str, Any], where: str) -> None:
         problems.append("biases in attention or MLP")
     if problems:
         msg = (
-            f"{where}: this Llama target cannot take an EAGLE-1 head from train eagle: "
-            + "; ".join(problems)
+            f"{where}: this Llama target cannot take an {HEAD_TITLES[head]} head from train "
+            "eagle: " + "; ".join(problems)
         )
         raise ModelError(msg)
+    if head == "eagle3":
+        try:
+            aux_layers(config["num_hidden_layers"])
+        except ModelError as exc:
+            raise ModelError(f"{where}: {exc}") from None

@@ -28,7 +28,13 @@ from attrs import frozen
 
 from specdec.models import BASE_ALIAS, model_config, resolve_model
 from specdec.provenance import collect as provenance
-from specdec.training.options import EAGLE_ALIAS, TrainingError, TrainOptions, check_target
+from specdec.training.options import (
+    HEAD_TITLES,
+    TrainingError,
+    TrainOptions,
+    aux_layers,
+    check_target,
+)
 
 log = structlog.get_logger("specdec.training")
 
@@ -36,16 +42,20 @@ PLAN_FILE = "plan.json"
 STAGES: dict[str, tuple[str, ...]] = {
     "generate": ("target", "prompts", "include_sample", "eval_prompts", "holdout_fraction",
                  "seed", "max_tokens", "engine_overrides"),
-    "features": ("max_length", "collect_dtype", "feature_dtype", "val_fraction",
+    "features": ("head", "max_length", "collect_dtype", "feature_dtype", "val_fraction",
                  "batch_tokens", "shard_tokens"),
-    "train": ("epochs", "max_steps", "lr", "warmup_steps", "weight_decay", "ce_weight",
+    "train": ("head", "epochs", "max_steps", "lr", "warmup_steps", "weight_decay", "ce_weight",
               "unroll", "step_decay", "ce_vocab", "grad_clip", "autocast", "patience",
               "soft_labels", "detach_steps", "teacher_epochs", "feature_noise",
               "eval_every", "val_tokens", "threads"),
-    "evaluate": ("evaluate", "eval_strategies", "eval_k", "eval_draft", "eval_max_tokens",
+    "evaluate": ("head", "evaluate", "eval_strategies", "eval_k", "eval_draft", "eval_max_tokens",
                  "eval_overrides"),
 }
 """Which options each step depends on (a step also depends on every step before it)."""
+LEGACY_DEFAULTS: dict[str, Any] = {"head": "eagle"}
+"""Options added after work folders existed, with the value that keeps the old behaviour:
+at that value they stay out of the digest, so an EAGLE-1 work folder made before
+``head`` existed keeps its keys and is resumed, not redone."""
 STAGE_OUTPUTS = {"generate": ("generate",), "features": ("features",),
                  "train": ("checkpoint",), "evaluate": ("eval",)}
 
@@ -76,7 +86,9 @@ def stage_keys(options: TrainOptions) -> dict[str, str]:
     keys: dict[str, str] = {}
     previous = ""
     for stage, names in STAGES.items():
-        blob = orjson.dumps({n: values[n] for n in names}, option=orjson.OPT_SORT_KEYS)
+        chosen = {n: values[n] for n in names
+                  if n not in LEGACY_DEFAULTS or values[n] != LEGACY_DEFAULTS[n]}
+        blob = orjson.dumps(chosen, option=orjson.OPT_SORT_KEYS)
         previous = hashlib.sha256(previous.encode() + blob).hexdigest()[:16]
         keys[stage] = previous
     return keys
@@ -116,12 +128,12 @@ def _target(options: TrainOptions) -> tuple[Path, dict[str, Any]]:
         )
         raise TrainingError(msg)
     config = model_config(path)
-    check_target(config, str(path / "config.json"))
+    check_target(config, str(path / "config.json"), options.head)
     return path, config
 
 
 def _card_name(options: TrainOptions, out: Path) -> str:
-    return EAGLE_ALIAS if options.target == BASE_ALIAS and options.output is None else str(out)
+    return options.alias if options.target == BASE_ALIAS and options.output is None else str(out)
 
 
 def _read_card(out: Path) -> dict[str, Any] | None:
@@ -134,7 +146,7 @@ def _read_card(out: Path) -> dict[str, Any] | None:
 
 
 def train_eagle(options: TrainOptions, on_progress: Progress | None = None) -> EagleTrainResult:
-    """Train, save and evaluate an EAGLE-1 head for ``options.target``.
+    """Train, save and evaluate an EAGLE head (``options.head``) for ``options.target``.
 
     Raises:
         ModelError: the target is unknown or its architecture unsupported.
@@ -230,9 +242,16 @@ def _train_and_save(options: TrainOptions, target: tuple[Path, dict[str, Any]], 
 
     train_shards = manifest.of("train")
     val_shards = manifest.of("val")
+    layers = int(target_config["num_hidden_layers"])
     card: dict[str, Any] = {
         "schema_version": 1,
         "name": _card_name(options, out),
+        "head": {
+            "kind": options.head,
+            "title": HEAD_TITLES[options.head],
+            "method": options.head,
+            "aux_layers": list(aux_layers(layers)) if options.head == "eagle3" else None,
+        },
         "keys": keys,
         "target": {
             "model": options.target,
@@ -264,7 +283,7 @@ def _train_and_save(options: TrainOptions, target: tuple[Path, dict[str, Any]], 
             "validation": result.validation,
             "vocab_size": result.vocab_size,
             "vocab_coverage": result.vocab_coverage,
-            "ce_weight": options.ce_weight,
+            "ce_weight": options.ce_weight if options.head == "eagle" else None,
             "unroll": options.unroll,
             "seed": options.seed,
             "seconds": result.seconds,
@@ -277,7 +296,7 @@ def _train_and_save(options: TrainOptions, target: tuple[Path, dict[str, Any]], 
     from specdec.training.save import save_head  # noqa: PLC0415
 
     save_head(out, result.state, target_config, card, name=card["name"],
-              overwrite=options.overwrite)
+              overwrite=options.overwrite, head=options.head)
     log.info("head saved", head=str(out), steps=result.steps,
              validation=result.validation.get("acc"))
     return card

@@ -1,10 +1,21 @@
-"""Step 4: write the head in the folder layout vLLM loads for ``method: eagle``.
+"""Step 4: write the head in the folder layout vLLM loads for ``method: eagle`` or ``eagle3``.
 
-The folder holds ``config.json`` (the target's Llama config with one layer),
-``model.safetensors`` with ``fc.weight`` [hidden, 2 * hidden] and the
+An EAGLE-1 folder holds ``config.json`` (the target's Llama config with one
+layer) and ``model.safetensors`` with ``fc.weight`` [hidden, 2 * hidden] and the
 ``layers.0.*`` tensors (no ``input_layernorm``, no embedding and no LM head:
-vLLM shares the target's), the model card (``README.md`` and ``training.json``)
-and specdec's marker, written last.  The folder is built beside its final
+vLLM shares the target's).
+
+An EAGLE-3 folder holds ``config.json`` (the target's Llama config with
+``architectures: [LlamaForCausalLMEagle3]``, one layer, ``draft_vocab_size`` =
+the full vocabulary, ``target_hidden_size`` and ``eagle_config`` naming the
+auxiliary layers) and ``model.safetensors`` with ``fc.weight``
+[hidden, 3 * hidden], ``midlayer.*`` (``q/k/v_proj`` read 2 * hidden) and
+``norm.weight``.  Without ``lm_head.weight``, and with the draft vocabulary
+equal to the target's, vLLM shares the target's LM head (and embedding), and
+no ``d2t`` vocabulary map is needed.
+
+Both also hold the model card (``README.md`` and ``training.json``) and
+specdec's marker, written last.  The folder is built beside its final
 place and renamed into it, so a finished head is never half-written; a card
 update after the evaluation replaces its files atomically too.
 """
@@ -23,7 +34,7 @@ import orjson
 
 from specdec.models import MARKER
 from specdec.provenance import now
-from specdec.training.options import TrainingError
+from specdec.training.options import HEAD_TITLES, TrainingError, aux_layers
 
 CARD_JSON = "training.json"
 CARD_MD = "README.md"
@@ -40,6 +51,24 @@ HEAD_TENSORS = (
     "layers.0.post_attention_layernorm.weight",
 )
 """Exactly the tensors of an EAGLE-1 head in vLLM's layout."""
+EAGLE3_TENSORS = (
+    "fc.weight",
+    "midlayer.hidden_norm.weight",
+    "midlayer.input_layernorm.weight",
+    "midlayer.post_attention_layernorm.weight",
+    "midlayer.self_attn.q_proj.weight",
+    "midlayer.self_attn.k_proj.weight",
+    "midlayer.self_attn.v_proj.weight",
+    "midlayer.self_attn.o_proj.weight",
+    "midlayer.mlp.gate_proj.weight",
+    "midlayer.mlp.up_proj.weight",
+    "midlayer.mlp.down_proj.weight",
+    "norm.weight",
+)
+"""Exactly the tensors of an EAGLE-3 head in vLLM's layout (LM head and embedding shared)."""
+TENSORS = {"eagle": HEAD_TENSORS, "eagle3": EAGLE3_TENSORS}
+EAGLE3_ARCHITECTURE = "LlamaForCausalLMEagle3"
+"""The architecture name vLLM maps to ``Eagle3LlamaForCausalLM``."""
 
 
 def is_finished(folder: Path) -> bool:
@@ -47,12 +76,26 @@ def is_finished(folder: Path) -> bool:
     return (folder / MARKER).is_file()
 
 
-def head_config(target_config: Mapping[str, Any]) -> dict[str, Any]:
-    """The head's ``config.json``: the target's Llama config with one hidden layer."""
+def head_config(target_config: Mapping[str, Any], head: str = "eagle") -> dict[str, Any]:
+    """The head's ``config.json``: the target's Llama config with one hidden layer.
+
+    An EAGLE-3 head's also names its architecture, its untied, full-vocabulary
+    LM head (shared with the target) and the target layers it reads.
+    """
     config = dict(target_config)
     config["num_hidden_layers"] = 1
     for key in ("_name_or_path", "quantization_config", "layer_types"):
         config.pop(key, None)
+    if head == "eagle3":
+        layers = aux_layers(int(target_config["num_hidden_layers"]))
+        config.update({
+            "architectures": [EAGLE3_ARCHITECTURE],
+            "tie_word_embeddings": False,
+            "draft_vocab_size": target_config["vocab_size"],
+            "target_hidden_size": target_config["hidden_size"],
+            "eagle_config": {"eagle_aux_hidden_state_layer_ids": list(layers),
+                             "use_aux_hidden_state": True},
+        })
     return config
 
 
@@ -82,8 +125,9 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def save_head(out: Path, state: Mapping[str, Any], target_config: Mapping[str, Any],
-              card: Mapping[str, Any], *, name: str, overwrite: bool) -> Path:
-    """Write a finished head folder at ``out`` in one rename.
+              card: Mapping[str, Any], *, name: str, overwrite: bool,
+              head: str = "eagle") -> Path:
+    """Write a finished head of kind ``head`` (``eagle``, ``eagle3``) at ``out`` in one rename.
 
     Raises:
         TrainingError: if ``out`` already holds a finished head and ``overwrite``
@@ -92,7 +136,8 @@ def save_head(out: Path, state: Mapping[str, Any], target_config: Mapping[str, A
     import torch  # noqa: PLC0415
     from safetensors.torch import save_file  # noqa: PLC0415
 
-    missing = [k for k in HEAD_TENSORS if k not in state]
+    names = TENSORS[head]
+    missing = [k for k in names if k not in state]
     if missing:
         raise TrainingError(f"the trained head lacks {', '.join(missing)}")
     dtype = getattr(torch, str(target_config.get("dtype") or target_config.get("torch_dtype")
@@ -113,14 +158,14 @@ def save_head(out: Path, state: Mapping[str, Any], target_config: Mapping[str, A
             raise TrainingError(msg)
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
-            tensors = {k: state[k].detach().to(dtype).contiguous() for k in HEAD_TENSORS}
+            tensors = {k: state[k].detach().to(dtype).contiguous() for k in names}
             save_file(tensors, str(work / WEIGHTS), metadata={"format": "pt"})
-            _write_json(work / "config.json", head_config(target_config))
+            _write_json(work / "config.json", head_config(target_config, head))
             _write_json(work / CARD_JSON, dict(card))
             _write_text(work / CARD_MD, render_card(card))
             _write_json(work / MARKER, {
                 "name": name,
-                "description": "EAGLE-1 head trained by `specdec train eagle`",
+                "description": f"{HEAD_TITLES[head]} head trained by `specdec train eagle`",
                 "source": "specdec train eagle",
                 # specdec.models trusts a bundled folder whose marker names its layer count.
                 "layers": 1,
@@ -184,13 +229,34 @@ def render_card(card: Mapping[str, Any]) -> str:
     data = card.get("data", {})
     training = card.get("training", {})
     validation = training.get("validation") or {}
-    load = '{"method": "eagle", "model": <this folder>, "num_speculative_tokens": 3}'
+    head = card.get("head") or {"kind": "eagle"}
+    kind = head.get("kind", "eagle")
+    load = f'{{"method": "{kind}", "model": <this folder>, "num_speculative_tokens": 3}}'
+    if kind == "eagle3":
+        objective = (
+            f"- objective: cross-entropy on the target's greedy token over the "
+            f"{training.get('vocab_size')} most frequent tokens (covering "
+            f"{_fmt(training.get('vocab_coverage'))} of labels), {training.get('unroll')} "
+            "drafting steps unrolled (each step after the first reads the head's own state)")
+        reads = (f"It reads the target's layers {_fmt(head.get('aux_layers'))} (residual "
+                 "streams before the final norm; vLLM's `eagle_aux_hidden_state_layer_ids`) "
+                 "and shares the target's embedding and LM head.")
+    else:
+        objective = (
+            f"- objective: smooth-L1 on the next hidden state + {training.get('ce_weight')} x "
+            f"cross-entropy on the target's greedy token over the {training.get('vocab_size')} "
+            f"most frequent tokens (covering {_fmt(training.get('vocab_coverage'))} of labels), "
+            f"{training.get('unroll')} drafting steps unrolled")
+        reads = ("It reads the target's final hidden state (after the final norm) and shares "
+                 "the target's embedding and LM head.")
     lines = [
-        f"# EAGLE-1 head for {target.get('model')}",
+        f"# {HEAD_TITLES.get(kind, kind)} head for {target.get('model')}",
         "",
         ("Trained on the CPU by `specdec train eagle` (self-distillation: the target's own "
          f"greedy answers). Load it with vLLM's `speculative_config={load}`, or with specdec: "
-         f"`specdec-run --strategy eagle --set strategy.model={card.get('name')}`."),
+         f"`specdec-run --strategy {kind} --set strategy.model={card.get('name')}`."),
+        "",
+        reads,
         "",
         "## Data",
         "",
@@ -208,10 +274,7 @@ def render_card(card: Mapping[str, Any]) -> str:
         (f"- steps {training.get('steps')} ({training.get('epochs_run')} epochs), best "
          f"held-out loss at step {training.get('best_step')}, early stop: "
          f"{training.get('stopped_early')}"),
-        (f"- objective: smooth-L1 on the next hidden state + {training.get('ce_weight')} x "
-         f"cross-entropy on the target's greedy token over the {training.get('vocab_size')} "
-         f"most frequent tokens (covering {_fmt(training.get('vocab_coverage'))} of labels), "
-         f"{training.get('unroll')} drafting steps unrolled"),
+        objective,
         f"- seed {training.get('seed')}, {training.get('seconds')} s of training",
         "",
         ("Held-out top-1 agreement with the target (full vocabulary), per drafting step: "

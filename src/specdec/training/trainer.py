@@ -1,8 +1,10 @@
-"""Step 3: train the EAGLE-1 head on the collected shards, resumably.
+"""Step 3: train the EAGLE head on the collected shards, resumably.
 
-The objective is EAGLE's: a smooth-L1 regression of the target's next hidden
-state plus ``ce_weight`` times the cross-entropy of the target's LM head on the
-predicted state against the target's own greedy next token.  Beyond step 0
+For EAGLE-1 the objective is EAGLE's: a smooth-L1 regression of the target's
+next hidden state plus ``ce_weight`` times the cross-entropy of the target's LM
+head on the predicted state against the target's own greedy next token.  For
+EAGLE-3 it is the cross-entropy alone (as in the EAGLE-3 paper: the head's
+states have no counterpart in the target to regress on).  Beyond step 0
 (teacher forcing on the target's hidden states) ``unroll`` drafting steps feed
 the head its own predictions, attending as vLLM's draft KV cache does, so the
 second and third drafted tokens are trained in the conditions they meet.
@@ -31,7 +33,7 @@ import torch.nn.functional as F  # noqa: N812
 from attrs import frozen
 
 from specdec.training.features import FEATURES_DIR, Manifest, read_manifest
-from specdec.training.head import EagleHead, warm_start
+from specdec.training.head import Head, new_head
 from specdec.training.options import TrainingError, TrainOptions
 
 log = structlog.get_logger("specdec.training")
@@ -46,7 +48,11 @@ FINAL_CHUNK = 512
 
 @frozen
 class Batch:
-    """Padded sequences: token ids, hidden states, greedy next tokens and lengths."""
+    """Padded sequences: token ids, hidden states, greedy next tokens and lengths.
+
+    ``hidden`` holds what the head reads: the final hidden state (EAGLE-1) or
+    the concatenated auxiliary ones (EAGLE-3).
+    """
 
     tokens: torch.Tensor
     hidden: torch.Tensor
@@ -186,7 +192,9 @@ class Objective:
 
     The cross-entropy runs over the ``vocab`` tokens only (the data's most
     frequent greedy tokens) to keep the CPU's cost down; labels outside it count
-    in the regression only.
+    in the regression only (EAGLE-1) or not at all (EAGLE-3, whose loss is the
+    cross-entropy alone).  Accuracy and the chain statistics are the same for
+    both heads.
     """
 
     def __init__(self, lm_head: torch.Tensor, vocab: torch.Tensor, options: TrainOptions) -> None:
@@ -197,7 +205,7 @@ class Objective:
         self.map[vocab] = torch.arange(len(vocab))
         self.options = options
 
-    def __call__(self, head: EagleHead, batch: Batch, steps: int, *,
+    def __call__(self, head: Head, batch: Batch, steps: int, *,
                  full_vocab: bool = False, train: bool = False,
                  ) -> tuple[torch.Tensor, dict[str, Any]]:
         """The weighted loss and per-step figures (regression, cross-entropy, accuracy).
@@ -206,6 +214,8 @@ class Objective:
         added; the regression targets are always the clean states.
         """
         opts = self.options
+        regress = head.regresses
+        ce_weight = opts.ce_weight if regress else 1.0
         inputs = batch.hidden
         if train and opts.feature_noise > 0:
             inputs = inputs + (torch.rand_like(inputs) - 0.5) * opts.feature_noise
@@ -220,11 +230,10 @@ class Objective:
         for step, pred32 in enumerate(outputs):
             pred = pred32.float()
             valid = index[None, :] < (batch.lengths[:, None] - 1 - step)
-            feats = _shift(batch.hidden[:, 1:], step)
             labels = _shift(batch.labels[:, 1:], step)
-            reg = F.smooth_l1_loss(pred, feats, reduction="none").mean(-1)
-            count = valid.sum().clamp(min=1)
-            reg_loss = (reg * valid).sum() / count
+            # EAGLE-3's inputs are other layers' states: nothing to regress on.
+            feats = _shift(batch.hidden[:, 1:], step) if regress else None
+            reg_loss = torch.zeros(()) if feats is None else _regression(pred, feats, valid)
             chosen = pred[valid]
             if full_vocab:
                 guess = torch.cat([(c @ self.lm_head.T).argmax(-1)
@@ -235,7 +244,7 @@ class Objective:
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=opts.autocast):
                     logits = chosen @ self.sub_head.T
                 mapped = self.map[labels[valid]]
-                if opts.soft_labels and chosen.shape[0]:
+                if opts.soft_labels and feats is not None and chosen.shape[0]:
                     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16,
                                                          enabled=opts.autocast):
                         teacher = torch.softmax((feats[valid] @ self.sub_head.T).float(), -1)
@@ -247,7 +256,7 @@ class Objective:
                     ce_loss = torch.zeros(())
                 right = logits.argmax(-1) == mapped
             weight = opts.step_decay ** step
-            total = total + weight * (reg_loss + opts.ce_weight * ce_loss)
+            total = total + weight * (reg_loss + ce_weight * ce_loss)
             stats["reg"].append(reg_loss.item())
             stats["ce"].append(ce_loss.item())
             stats["acc"].append(float(right.float().mean()) if right.numel() else 0.0)
@@ -257,6 +266,12 @@ class Objective:
             correct.append(full)
         stats["chain"] = _chain(correct, batch, steps)
         return total, stats
+
+
+def _regression(pred: torch.Tensor, feats: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """EAGLE-1's smooth-L1 distance to the target's next hidden state, over valid rows."""
+    reg = F.smooth_l1_loss(pred, feats, reduction="none").mean(-1)
+    return (reg * valid).sum() / valid.sum().clamp(min=1)
 
 
 def _chain(correct: list[torch.Tensor], batch: Batch, steps: int) -> dict[str, Any]:
@@ -328,12 +343,14 @@ class Trainer:
         if not self.train.infos:
             msg = "no training sequences were collected (every answer was empty?)"
             raise TrainingError(msg)
+        if manifest.head != options.head:
+            msg = (f"{folder} holds features for an {manifest.head} head, not {options.head}: "
+                   "collect them again (remove the folder or pass --restart)")
+            raise TrainingError(msg)
         weights = target_weights(target_path)
         self.config = target_config
-        layers = int(target_config["num_hidden_layers"])
         torch.manual_seed(options.seed)
-        self.head = EagleHead(target_config, weights["model.embed_tokens.weight"])
-        warm_start(self.head, weights, layers)
+        self.head = new_head(options.head, target_config, weights)
         lm_head = lm_head_weight(weights, target_config)
         del weights
         self.vocab, self.coverage = choose_vocab(self.train, options.ce_vocab,
