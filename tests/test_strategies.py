@@ -155,11 +155,11 @@ def test_eagle3_expects_three_layers(tmp_path: Path) -> None:
 
 
 def test_eagle_head_defaults_to_the_bundled_alias() -> None:
-    """eagle defaults to the bundled model's trained head; eagle3 needs a head named."""
+    """eagle and eagle3 default to the bundled model's trained heads of their kind."""
     _, options = _options("eagle")
     assert options.model == "smollm2-135m-eagle"
-    with pytest.raises(ConfigError, match=r"required field missing @ \$\.strategy\.model"):
-        _options("eagle3")
+    _, options = _options("eagle3")
+    assert options.model == "smollm2-135m-eagle3"
 
 
 def test_method_missing_from_vllm(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from attrs import field, frozen
 
 from specdec.errors import StrategyError
 from specdec.interfaces import TargetInfo
-from specdec.models import EAGLE_ALIAS, resolve_model
+from specdec.models import EAGLE3_ALIAS, EAGLE_ALIAS, resolve_model
 from specdec.registry import PLUGIN_API_VERSION
 from specdec.strategies.checks import (
     positive,
@@ -35,9 +35,13 @@ class EagleOptions:
 
 @frozen
 class Eagle3Options:
-    """Options of EAGLE-3 speculation: the head's folder (required) and its draft length."""
+    """Options of EAGLE-3 speculation: the head's folder and how many tokens it drafts.
 
-    model: str
+    ``model`` defaults to the bundled model's trained EAGLE-3 head
+    (``specdec train eagle --head eagle3``).
+    """
+
+    model: str = EAGLE3_ALIAS
     num_speculative_tokens: int = field(default=3, validator=positive)
 
 
