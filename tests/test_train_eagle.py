@@ -431,9 +431,8 @@ PROMPTS = [
 ]
 
 
-@pytest.mark.engine
-def test_train_eagle_end_to_end(tmp_path: Path) -> None:
-    """Generation, hidden states, four steps, save, then vLLM drafts with the head."""
+def train_tiny_head(tmp_path: Path, *extra: str) -> Path:
+    """Run ``specdec train eagle`` (plus ``extra``) on PROMPTS with tiny budgets; the head."""
     train = tmp_path / "train.jsonl"
     train.write_bytes(b"\n".join(orjson.dumps({"prompt": p, "id": f"t{i}"})
                                  for i, p in enumerate(PROMPTS)) + b"\n")
@@ -443,13 +442,20 @@ def test_train_eagle_end_to_end(tmp_path: Path) -> None:
                                            "Name three animals."])) + b"\n")
     head = tmp_path / "head"
     result = run_cli(
-        "specdec", "train", "eagle", "--prompts", str(train), "--no-sample",
+        "specdec", "train", "eagle", *extra, "--prompts", str(train), "--no-sample",
         "--eval-prompts", str(held), "--output", str(head), "--max-tokens", "24",
         "--max-steps", "4", "--batch-tokens", "512", "--val-fraction", "0.2",
         "--set", "engine.enforce_eager=true", "--set", "engine.dtype=float32",
         "--eval-strategies", "eagle", "--eval-max-tokens", "24",
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    return head
+
+
+@pytest.mark.engine
+def test_train_eagle_end_to_end(tmp_path: Path) -> None:
+    """Generation, hidden states, four steps, save, then vLLM drafts with the head."""
+    head = train_tiny_head(tmp_path)
     from safetensors import safe_open
 
     from specdec.training.save import HEAD_TENSORS

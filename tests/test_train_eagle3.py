@@ -20,8 +20,7 @@ from specdec.training import EAGLE3_ALIAS, TrainingError, TrainOptions, check_ta
 from specdec.training.options import aux_layers
 from specdec.training.pipeline import stage_keys
 
-from .conftest import run_cli
-from .test_train_eagle import PROMPTS, TINY, _config, _options, _sequences
+from .test_train_eagle import TINY, _config, _options, _sequences, train_tiny_head
 
 torch = pytest.importorskip("torch")
 
@@ -343,22 +342,7 @@ def test_eagle_evaluation_runs_the_head_with_its_method(tmp_path: Path) -> None:
 @pytest.mark.engine
 def test_train_eagle3_end_to_end(tmp_path: Path) -> None:
     """Generation, aux hidden states, four steps, save, then vLLM drafts with it as eagle3."""
-    train = tmp_path / "train.jsonl"
-    train.write_bytes(b"\n".join(orjson.dumps({"prompt": p, "id": f"t{i}"})
-                                 for i, p in enumerate(PROMPTS)) + b"\n")
-    held = tmp_path / "held.jsonl"
-    held.write_bytes(b"\n".join(orjson.dumps({"prompt": p, "id": f"h{i}"}) for i, p in
-                                enumerate(["What is the capital of Italy?",
-                                           "Name three animals."])) + b"\n")
-    head = tmp_path / "head"
-    result = run_cli(
-        "specdec", "train", "eagle", "--head", "eagle3", "--prompts", str(train), "--no-sample",
-        "--eval-prompts", str(held), "--output", str(head), "--max-tokens", "24",
-        "--max-steps", "4", "--batch-tokens", "512", "--val-fraction", "0.2",
-        "--set", "engine.enforce_eager=true", "--set", "engine.dtype=float32",
-        "--eval-strategies", "eagle", "--eval-max-tokens", "24",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    head = train_tiny_head(tmp_path, "--head", "eagle3")
     from safetensors import safe_open
 
     from specdec.training.save import EAGLE3_TENSORS

@@ -90,6 +90,16 @@ def read_manifest(folder: Path) -> Manifest | None:
     return structure(orjson.loads(path.read_bytes()), Manifest)
 
 
+def check_head(manifest: Manifest, head: str, folder: Path) -> None:
+    """Refuse features collected for another kind of head than ``head``."""
+    if manifest.head != head:
+        msg = (
+            f"{folder} holds features for an {manifest.head} head, not {head}: "
+            "it belongs to another training; remove it (or pass --restart)"
+        )
+        raise TrainingError(msg)
+
+
 def _write_manifest(folder: Path, manifest: Manifest) -> None:
     tmp = folder / (MANIFEST + ".tmp")
     tmp.write_bytes(orjson.dumps(unstructure(manifest), option=orjson.OPT_INDENT_2))
@@ -199,12 +209,8 @@ def collect(options: TrainOptions, target_path: Path, sequences: Sequence[TrainS
     folder.mkdir(parents=True, exist_ok=True)
     todo = order(sequences)
     manifest = read_manifest(folder)
-    if manifest is not None and manifest.head != options.head:
-        msg = (
-            f"{folder} holds features for an {manifest.head} head, not {options.head}: "
-            "it belongs to another training; remove it (or pass --restart)"
-        )
-        raise TrainingError(msg)
+    if manifest is not None:
+        check_head(manifest, options.head, folder)
     if manifest is not None and manifest.total_sequences != len(todo):
         msg = (
             f"{folder} holds features of {manifest.total_sequences} sequences, not "

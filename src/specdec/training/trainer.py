@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from attrs import frozen
 
-from specdec.training.features import FEATURES_DIR, Manifest, read_manifest
+from specdec.training.features import FEATURES_DIR, Manifest, check_head, read_manifest
 from specdec.training.head import Head, new_head
 from specdec.training.options import TrainingError, TrainOptions
 
@@ -343,10 +343,7 @@ class Trainer:
         if not self.train.infos:
             msg = "no training sequences were collected (every answer was empty?)"
             raise TrainingError(msg)
-        if manifest.head != options.head:
-            msg = (f"{folder} holds features for an {manifest.head} head, not {options.head}: "
-                   "collect them again (remove the folder or pass --restart)")
-            raise TrainingError(msg)
+        check_head(manifest, options.head, folder)
         weights = target_weights(target_path)
         self.config = target_config
         torch.manual_seed(options.seed)
@@ -385,10 +382,6 @@ class Trainer:
         over the whole vocabulary (as vLLM drafts) instead of the training's
         sub-vocabulary, and then reports no loss.
         """
-        return self._validate(steps, limit, full_vocab=full_vocab)
-
-    def _validate(self, steps: int, limit: int | None, *, full_vocab: bool = False
-                  ) -> dict[str, Any]:
         parts: list[dict[str, Any]] = []
         losses: list[tuple[float, int]] = []
         seen = 0
@@ -434,7 +427,7 @@ class Trainer:
         self._checkpoint(state)
         self.head.load_state_dict(state["best_state"], strict=False)
         steps = max(opts.unroll, opts.eval_k)
-        validation = self._validate(steps, None, full_vocab=True) if self.val.infos else {}
+        validation = self.validate(steps, None, full_vocab=True) if self.val.infos else {}
         epochs_run = state["epoch"] + state["batch"] / max(1, self.batches_per_epoch)
         return TrainResult(
             self.head.head_state(), state["step"], round(epochs_run, 3), state["best_step"],
@@ -529,7 +522,7 @@ class Trainer:
             # and the last phase's best is the head.
             state["eval_phase"] = state["phase"]
             state["best_loss"], state["bad_evals"] = math.inf, 0
-        figures = self._validate(state["phase"], opts.val_tokens)
+        figures = self.validate(state["phase"], opts.val_tokens)
         loss = figures["loss"]
         state["last_eval"] = state["step"]
         state["history"].append({"step": state["step"], "val_loss": loss,
