@@ -17,6 +17,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from specdec.formatting import number
+
 if TYPE_CHECKING:
     from specdec.records import GroupMetrics, SpecMetrics
     from specdec.report import Report
@@ -44,17 +46,30 @@ class RequestProgress:
             self._progress.advance(self._task)
 
 
+def progress_bar(*, transient: bool = False) -> Progress:
+    """The progress display on stderr: description, bar, done of total, elapsed time.
+
+    Use it as a context manager and add one task per thing being counted::
+
+        with progress_bar() as bar:
+            task = bar.add_task("configurations", total=len(items))
+            bar.advance(task)
+
+    The bars are drawn only when stderr is a terminal. Redirected to a file, rich
+    would still print the final state of every bar when it stops, a line that is
+    neither a log record nor JSON, so ``--log-format json 2>log`` would not be
+    JSON lines only.
+    """
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=stderr, transient=transient,
+                    disable=not stderr.is_terminal)
+
+
 @contextmanager
 def progress() -> Iterator[RequestProgress]:
     """A request progress bar on stderr for the duration of a run."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
-    with Progress(*columns, console=stderr, transient=False) as bar:
+    with progress_bar() as bar:
         yield RequestProgress(bar)
-
-
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _row(name: str, group: GroupMetrics, spec: SpecMetrics | None) -> list[str]:
@@ -62,12 +77,12 @@ def _row(name: str, group: GroupMetrics, spec: SpecMetrics | None) -> list[str]:
         name,
         str(group.requests),
         str(group.output_tokens),
-        _fmt(group.walltime_s.mean),
-        _fmt(group.walltime_s.median),
-        _fmt(group.tokens_per_s_total, 1),
-        _fmt(group.tokens_per_s_mean, 1),
-        _fmt(spec.acceptance_rate if spec else None),
-        _fmt(spec.mean_acceptance_length if spec else None),
+        number(group.walltime_s.mean),
+        number(group.walltime_s.median),
+        number(group.tokens_per_s_total, 1),
+        number(group.tokens_per_s_mean, 1),
+        number(spec.acceptance_rate if spec else None),
+        number(spec.mean_acceptance_length if spec else None),
     ]
 
 
@@ -85,8 +100,8 @@ def print_summary(result: RunResult) -> None:
     table.add_row(*_row("overall", summary.overall, summary.engine_spec or summary.overall.spec))
     stdout.print(table)
     stdout.print(
-        f"elapsed {summary.elapsed_s:.2f} s, throughput "
-        f"{summary.throughput_tokens_per_s:.1f} output tokens/s (warm-up excluded)"
+        f"elapsed {number(summary.elapsed_s)} s, throughput "
+        f"{number(summary.throughput_tokens_per_s, 1)} output tokens/s (warm-up excluded)"
     )
 
 
@@ -134,7 +149,7 @@ def print_report(report: Report) -> None:
         for category in report.categories:
             comp = index.get((setting.name, category))
             cells.append("-" if comp is None else
-                         f"{_fmt(comp.speedup_spec_bench)}/{_fmt(comp.speedup_throughput)}")
+                         f"{number(comp.speedup_spec_bench)}/{number(comp.speedup_throughput)}")
         table.add_row(setting.name, *cells)
     stdout.print(table)
     for name, result in report.lossless.items():
