@@ -102,6 +102,13 @@ def load_config(
     return config_from_mapping(data, source)
 
 
+def read_provenance(path: Path) -> dict[str, Any]:
+    """The provenance section of a run's ``config.yaml`` (empty for a plain experiment file)."""
+    document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    provenance = document.get("provenance") if isinstance(document, dict) else None
+    return dict(provenance) if isinstance(provenance, dict) else {}
+
+
 def dump_config(config: ExperimentConfig, provenance: Mapping[str, Any]) -> str:
     """Render a run's ``config.yaml``: schema version, provenance and the resolved config.
 

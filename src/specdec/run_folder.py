@@ -1,0 +1,491 @@
+"""The run folder: specdec's storage layer for one run.
+
+One module owns a run folder's files: their names, writing them, reading them
+back, resuming a run and repairing a cut last line.  Nobody else opens them
+(``report``, ``export``, ``study``, training and the pandas loader all read
+through here), as inspect_ai's ``write_eval_log`` and ``read_eval_log`` live
+side by side.
+
+A run folder holds:
+
+``config.yaml``
+    The resolved configuration and the run's provenance (versions, machine,
+    command, ``run_id``), written once when the run starts.  ``--config
+    RUN_DIR/config.yaml`` repeats the run.
+``responses.jsonl``
+    The record: one line per finished request, appended and synced to disk
+    before the next request is reported, so a crash loses nothing finished.
+    Each line carries ``schema_version`` and ``run_id`` and nothing else
+    besides the request.  Always written, whatever ``sinks`` says.
+``metrics.json``
+    Written atomically when the run finishes: schema version, provenance (with
+    ``finished_at``), configuration, summary, outcome and, last, every request
+    (one per line) so ``pandas.read_json(path, typ="series")`` still loads it
+    whole while :func:`read_summary` reads only what comes before the requests.
+``outcome.json``
+    Written only when a run fails: its status, error type and message, and
+    times.  A finished run's outcome is in ``metrics.json``.
+
+Repair of a cut last line happens only when a run is resumed
+(:meth:`RunWriter.claim` with ``resume``), never when a report reads.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Literal
+
+import orjson
+import structlog
+from attrs import field, frozen
+
+from specdec.config import dump_config, load_config
+from specdec.config import read_provenance as config_provenance
+from specdec.errors import OutputExistsError, SpecdecError
+from specdec.files import atomic_write_bytes, atomic_write_text
+from specdec.provenance import now
+from specdec.records import SCHEMA_VERSION, ExperimentConfig, RequestRecord, RunSummary
+from specdec.serialization import problems, structure, unstructure
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = structlog.get_logger("specdec.run_folder")
+
+CONFIG_FILE = "config.yaml"
+RESPONSES_FILE = "responses.jsonl"
+METRICS_FILE = "metrics.json"
+OUTCOME_FILE = "outcome.json"
+RUN_FILES = (CONFIG_FILE, RESPONSES_FILE, METRICS_FILE, OUTCOME_FILE)
+
+RECORD_SINK_NAMES = frozenset({"json", "jsonl"})
+"""Sink names of earlier releases for ``metrics.json`` and ``responses.jsonl``.
+
+Both files are the run's record and always written; a config that still lists
+these names is accepted and they select nothing more."""
+
+_LINE_KEYS = ("schema_version", "run_id", "provenance")
+"""Keys a ``responses.jsonl`` line carries besides the request (``provenance``
+only in files of earlier releases)."""
+
+_REQUESTS_KEY = b'"requests": ['
+
+Status = Literal["done", "failed", "interrupted"]
+
+
+@frozen
+class Outcome:
+    """How a run ended, as its folder says.
+
+    ``status`` is ``done`` (``metrics.json`` written), ``failed`` (an error
+    ended it) or ``interrupted`` (Ctrl-C or a signal ended it); a run killed
+    outright leaves no outcome at all.
+    """
+
+    status: Status
+    error_type: str | None = None
+    error: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    requests: int = 0
+    """Requests in ``responses.jsonl`` when the run ended."""
+
+    def describe(self) -> str:
+        """One line for people: the status, and the error if there is one."""
+        if self.error is None:
+            return self.status
+        return f"{self.status}: {self.error_type}: {self.error}"
+
+
+@frozen
+class StoredRun:
+    """A finished run as its folder holds it."""
+
+    folder: Path
+    config: ExperimentConfig
+    summary: RunSummary
+    provenance: dict[str, Any] = field(factory=dict)
+
+    def records(self) -> list[RequestRecord]:
+        """Every request record (read on demand: the file can be large)."""
+        return read_records(self.folder)
+
+
+# -- reading -----------------------------------------------------------------
+
+
+def is_finished(folder: Path) -> bool:
+    """Whether ``folder`` holds a finished run (its ``metrics.json``)."""
+    return (folder / METRICS_FILE).is_file()
+
+
+def count_records(folder: Path) -> int:
+    """Requests finished so far (lines of ``responses.jsonl``), for progress displays."""
+    try:
+        with (folder / RESPONSES_FILE).open("rb") as handle:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+    except FileNotFoundError:
+        return 0
+
+
+def read_config(folder: Path) -> ExperimentConfig:
+    """The resolved configuration of the run in ``folder``."""
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        msg = f"{folder} holds no run ({CONFIG_FILE} is missing)"
+        raise SpecdecError(msg)
+    return load_config(path)
+
+
+@contextmanager
+def _bulk() -> Iterator[None]:
+    # Reading builds millions of small objects that never form cycles; the
+    # cyclic collector would walk them again and again (it halves read time).
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _structure_record(data: Any, where: str, path: str = "$") -> RequestRecord:
+    if isinstance(data, dict):
+        for key in _LINE_KEYS:
+            data.pop(key, None)
+    try:
+        return structure(data, RequestRecord)
+    except Exception as exc:
+        lines = "\n".join(f"  {p}" for p in problems(exc, path))
+        raise SpecdecError(f"invalid request record in {where}:\n{lines}") from exc
+
+
+def _read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """Numbered lines of a ``responses.jsonl``; a cut last line is left out (and logged)."""
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    cut = lines.pop()  # empty when the file ends with a newline, as it should
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            yield number, line
+    if cut.strip():
+        log.warning("ignoring a cut line at the end of responses.jsonl (the run was "
+                    "interrupted while writing it)", path=str(path), line=len(lines) + 1)
+
+
+def _records_from_responses(path: Path) -> list[RequestRecord]:
+    records: list[RequestRecord] = []
+    with _bulk():
+        for number, line in _read_lines(path):
+            where = f"{path}, line {number}"
+            try:
+                item = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise SpecdecError(f"{where} is not valid JSON: {exc}") from exc
+            if not isinstance(item, dict):
+                raise SpecdecError(f"{where} is not a JSON object")
+            records.append(_structure_record(item, where))
+    return records
+
+
+def _load_metrics(path: Path) -> dict[str, Any]:
+    try:
+        with _bulk():
+            payload = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise SpecdecError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise SpecdecError(f"{path} is not a JSON object; is it a specdec metrics.json?")
+    return payload
+
+
+def _records_from_metrics(path: Path) -> list[RequestRecord]:
+    requests = _load_metrics(path).get("requests")
+    if not isinstance(requests, list):
+        raise SpecdecError(f"{path} has no 'requests' list; is it a specdec metrics.json?")
+    with _bulk():
+        return [_structure_record(item, str(path), f"$.requests[{i}]")
+                for i, item in enumerate(requests)]
+
+
+def read_records(folder: Path) -> list[RequestRecord]:
+    """The request records of the run in ``folder``, in the order they finished.
+
+    From ``metrics.json`` when the run finished (its copy is complete by
+    construction), otherwise from ``responses.jsonl``, whose cut last line (a
+    crash while writing it) is left out.  Reading never changes a file.
+
+    Raises:
+        SpecdecError: the folder holds neither file, or a record is invalid
+            (the message names the file and the line or JSON path).
+    """
+    responses = folder / RESPONSES_FILE
+    metrics = folder / METRICS_FILE
+    if metrics.is_file():
+        if responses.is_file() and _written_by_run_folder(metrics):
+            # Our own metrics.json repeats responses.jsonl line for line; the
+            # line file is faster to read (no whole-file parse).
+            return _records_from_responses(responses)
+        return _records_from_metrics(metrics)
+    if responses.is_file():
+        return _records_from_responses(responses)
+    raise SpecdecError(
+        f"{folder} holds neither {METRICS_FILE} nor {RESPONSES_FILE}; "
+        "give the output folder of a specdec run"
+    )
+
+
+def _metrics_head(path: Path) -> dict[str, Any] | None:
+    """Everything in a ``metrics.json`` before its requests, without reading them.
+
+    Only files this module wrote have the layout that allows it (None otherwise).
+    """
+    with path.open("rb") as handle:
+        head = bytearray()
+        for line in handle:
+            if line.strip() == _REQUESTS_KEY:
+                try:
+                    parsed: dict[str, Any] = orjson.loads(bytes(head).rstrip().rstrip(b",") + b"}")
+                except orjson.JSONDecodeError:
+                    return None
+                return parsed
+            head += line
+            if len(head) > 1 << 24:  # no requests line in the first 16 MiB: not our layout
+                return None
+    return None
+
+
+def _written_by_run_folder(path: Path) -> bool:
+    return _metrics_head(path) is not None
+
+
+def _header(folder: Path) -> dict[str, Any]:
+    path = folder / METRICS_FILE
+    if not path.is_file():
+        msg = f"{folder} holds no finished run (no {METRICS_FILE})"
+        raise SpecdecError(msg)
+    head = _metrics_head(path)
+    return head if head is not None else _load_metrics(path)
+
+
+def read_summary(folder: Path) -> RunSummary:
+    """The summary of the finished run in ``folder`` (its requests are not read)."""
+    data = _header(folder).get("summary")
+    try:
+        return structure(data, RunSummary)
+    except Exception as exc:
+        lines = "\n".join(f"  {p}" for p in problems(exc, "$.summary"))
+        raise SpecdecError(f"invalid summary in {folder / METRICS_FILE}:\n{lines}") from exc
+
+
+def read_provenance(folder: Path) -> dict[str, Any]:
+    """Where the run came from: ``metrics.json``'s provenance, else ``config.yaml``'s."""
+    if is_finished(folder):
+        provenance = _header(folder).get("provenance")
+        if isinstance(provenance, dict):
+            return provenance
+    return config_provenance(folder / CONFIG_FILE)
+
+
+def read_run(folder: Path) -> StoredRun:
+    """A finished run's configuration, summary and provenance (records on demand)."""
+    header = _header(folder)
+    summary = read_summary(folder)
+    return StoredRun(folder, read_config(folder), summary, dict(header.get("provenance") or {}))
+
+
+def read_outcome(folder: Path) -> Outcome | None:
+    """How the run in ``folder`` ended; None if it never ended (still running, or killed)."""
+    if is_finished(folder):
+        outcome = _header(folder).get("outcome")
+        if isinstance(outcome, dict):
+            return structure(outcome, Outcome)
+        return Outcome("done")
+    path = folder / OUTCOME_FILE
+    if not path.is_file():
+        return None
+    try:
+        return structure(orjson.loads(path.read_bytes()), Outcome)
+    except Exception as exc:  # noqa: BLE001 - a damaged outcome must not hide the run state
+        return Outcome("failed", type(exc).__name__, f"unreadable {path}: {exc}")
+
+
+def to_dataframe(folder: Path) -> pd.DataFrame:
+    """One row per turn of every request, with its request's id, category and error.
+
+    The pandas loader: columns are the :class:`~specdec.records.TurnRecord`
+    fields, speculative counts flattened as ``spec.*``, plus ``id``,
+    ``category``, ``turn`` and ``error``.  Needs pandas (``pip install pandas``).
+    """
+    try:
+        import pandas as pd  # noqa: PLC0415 - optional, only for this loader
+    except ImportError as exc:
+        msg = "the pandas loader needs pandas: pip install pandas"
+        raise SpecdecError(msg) from exc
+    rows = [
+        {"id": record.id, "category": record.category, "turn": index, "error": record.error,
+         **unstructure(turn)}
+        for record in read_records(folder)
+        for index, turn in enumerate(record.turns)
+    ]
+    return pd.json_normalize(rows)
+
+
+# -- writing -----------------------------------------------------------------
+
+
+def new_run_id() -> str:
+    """A fresh run id (a UUID4 in hex)."""
+    return uuid.uuid4().hex
+
+
+def write_outcome(folder: Path, outcome: Outcome) -> None:
+    """Record how an unfinished run ended (a finished run's is in ``metrics.json``)."""
+    atomic_write_bytes(folder / OUTCOME_FILE, orjson.dumps(unstructure(outcome)))
+
+
+class RunWriter:
+    """Writes one run's folder: claim it, write the config, append records, finish.
+
+    A fresh instance serves one run::
+
+        writer = RunWriter(folder)
+        previous = writer.claim(config, overwrite=False, resume=True)
+        writer.start(config, provenance)
+        writer.append(record) ...
+        writer.finish(summary, records)     # or writer.fail(exc)
+    """
+
+    def __init__(self, folder: Path) -> None:
+        """Write into ``folder`` (created when claimed)."""
+        self.folder = folder
+        self.run_id = new_run_id()
+        self.started_at = now()
+        self._file: IO[bytes] | None = None
+        self._provenance: dict[str, Any] = {}
+        self._config: ExperimentConfig | None = None
+
+    def claim(self, config: ExperimentConfig, *, overwrite: bool = False,
+              resume: bool = False) -> list[RequestRecord]:
+        """Make the folder ready for ``config``; return the records of a run being resumed.
+
+        A finished run is refused unless ``overwrite``; an unfinished one needs
+        ``resume`` (and the same configuration) or ``overwrite``.  Resuming
+        drops a cut last line of ``responses.jsonl`` so appending continues
+        cleanly, and keeps the run's id.
+
+        Raises:
+            OutputExistsError: the folder holds a run that may not be replaced.
+        """
+        folder = self.folder
+        if overwrite:
+            for name in RUN_FILES:
+                (folder / name).unlink(missing_ok=True)
+        if is_finished(folder):
+            msg = (
+                f"{folder} already holds a finished run ({METRICS_FILE}): choose another "
+                "--output-dir, or pass --overwrite to replace it"
+            )
+            raise OutputExistsError(msg)
+        responses = folder / RESPONSES_FILE
+        previous = _records_from_responses(responses) if responses.is_file() else []
+        if previous and not resume:
+            msg = (
+                f"{folder} holds an unfinished run ({len(previous)} requests in "
+                f"{RESPONSES_FILE}): pass --resume to continue it, or --overwrite to start again"
+            )
+            raise OutputExistsError(msg)
+        if previous:
+            if read_config(folder) != config:
+                msg = (
+                    f"{folder} holds an unfinished run of a different configuration: "
+                    f"resume it with --config {folder / CONFIG_FILE}, or choose another "
+                    "--output-dir"
+                )
+                raise OutputExistsError(msg)
+            self.run_id = str(read_provenance(folder).get("run_id") or self.run_id)
+        if responses.is_file():
+            _repair(responses)
+        (folder / OUTCOME_FILE).unlink(missing_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        return previous
+
+    def start(self, config: ExperimentConfig, provenance: dict[str, Any]) -> dict[str, Any]:
+        """Write ``config.yaml`` and open the record for appending; return the provenance.
+
+        The provenance gains ``run_id``; it is written here once for the run.
+        """
+        self._config = config
+        self._provenance = {**provenance, "run_id": self.run_id}
+        atomic_write_text(self.folder / CONFIG_FILE, dump_config(config, self._provenance))
+        self._file = (self.folder / RESPONSES_FILE).open("ab")
+        return self._provenance
+
+    def append(self, record: RequestRecord) -> None:
+        """Write one finished request and make it durable before returning."""
+        if self._file is None:
+            msg = "RunWriter.append before start"
+            raise RuntimeError(msg)
+        line = {"schema_version": SCHEMA_VERSION, "run_id": self.run_id, **unstructure(record)}
+        self._file.write(orjson.dumps(line) + b"\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def finish(self, summary: RunSummary, records: Sequence[RequestRecord]) -> None:
+        """Write ``metrics.json`` atomically: the run is finished."""
+        self.close()
+        if self._config is None:
+            msg = "RunWriter.finish before start"
+            raise RuntimeError(msg)
+        finished = now()
+        head = {
+            "schema_version": SCHEMA_VERSION,
+            "provenance": {**self._provenance, "finished_at": finished},
+            "config": unstructure(self._config),
+            "summary": unstructure(summary),
+            "outcome": unstructure(Outcome("done", started_at=self.started_at,
+                                           finished_at=finished, requests=len(records))),
+        }
+        atomic_write_bytes(self.folder / METRICS_FILE, _metrics_bytes(head, records))
+
+    def fail(self, exc: BaseException) -> None:
+        """Record why the run ended without finishing (its records stay for --resume)."""
+        self.close()
+        status: Status = "failed" if isinstance(exc, Exception) else "interrupted"
+        write_outcome(self.folder, Outcome(
+            status, type(exc).__name__, str(exc) or type(exc).__name__,
+            started_at=self.started_at, finished_at=now(),
+            requests=count_records(self.folder),
+        ))
+
+    def close(self) -> None:
+        """Close the record file (idempotent)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _metrics_bytes(head: dict[str, Any], records: Sequence[RequestRecord]) -> bytes:
+    # The header first, indented; then the requests one per line, last, so
+    # _metrics_head can read the header without parsing them.
+    text = orjson.dumps(head, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+    parts = [text.rstrip()[:-1].rstrip(), b",\n  ", _REQUESTS_KEY, b"\n"]
+    lines = [orjson.dumps(unstructure(r)) for r in records]
+    parts += [b",\n".join(lines), b"\n  ]\n}\n"]
+    return b"".join(parts)
+
+
+def _repair(path: Path) -> None:
+    """Cut a partial last line off ``responses.jsonl`` (a crash while writing it)."""
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        log.warning("dropping a cut line at the end of responses.jsonl", path=str(path))
+        with path.open("r+b") as handle:
+            handle.truncate(end)
