@@ -173,6 +173,7 @@ def test_builtins_load_through_entry_points() -> None:
         "strategy": {"none", "ngram", "draft_model", "eagle", "eagle3", "mtp", "suffix", "raw"},
         "benchmark format": {"prompts", "questions", "chat"},
         "sink": {"json", "jsonl", "log"},
+        "engine": {"offline", "server"},
     }
     for reg in registry.all_registries():
         infos = [i for i in reg.infos() if i.builtin]

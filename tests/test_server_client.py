@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -11,13 +12,18 @@ from typing import Any, ClassVar
 
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
+from specdec import registry
 from specdec.config import load_config
 from specdec.engines.launch import free_port, server_command
-from specdec.engines.openai_server import counter_delta, parse_counters
+from specdec.engines.openai_server import OpenAIServerEngine, counter_delta, parse_counters
 from specdec.errors import EngineError
+from specdec.interfaces import ScoreRequest, TokenScore
 from specdec.records import SpecStats
 from specdec.runner import run_experiment
+
+STAND_IN_VERSION = "0.0.1-stand-in"
 
 METRICS = """# TYPE vllm:spec_decode_num_drafts counter
 vllm:spec_decode_num_drafts_total{{engine="0",model_name="m"}} {d0}
@@ -50,7 +56,9 @@ class StandIn(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self.path == "/v1/models":
-            self._send(200, orjson.dumps({"data": [{"id": "stand-in"}]}))
+            self._send(200, orjson.dumps({"data": [{"id": "stand-in", "max_model_len": 64}]}))
+        elif self.path == "/version":
+            self._send(200, orjson.dumps({"version": STAND_IN_VERSION}))
         elif self.path == "/metrics":
             n = StandIn.requests
             text = METRICS.format(d0=10 * n, d1=n, t0=30 * n, a0=12 * n, p0=8 * n, p1=4 * n)
@@ -66,6 +74,9 @@ class StandIn(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = orjson.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if "prompt_logprobs" in body:
+            self._prompt_logprobs(body)
+            return
         prompt = body["messages"][-1]["content"]
         StandIn.requests += 1
         if prompt.startswith("http500"):
@@ -95,6 +106,21 @@ class StandIn(BaseHTTPRequestHandler):
                          "per_step_accepted": [0, 2], "num_spec_tokens": 2}}})
         self._chunk("[DONE]")
         self.wfile.write(b"0\r\n\r\n")
+
+
+    def _prompt_logprobs(self, body: dict[str, Any]) -> None:
+        # vLLM's shape: null at position 0, then token id (a string) -> {logprob, rank, ...};
+        # token t's top-1 here is t + 1 and its top-2 is t + 2, so each own token ranks 3rd
+        # unless it follows its predecessor.
+        tokens = body["prompt"]
+        per_position: list[dict[str, Any] | None] = [None]
+        for previous, own in itertools.pairwise(tokens):
+            entry = {str(previous + 1): {"logprob": -0.25, "rank": 1, "decoded_token": "a"},
+                     str(previous + 2): {"logprob": -1.5, "rank": 2, "decoded_token": "b"}}
+            entry.setdefault(str(own), {"logprob": -4.0, "rank": 9, "decoded_token": "c"})
+            per_position.append(entry)
+        choice = {"index": 0, "text": "x", "prompt_logprobs": per_position}
+        self._send(200, orjson.dumps({"choices": [choice], "usage": {}}))
 
 
 @pytest.fixture
@@ -196,3 +222,41 @@ def test_server_command_carries_the_strategy() -> None:
     assert command[command.index("--speculative-config") + 1] == '{"method":"ngram"}'
     assert command[command.index("--max-num-seqs") + 1] == "4"
     assert command[command.index("--port") + 1] == "8123"
+
+
+def test_provenance_is_what_the_server_reported(stand_in: str, tmp_path: Path) -> None:
+    """The run records the server's own version and model list, and names what it cannot tell."""
+    run_experiment(_config(tmp_path, stand_in, ["fine"]), tmp_path / "out")
+    provenance = orjson.loads((tmp_path / "out" / "metrics.json").read_bytes())["provenance"]
+    assert provenance["vllm"] == STAND_IN_VERSION
+    assert provenance["device"] is None
+    engine = provenance["engine"]
+    assert engine["backend"] == "server"
+    assert engine["local"] is False
+    assert engine["reported"] == {"version": STAND_IN_VERSION, "models": [
+        {"id": "stand-in", "root": None, "max_model_len": 64}]}
+    assert engine["unknown"] == ["speculative_methods", "speculative_config_fields", "device"]
+    assert provenance["server"]["url"] == stand_in
+
+
+def test_an_unreachable_server_leaves_its_version_unknown(tmp_path: Path) -> None:
+    """Nothing answers /version: the capabilities say so rather than take the local vLLM's."""
+    url = f"http://127.0.0.1:{free_port()}"
+    with capture_logs() as logs:
+        caps = registry.engines.create("server").capabilities(_config(tmp_path, url, ["a"]))
+    assert caps.vllm_version is None
+    assert "ConnectError" in caps.reported["version_error"]
+    assert "vllm_version" in caps.unknown
+    assert logs[0]["event"] == "the server did not tell its vLLM version; recording it as unknown"
+
+
+def test_score_reads_the_completions_prompt_logprobs(stand_in: str, tmp_path: Path) -> None:
+    """Token-id prompts with prompt_logprobs=2; top two by rank and the own token's log-prob."""
+    engine = OpenAIServerEngine(_config(tmp_path, stand_in, ["fine"], "warmup=false"), "m", None)
+    engine.start()
+    results = engine.score([ScoreRequest((5, 6, 9)), ScoreRequest((1, 2, 3, 4), (3,))])
+    assert [r.scores for r in results] == [
+        (TokenScore(1, 6, -0.25, (6, 7), (-0.25, -1.5)),
+         TokenScore(2, 9, -4.0, (7, 8), (-0.25, -1.5))),
+        (TokenScore(3, 4, -0.25, (4, 5), (-0.25, -1.5)),),
+    ]

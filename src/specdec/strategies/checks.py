@@ -1,8 +1,10 @@
 """Pre-flight checks shared by the built-in strategies.
 
 They run before the engine starts (which takes tens of seconds), so that a
-mismatched draft or head, or a method the installed vLLM lacks, fails at once
-with a message that says what to do.
+mismatched draft or head, or a method the engine's vLLM lacks, fails at once
+with a message that says what to do.  They check against the capabilities of
+the engine that will run the strategy; where that engine cannot tell (a server
+does not list its methods), the check skips that part and logs that it did.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ def positive(_instance: object, attribute: Any, value: int | None) -> None:
 
 
 def require_method(target: TargetInfo, method: str, since: str | None = None) -> None:
-    """Fail unless the installed vLLM offers speculative ``method``."""
-    if target.vllm_version is None or method in target.speculative_methods:
+    """Fail unless the engine's vLLM offers speculative ``method`` (skipped when unknown)."""
+    if not target.method_known(method) or method in target.speculative_methods:
         return
     when = f" It arrived in vLLM {since}." if since else ""
     msg = (

@@ -1,22 +1,27 @@
-"""Any ``speculative_config`` passed through, its keys checked against the installed vLLM."""
+"""Any ``speculative_config`` passed through, its keys checked against the engine's vLLM."""
 
 from __future__ import annotations
 
 import difflib
 from typing import Any
 
+import structlog
+
 from specdec.errors import StrategyError
 from specdec.interfaces import TargetInfo
 from specdec.registry import PLUGIN_API_VERSION
 from specdec.strategies.checks import require_method
+
+log = structlog.get_logger("specdec.strategies.raw")
 
 
 class RawStrategy:
     """Pass the strategy's options to vLLM as ``speculative_config`` unchanged.
 
     For methods and settings specdec has no dedicated strategy for.  Every key
-    is checked against the installed vLLM's ``SpeculativeConfig`` fields, so a
-    typo fails before the engine starts.
+    is checked against the engine's vLLM's ``SpeculativeConfig`` fields, so a
+    typo fails before the engine starts (an engine that cannot list its fields,
+    such as a server, leaves the keys to vLLM).
     """
 
     name = "raw"
@@ -29,7 +34,10 @@ class RawStrategy:
             msg = "the raw strategy needs speculative_config keys, e.g. method: ngram"
             raise StrategyError(msg)
         fields = target.speculative_config_fields
-        if fields:
+        if not fields:
+            log.info("the engine cannot tell its speculative_config fields; the keys are "
+                     "left to vLLM to check", keys=sorted(options))
+        else:
             unknown = sorted(set(options) - fields)
             if unknown:
                 hints = []

@@ -5,12 +5,15 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
+import structlog
 from attrs import field, frozen
 
 from specdec.errors import StrategyError
 from specdec.interfaces import TargetInfo
 from specdec.registry import PLUGIN_API_VERSION
 from specdec.strategies.checks import positive, require_method
+
+log = structlog.get_logger("specdec.strategies.suffix")
 
 
 @frozen
@@ -35,8 +38,12 @@ class SuffixStrategy:
     options_type = SuffixOptions
 
     def check(self, options: SuffixOptions, target: TargetInfo) -> None:
-        """VLLM must offer suffix and arctic-inference must be importable."""
+        """VLLM must offer suffix and arctic-inference must be importable where it runs."""
         require_method(target, "suffix", since="0.11")
+        if not target.local:
+            # Another environment's packages (a server's) cannot be seen from here.
+            log.info("the engine runs elsewhere; not checking that it has arctic-inference")
+            return
         if importlib.util.find_spec("arctic_inference") is None:
             msg = (
                 "suffix decoding needs the arctic-inference package, which is not installed: "

