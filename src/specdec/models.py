@@ -11,14 +11,11 @@ Wherever specdec accepts a model path it also accepts a bundled alias
 
 from __future__ import annotations
 
-import fcntl
 import importlib.metadata
 import os
 import re
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,7 @@ import structlog
 from attrs import frozen
 
 from specdec.errors import ModelError
+from specdec.files import atomic_folder, file_lock
 
 log = structlog.get_logger("specdec.models")
 
@@ -239,17 +237,6 @@ def verify(path: Path, expected_layers: int | None = None) -> dict[str, Any]:
     return config
 
 
-@contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def prepare(name: str = BASE_ALIAS, *, force: bool = False) -> Path:
     """Build bundled model ``name`` once and return its folder.
 
@@ -260,24 +247,20 @@ def prepare(name: str = BASE_ALIAS, *, force: bool = False) -> Path:
     target = model.path
     if model.prepared and not force:
         return target
-    with _lock(target.with_name(f".{name}.lock")):
+    # The lock file is ``.{name}.lock`` beside the folder (files.lock_path); training
+    # takes the same lock when it writes a trained head under a bundled alias.
+    with file_lock(target):
         if model.prepared and not force:
             return target
         log.info("preparing bundled model", model=name, path=str(target))
-        work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
-        try:
+        with atomic_folder(target) as work:
             model.build(work)
             verify(work, model.expected_layers)
             marker = {"name": name, "description": model.description,
                       "source": f"{SOURCE_PACKAGE}:{SOURCE_FILE}",
                       "layers": model.expected_layers}
+            # Written last: a folder without it is never trusted (see BundledModel.prepared).
             (work / MARKER).write_bytes(orjson.dumps(marker, option=orjson.OPT_INDENT_2))
-            if target.exists():
-                shutil.rmtree(target)
-            work.rename(target)
-        finally:
-            if work.exists():
-                shutil.rmtree(work)
         log.info("bundled model ready", model=name, path=str(target))
     return target
 
