@@ -1,170 +1,268 @@
 """Command lines: ``specdec-run`` and the ``specdec`` toolbox, thin over the API.
 
-Errors meant for the user (:class:`~specdec.errors.SpecdecError`) print one
-message and exit non-zero without a traceback: 2 for bad input, 1 otherwise.
+Each option is declared once, as a typed attribute or parameter whose help is
+its docstring; cyclopts builds the parsers and the help pages from those
+declarations.  Flags that several commands share live in one attrs class each
+(:class:`ExperimentFlags` for ``run`` and ``serve``, :class:`BenchmarkFlags` for
+``run`` and ``batch``), flattened into flags by ``Parameter(name="*")``, so
+every command takes exactly the flags it uses.  Plugin packages add commands
+through :mod:`specdec.commands`.
+
+Errors meant for the user print one message and exit without a traceback: 2 for
+bad input (a :class:`~specdec.errors.ConfigError`, or a command line that does
+not parse: an unknown flag, a wrong type), 1 for any other
+:class:`~specdec.errors.SpecdecError`, 130 on Ctrl-C.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from attrs import frozen
+from cyclopts import App, CycloptsError, Group, Parameter
 
 from specdec.errors import ConfigError, SpecdecError
+from specdec.logs import LogFormat
+from specdec.records import ExperimentConfig, Mode
+
+if TYPE_CHECKING:
+    from specdec.study import BatchItem
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
-RUN_DESCRIPTION = """\
-Run one speculative-decoding experiment on vLLM and write config.yaml,
-responses.jsonl and metrics.json into the output folder.
-
-With no arguments: the bundled sample benchmark on the bundled model
-(smollm2-135m) with no speculation (the baseline), into results/<time>-none.
-
-Precedence: built-in defaults < --config file < flags < --set overrides.
-"""
+_DEFAULTS = ExperimentConfig()
+# The defaults a help page shows come from the config record itself, so they cannot drift.
 
 RUN_EPILOG = """\
 examples:
   specdec-run --strategy ngram
   specdec-run --strategy ngram --set strategy.num_speculative_tokens=3 --limit 8
   specdec-run --strategy draft_model --set strategy.model=smollm2-135m-draft
-  specdec-run --config configs/smollm2-135m/ngram.yaml --output-dir results/ngram
-  specdec-run --benchmark ../shared/data/spec_bench/question.jsonl --categories math,rag
+  specdec-run --config configs/smollm2-135m/ngram.yaml \\
+      --output-dir results/ngram
+  specdec-run --benchmark ../shared/data/spec_bench/question.jsonl \\
+      --categories math,rag
   specdec-run --config results/ngram/config.yaml   # repeat a finished run
 
 strategies: see `specdec plugins`; options of each in QUICK_REFERENCE.md.
 """
 
 
-def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="experiment file (YAML or JSON)")
-    parser.add_argument("--benchmark", help="prompt file (JSONL); default: the bundled sample")
-    parser.add_argument(
-        "--benchmark-format",
-        help="prompts | questions | chat (or a plugin's format); default: detected per file",
-    )
-    parser.add_argument("--model", help="model folder, hub id, or bundled alias (smollm2-135m)")
-    parser.add_argument("--strategy", help="speculation strategy: none, ngram, draft_model, ...")
-    parser.add_argument("--mode", choices=["batch", "sequential"],
-                        help="sequential: one request at a time (latency, as Spec-Bench); "
-                             "batch: all at once (throughput). Default: sequential")
-    parser.add_argument("--limit", type=int, help="run only the first N prompts")
-    parser.add_argument("--categories", help="comma-separated categories to run")
-    parser.add_argument("--sinks", help="comma-separated sinks (default: json,jsonl,log)")
-    parser.add_argument("--endpoint", metavar="URL",
-                        help="send requests to this OpenAI-compatible vLLM server instead of "
-                             "the offline engine (engine.backend=server, engine.url=URL)")
-    parser.add_argument("--launch", action="store_true",
-                        help="start a vLLM server for this run on a free loopback port, run "
-                             "against it, and stop it afterwards")
-    parser.add_argument("--concurrency", type=int,
-                        help="server backend: requests in flight (default: 1 in sequential "
-                             "mode, all in batch mode)")
-    parser.add_argument("--request-rate", type=float,
-                        help="server backend: send requests at this fixed rate per second")
-    parser.add_argument("--raw-prompts", action="store_true",
-                        help="send prompts as they are, without the chat template")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY.PATH=VALUE",
-                        help="override any config value, e.g. generation.max_tokens=64 "
-                             "(repeatable; VALUE is read as YAML)")
-    parser.add_argument("--output-dir", type=Path,
-                        help="where to write; default: results/<UTC time>-<strategy>")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a run already in --output-dir")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted run in --output-dir: requests already in "
-                             "its responses.jsonl are not run again")
-    parser.add_argument("--log-format", choices=["console", "json"],
-                        help="structured log lines as console text or JSON")
+# Help pages list the flag groups in the order of the data flow, not alphabetically.
+EXPERIMENT = Group("Experiment", sort_key=1)
+BENCHMARK = Group("Benchmark", sort_key=2)
+REQUESTS = Group("Requests", sort_key=3)
+OUTPUT = Group("Output", sort_key=4)
 
 
 def _split(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
-def _benchmark_flags(args: argparse.Namespace) -> dict[str, Any]:
-    flags: dict[str, Any] = {}
-    if args.benchmark:
-        flags["path"] = args.benchmark
-    if args.benchmark_format:
-        flags["format"] = args.benchmark_format
-    if args.limit is not None:
-        flags["limit"] = args.limit
-    if args.categories:
-        flags["categories"] = _split(args.categories)
-    return flags
+@Parameter(name="*", group=EXPERIMENT)
+@frozen(kw_only=True)
+class ExperimentFlags:
+    """Which experiment: the flags ``run`` and ``serve`` share."""
+
+    config: Path | None = None
+    """experiment file (YAML or JSON); a run's config.yaml repeats that run"""
+
+    model: Annotated[str | None, Parameter(show_default=_DEFAULTS.model)] = None
+    """model folder, hub id, or bundled alias"""
+
+    strategy: Annotated[str | None, Parameter(show_default=_DEFAULTS.strategy.name)] = None
+    """speculation strategy: none, ngram, draft_model, ... (`specdec plugins` lists them)"""
+
+    overrides: Annotated[tuple[str, ...], Parameter(name="--set", metavar="KEY.PATH=VALUE")] = ()
+    """override a config value, e.g. generation.max_tokens=64; VALUE is YAML; repeatable"""
+
+    def settings(self, current_strategy: Any) -> dict[str, Any]:
+        """The top-level config keys these flags set, over a config file's ``strategy``."""
+        flags: dict[str, Any] = {}
+        if self.model:
+            flags["model"] = self.model
+        if self.strategy:
+            name = (current_strategy.get("name") if isinstance(current_strategy, dict)
+                    else current_strategy)
+            if name != self.strategy:
+                # Options belong to the strategy they were written for.
+                flags["strategy"] = {"name": self.strategy}
+        return flags
 
 
-def _engine_flags(args: argparse.Namespace) -> dict[str, Any]:
-    flags: dict[str, Any] = {}
-    if args.endpoint:
-        flags |= {"backend": "server", "url": args.endpoint}
-    if args.launch:
-        flags |= {"backend": "server", "launch": True}
-    if args.concurrency is not None:
-        flags["concurrency"] = args.concurrency
-    if args.request_rate is not None:
-        flags["request_rate"] = args.request_rate
-    return flags
+@Parameter(name="*", group=BENCHMARK)
+@frozen(kw_only=True)
+class BenchmarkFlags:
+    """Which prompts: the flags ``run`` and ``batch`` share (the ``benchmark`` section)."""
+
+    benchmark: str | None = None
+    """prompt file (JSONL); default: the config's, else the bundled sample benchmark"""
+
+    benchmark_format: str | None = None
+    """prompts | questions | chat (or a plugin's format); default: detected per file"""
+
+    limit: int | None = None
+    """run only the first N prompts (after --categories)"""
+
+    categories: str | None = None
+    """comma-separated categories to run"""
+
+    def settings(self) -> dict[str, Any]:
+        """The ``benchmark`` section keys these flags set."""
+        flags: dict[str, Any] = {}
+        if self.benchmark:
+            flags["path"] = self.benchmark
+        if self.benchmark_format:
+            flags["format"] = self.benchmark_format
+        if self.limit is not None:
+            flags["limit"] = self.limit
+        if self.categories:
+            flags["categories"] = _split(self.categories)
+        return flags
 
 
-def _top_level_flags(args: argparse.Namespace, current_strategy: Any) -> dict[str, Any]:
-    flags: dict[str, Any] = {}
-    if args.model:
-        flags["model"] = args.model
-    if args.strategy:
-        current = current_strategy
-        name = current.get("name") if isinstance(current, dict) else current
-        if name != args.strategy:
-            # Options belong to the strategy they were written for.
-            flags["strategy"] = {"name": args.strategy}
-    if args.mode:
-        flags["mode"] = args.mode
-    if args.raw_prompts:
-        flags["chat_template"] = False
-    if args.sinks:
-        flags["sinks"] = _split(args.sinks)
-    return flags
+@Parameter(name="*", group=REQUESTS)
+@frozen(kw_only=True)
+class RequestFlags:
+    """How the requests are sent: ``run`` only (``serve`` starts a server that ``run`` measures)."""
+
+    mode: Annotated[Mode | None, Parameter(show_default=_DEFAULTS.mode)] = None
+    """sequential: one at a time (latency, as Spec-Bench); batch: all at once (throughput)"""
+
+    raw_prompts: bool = False
+    """send prompts as they are, without the chat template"""
+
+    endpoint: Annotated[str | None, Parameter(metavar="URL")] = None
+    """measure this OpenAI-compatible vLLM server (engine.backend=server, engine.url=URL)"""
+
+    launch: bool = False
+    """start a vLLM server for this run on a free loopback port, stop it afterwards"""
+
+    concurrency: int | None = None
+    """server backend: requests in flight (default: 1 in sequential mode, all in batch)"""
+
+    request_rate: float | None = None
+    """server backend: send requests at this fixed rate per second"""
+
+    def settings(self) -> dict[str, Any]:
+        """The top-level config keys these flags set."""
+        flags: dict[str, Any] = {}
+        if self.mode:
+            flags["mode"] = self.mode
+        if self.raw_prompts:
+            flags["chat_template"] = False
+        return flags
+
+    def engine_settings(self) -> dict[str, Any]:
+        """The ``engine`` section keys these flags set."""
+        flags: dict[str, Any] = {}
+        if self.endpoint:
+            flags |= {"backend": "server", "url": self.endpoint}
+        if self.launch:
+            flags |= {"backend": "server", "launch": True}
+        if self.concurrency is not None:
+            flags["concurrency"] = self.concurrency
+        if self.request_rate is not None:
+            flags["request_rate"] = self.request_rate
+        return flags
 
 
-def build_config(args: argparse.Namespace) -> Any:
-    """The ExperimentConfig described by a config file, flags and overrides."""
+@Parameter(name="*", group=OUTPUT)
+@frozen(kw_only=True)
+class OutputFlags:
+    """Where a run's records go: ``run`` only."""
+
+    sinks: Annotated[str | None, Parameter(show_default=",".join(_DEFAULTS.sinks))] = None
+    """comma-separated sinks"""
+
+    output_dir: Annotated[Path | None,
+                          Parameter(show_default="results/<UTC time>-<strategy>")] = None
+    """where to write"""
+
+    overwrite: bool = False
+    """replace a run already in --output-dir"""
+
+    resume: bool = False
+    """continue an interrupted run in --output-dir; requests in its responses.jsonl are kept"""
+
+    def settings(self) -> dict[str, Any]:
+        """The top-level config keys these flags set."""
+        return {"sinks": _split(self.sinks)} if self.sinks else {}
+
+
+LogFormatFlag = Annotated[LogFormat | None, Parameter(
+    group=OUTPUT, help="structured log lines as console text or JSON (also SPECDEC_LOG_FORMAT)")]
+"""``--log-format`` of ``run`` and ``serve``."""
+
+NearTieFlag = Annotated[float | None, Parameter(metavar="NATS")]
+"""``--near-tie``: the lossless check's near-tie threshold; each command says its default."""
+
+# The defaults of the flattened flag classes: frozen, so one shared instance is safe.
+_NO_EXPERIMENT = ExperimentFlags()
+_NO_BENCHMARK = BenchmarkFlags()
+_NO_REQUESTS = RequestFlags()
+_NO_OUTPUT = OutputFlags()
+
+
+def build_config(experiment: ExperimentFlags, benchmark: BenchmarkFlags = _NO_BENCHMARK,
+                 requests: RequestFlags = _NO_REQUESTS,
+                 output: OutputFlags = _NO_OUTPUT) -> ExperimentConfig:
+    """The ExperimentConfig described by a config file, flags and ``--set`` overrides.
+
+    Precedence: built-in defaults < the ``--config`` file < flags < ``--set``.
+    """
     from specdec.config import apply_overrides, config_from_mapping, read_mapping  # noqa: PLC0415
 
-    data: dict[str, Any] = read_mapping(args.config) if args.config else {}
-    source = str(args.config) if args.config else "command line"
-
-    data.update(_top_level_flags(args, data.get("strategy")))
-    for name, values in (("engine", _engine_flags(args)), ("benchmark", _benchmark_flags(args))):
+    data: dict[str, Any] = read_mapping(experiment.config) if experiment.config else {}
+    source = str(experiment.config) if experiment.config else "command line"
+    data.update(experiment.settings(data.get("strategy")))
+    data.update(requests.settings())
+    data.update(output.settings())
+    for name, values in (("engine", requests.engine_settings()),
+                         ("benchmark", benchmark.settings())):
         if values:
             section = data.setdefault(name, {})
             if not isinstance(section, dict):
                 raise ConfigError(source, [f"expected a mapping @ $.{name}"])
             section.update(values)
-    if args.overrides:
-        data = apply_overrides(data, args.overrides)
+    if experiment.overrides:
+        data = apply_overrides(data, experiment.overrides)
         source += " with --set overrides"
     return config_from_mapping(data, source)
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(experiment: ExperimentFlags = _NO_EXPERIMENT, benchmark: BenchmarkFlags = _NO_BENCHMARK,
+        requests: RequestFlags = _NO_REQUESTS, output: OutputFlags = _NO_OUTPUT, *,
+        log_format: LogFormatFlag = None) -> int:
+    """Run one speculative-decoding experiment.
+
+    Run one speculative-decoding experiment on vLLM and write config.yaml,
+    responses.jsonl and metrics.json into the output folder. `specdec run` and
+    `specdec-run` are the same command.
+
+    With no arguments: the bundled sample benchmark on the bundled model
+    (smollm2-135m) with no speculation (the baseline), into results/<time>-none.
+
+    Precedence: built-in defaults < --config file < flags < --set overrides.
+    """
     from specdec import logs  # noqa: PLC0415
     from specdec.display import print_summary, progress  # noqa: PLC0415
     from specdec.runner import run_experiment  # noqa: PLC0415
 
-    logs.configure(args.log_format)
-    config = build_config(args)
+    if log_format is not None:
+        logs.configure(log_format)
+    config = build_config(experiment, benchmark, requests, output)
     with progress() as bar:
         result = run_experiment(
             config,
-            args.output_dir,
-            overwrite=args.overwrite,
-            resume=args.resume,
+            output.output_dir,
+            overwrite=output.overwrite,
+            resume=output.resume,
             on_start=bar.start,
             on_record=lambda _record: bar.advance(),
         )
@@ -176,125 +274,18 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _models_list(_args: argparse.Namespace) -> int:
-    from specdec.display import print_models  # noqa: PLC0415
+def serve(experiment: ExperimentFlags = _NO_EXPERIMENT, *,
+          port: Annotated[int | None, Parameter(help="port to listen on (default: a free one)")]
+          = None, log_format: LogFormatFlag = None) -> int:
+    """Start vLLM's OpenAI-compatible server with a strategy, until Ctrl-C.
 
-    print_models()
-    return 0
-
-
-def _models_prepare(args: argparse.Namespace) -> int:
-    from specdec import logs, models  # noqa: PLC0415
-
-    logs.configure()
-    for name in args.names or [models.BASE_ALIAS]:
-        path = models.prepare(name, force=args.force)
-        sys.stdout.write(f"{name}: {path}\n")
-    return 0
-
-
-def _plugins(_args: argparse.Namespace) -> int:
-    from specdec import logs  # noqa: PLC0415
-    from specdec.display import print_plugins  # noqa: PLC0415
-
-    logs.configure()
-    return print_plugins()
-
-
-def _batch_progress() -> Any:
-    from rich.progress import (  # noqa: PLC0415
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    from specdec.display import stderr  # noqa: PLC0415
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=stderr)
-
-
-def _execute_batch(items: Sequence[Any], output_base: Path, name: str, threshold: float) -> int:
-    from specdec import logs  # noqa: PLC0415
-    from specdec.report import build_report, write_report  # noqa: PLC0415
-    from specdec.study import run_batch  # noqa: PLC0415
-
-    logs.configure()
-    with _batch_progress() as bar:
-        configs = bar.add_task("configurations", total=len(items))
-        requests = bar.add_task("requests", total=None)
-
-        def progress(item: str, done: int, total: int) -> None:
-            bar.update(requests, description=f"requests ({item})", completed=done, total=total)
-
-        def finished(_status: Any) -> None:
-            bar.advance(configs)
-
-        index = run_batch(items, output_base, name=name, near_tie_threshold=threshold,
-                          on_item=finished, on_progress=progress)
-    failed = [i for i in index.items if i.status != "done"]
-    for item in failed:
-        sys.stderr.write(f"specdec: {item.name} {item.status}: {item.error}\n")
-    if len(failed) < len(index.items):
-        report = build_report([output_base])
-        write_report(report, output_base / "report")
-        from specdec.display import print_report  # noqa: PLC0415
-
-        print_report(report)
-        sys.stdout.write(f"report: {output_base / 'report' / 'report.md'}\n")
-    return EXIT_FAILED if failed else 0
-
-
-def _batch(args: argparse.Namespace) -> int:
-    from specdec.study import NEAR_TIE_THRESHOLD, items_from_configs  # noqa: PLC0415
-
-    benchmark = _benchmark_flags(args)
-    items = items_from_configs(args.configs, benchmark, args.repeats)
-    threshold = args.near_tie if args.near_tie is not None else NEAR_TIE_THRESHOLD
-    return _execute_batch(items, args.output_base, args.output_base.name, threshold)
-
-
-def _study(args: argparse.Namespace) -> int:
-    import attrs  # noqa: PLC0415
-
-    from specdec.study import expand_study, load_study  # noqa: PLC0415
-
-    study = load_study(args.study)
-    if args.repeats is not None:
-        study = attrs.evolve(study, repeats=args.repeats)
-    output_base = args.output_base or Path("results") / study.name
-    items = expand_study(study)
-    if args.dry_run:
-        for item in items:
-            sys.stdout.write(f"{item.name}\n")
-        return 0
-    return _execute_batch(items, output_base, study.name, study.near_tie_threshold)
-
-
-def _report(args: argparse.Namespace) -> int:
-    from specdec.display import print_report  # noqa: PLC0415
-    from specdec.report import build_report, write_report  # noqa: PLC0415
-
-    report = build_report(args.runs, args.near_tie)
-    out = args.output or (args.runs[0] / "report" if len(args.runs) == 1
-                          else Path("results") / "report")
-    files = write_report(report, out)
-    print_report(report)
-    sys.stdout.write("wrote " + ", ".join(str(f) for f in files) + "\n")
-    return 0 if all(r.passed for r in report.lossless.values()) else EXIT_FAILED
-
-
-def _export(args: argparse.Namespace) -> int:
-    from specdec.export import export_spec_bench  # noqa: PLC0415
-
-    count = export_spec_bench(args.run, args.output, model_id=args.model_id)
-    sys.stdout.write(f"wrote {count} answers to {args.output}\n")
-    return 0
-
-
-def _serve(args: argparse.Namespace) -> int:
+    Start vLLM's OpenAI-compatible server on the loopback interface with the
+    experiment's model, engine settings (engine.* in --config or --set) and the
+    strategy's speculative_config on its command line, wait until it is
+    healthy, print its URL, and stop it cleanly on Ctrl-C. Measure it with
+    `specdec-run --endpoint URL`. To launch a server just for one run, use
+    `specdec-run --launch` instead.
+    """
     import time  # noqa: PLC0415
 
     import attrs  # noqa: PLC0415
@@ -303,10 +294,11 @@ def _serve(args: argparse.Namespace) -> int:
     from specdec.engines.launch import ServerProcess  # noqa: PLC0415
     from specdec.runner import prepare_run  # noqa: PLC0415
 
-    logs.configure(args.log_format)
-    config = build_config(args)
-    if args.port is not None:
-        config = attrs.evolve(config, engine=attrs.evolve(config.engine, port=args.port))
+    if log_format is not None:
+        logs.configure(log_format)
+    config = build_config(experiment)
+    if port is not None:
+        config = attrs.evolve(config, engine=attrs.evolve(config.engine, port=port))
     prepared = prepare_run(config)
     server = ServerProcess(prepared.config, prepared.model_path, prepared.speculative_config)
     try:
@@ -325,132 +317,246 @@ def _serve(args: argparse.Namespace) -> int:
         server.stop()
 
 
-def _add_study_commands(sub: Any) -> None:
-    serve = sub.add_parser(
-        "serve", help="start vLLM's OpenAI-compatible server with a strategy, until Ctrl-C",
-        description="Start vLLM's OpenAI-compatible server on the loopback interface with the "
-                    "experiment's model, engine settings and the strategy's speculative_config "
-                    "on its command line, wait until it is healthy, print its URL, and stop it "
-                    "cleanly on Ctrl-C. To launch a server just for one run, use "
-                    "`specdec-run --launch` instead.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def models_list() -> int:
+    """Show bundled models, whether prepared, and where."""
+    from specdec.display import print_models  # noqa: PLC0415
+
+    print_models()
+    return 0
+
+
+def models_prepare(*names: str, force: bool = False) -> int:
+    """Build bundled models into $SPECDEC_HOME (default: smollm2-135m).
+
+    Args:
+        names: bundled model aliases.
+        force: rebuild even if prepared.
+    """
+    from specdec import models  # noqa: PLC0415
+
+    for name in names or (models.BASE_ALIAS,):
+        path = models.prepare(name, force=force)
+        sys.stdout.write(f"{name}: {path}\n")
+    return 0
+
+
+def plugins() -> int:
+    """List every strategy, benchmark format and sink, with its package."""
+    from specdec.display import print_plugins  # noqa: PLC0415
+
+    return print_plugins()
+
+
+def _execute_batch(items: Sequence[BatchItem], output_base: Path, name: str,
+                   threshold: float) -> int:
+    from specdec.display import print_report, progress_bar  # noqa: PLC0415
+    from specdec.report import build_report, write_report  # noqa: PLC0415
+    from specdec.study import run_batch  # noqa: PLC0415
+
+    with progress_bar() as bar:
+        configs = bar.add_task("configurations", total=len(items))
+        requests = bar.add_task("requests", total=None)
+
+        def on_progress(item: str, done: int, total: int) -> None:
+            bar.update(requests, description=f"requests ({item})", completed=done, total=total)
+
+        def on_item(_status: object) -> None:
+            bar.advance(configs)
+
+        index = run_batch(items, output_base, name=name, near_tie_threshold=threshold,
+                          on_item=on_item, on_progress=on_progress)
+    failed = [i for i in index.items if i.status != "done"]
+    for item in failed:
+        sys.stderr.write(f"specdec: {item.name} {item.status}: {item.error}\n")
+    if len(failed) < len(index.items):
+        report = build_report([output_base])
+        write_report(report, output_base / "report")
+        print_report(report)
+        sys.stdout.write(f"report: {output_base / 'report' / 'report.md'}\n")
+    return EXIT_FAILED if failed else 0
+
+
+def batch(*, configs: Annotated[list[Path], Parameter(consume_multiple=True, metavar="FILE")],
+          output_base: Annotated[Path, Parameter(metavar="DIR")],
+          benchmark: BenchmarkFlags = _NO_BENCHMARK, repeats: int = 1,
+          near_tie: NearTieFlag = None) -> int:
+    """Run several experiment files on one benchmark, each in its own process.
+
+    Run each --configs file as its own process on the same prompts, into
+    OUTPUT_BASE/<name>/, with OUTPUT_BASE/batch.json as the index and a report
+    in OUTPUT_BASE/report/. A baseline (strategy none) is added per model if
+    missing. Rerunning the same command resumes: finished configurations are
+    skipped, a half-finished one continues. Exit 1 if any configuration failed.
+
+    Args:
+        configs: experiment files (YAML or JSON), one configuration each.
+        output_base: batch folder: one subfolder per configuration, batch.json, report/.
+        benchmark: the prompts of every configuration.
+        repeats: runs of each configuration.
+        near_tie: near-tie threshold of the lossless check, in nats (default 0.25).
+    """
+    from specdec.study import NEAR_TIE_THRESHOLD, items_from_configs  # noqa: PLC0415
+
+    items = items_from_configs(configs, benchmark.settings(), repeats)
+    threshold = near_tie if near_tie is not None else NEAR_TIE_THRESHOLD
+    return _execute_batch(items, output_base, output_base.name, threshold)
+
+
+def study(study: Path, /, *, output_base: Annotated[Path | None, Parameter(metavar="DIR")] = None,
+          repeats: int | None = None, dry_run: bool = False) -> int:
+    """Expand a study file (models x strategies x sweeps) and run it as a batch.
+
+    Run a study file: every model x strategy x swept setting x repeat as a
+    batch (see `specdec batch`), then write the report. See docs/studies.md.
+
+    Args:
+        study: study file (YAML or JSON).
+        output_base: batch folder (default: results/<study name>).
+        repeats: override the study's repeats.
+        dry_run: list the runs and stop.
+    """
+    import attrs  # noqa: PLC0415
+
+    from specdec.study import expand_study, load_study  # noqa: PLC0415
+
+    loaded = load_study(study)
+    if repeats is not None:
+        loaded = attrs.evolve(loaded, repeats=repeats)
+    items = expand_study(loaded)
+    if dry_run:
+        for item in items:
+            sys.stdout.write(f"{item.name}\n")
+        return 0
+    return _execute_batch(items, output_base or Path("results") / loaded.name, loaded.name,
+                          loaded.near_tie_threshold)
+
+
+def report(runs: Annotated[list[Path], Parameter(name="RUN_DIR")], /, *,
+           output: Annotated[Path | None, Parameter(metavar="DIR")] = None,
+           near_tie: NearTieFlag = None) -> int:
+    """Compare runs with their baseline: tables, report.md, PNG plots.
+
+    Read batch folders and run folders; print speedup (Spec-Bench and
+    throughput), acceptance, the best setting per category and the lossless
+    check; write report.md, report.json and PNG plots. Exit 1 if the lossless
+    check finds a real mismatch.
+
+    Args:
+        runs: batch folders or run folders.
+        output: where to write (default: RUN_DIR/report for one folder, results/report for more).
+        near_tie: near-tie threshold of the lossless check, in nats (default 0.25).
+    """
+    from specdec.display import print_report  # noqa: PLC0415
+    from specdec.report import build_report, write_report  # noqa: PLC0415
+
+    built = build_report(runs, near_tie)
+    out = output or (runs[0] / "report" if len(runs) == 1 else Path("results") / "report")
+    files = write_report(built, out)
+    print_report(built)
+    sys.stdout.write("wrote " + ", ".join(str(f) for f in files) + "\n")
+    return 0 if all(r.passed for r in built.lossless.values()) else EXIT_FAILED
+
+
+def export(answer_format: Annotated[Literal["spec-bench"], Parameter(name="FORMAT")],
+           run_dir: Annotated[Path, Parameter(name="RUN_DIR")], /, *,
+           output: Annotated[Path, Parameter(alias="-o", metavar="FILE")],
+           model_id: str | None = None) -> int:
+    """Write a run in Spec-Bench's answer format.
+
+    Write one JSONL line per question in Spec-Bench's answer format, which
+    Spec-Bench's evaluation/speed.py and equal.py read.
+
+    Args:
+        answer_format: the answer format.
+        run_dir: the run folder.
+        output: the JSONL file to write.
+        model_id: model_id written into each line.
+    """
+    from specdec.export import export_spec_bench  # noqa: PLC0415
+
+    del answer_format  # one format today; the argument keeps room for others
+    count = export_spec_bench(run_dir, output, model_id=model_id)
+    sys.stdout.write(f"wrote {count} answers to {output}\n")
+    return 0
+
+
+def _show_default(value: Any) -> str | None:
+    # An off switch or an empty repeatable option says nothing a reader needs.
+    return None if value in (None, False, ()) else str(value)
+
+
+def _new_app(name: str, description: str | None, **kwargs: Any) -> App:
+    return App(
+        name=name, help=description, help_format="plaintext", version=_version,
+        # argparse's flag set exactly: no generated --no-X / --empty-X twins.
+        default_parameter=Parameter(negative=(), show_default=_show_default),
+        # invoke() prints a parse error as one plain line and exits 2 itself.
+        exit_on_error=False, print_error=False,
+        **kwargs,
     )
-    _add_run_arguments(serve)
-    serve.add_argument("--port", type=int, help="port to listen on (default: a free one)")
-    serve.set_defaults(handler=_serve)
-
-    batch = sub.add_parser(
-        "batch", help="run several experiment files on one benchmark, each in its own process",
-        description="Run each --configs file as its own process on the same prompts, into "
-                    "OUTPUT_BASE/<name>/, with OUTPUT_BASE/batch.json as the index and a report "
-                    "in OUTPUT_BASE/report/. A baseline (strategy none) is added per model if "
-                    "missing. Rerunning the same command resumes: finished configurations are "
-                    "skipped, a half-finished one continues. Exit 1 if any configuration failed.",
-    )
-    batch.add_argument("--configs", type=Path, nargs="+", required=True, metavar="FILE",
-                       help="experiment files (YAML or JSON), one configuration each")
-    batch.add_argument("--output-base", type=Path, required=True, metavar="DIR",
-                       help="batch folder: one subfolder per configuration, batch.json, report/")
-    batch.add_argument("--benchmark", help="prompt file for every configuration")
-    batch.add_argument("--benchmark-format", help="prompts | questions | chat; default: detected")
-    batch.add_argument("--limit", type=int, help="first N prompts (after --categories)")
-    batch.add_argument("--categories", help="comma-separated categories to run")
-    batch.add_argument("--repeats", type=int, default=1, help="runs of each configuration")
-    batch.add_argument("--near-tie", type=float, help="near-tie threshold (nats), default 0.25")
-    batch.set_defaults(handler=_batch)
-
-    study = sub.add_parser(
-        "study", help="expand a study file (models x strategies x sweeps) and run it as a batch",
-        description="Run a study file: every model x strategy x swept setting x repeat as a "
-                    "batch (see `specdec batch`), then write the report. See docs/studies.md.",
-    )
-    study.add_argument("study", type=Path, help="study file (YAML or JSON)")
-    study.add_argument("--output-base", type=Path, help="default: results/<study name>")
-    study.add_argument("--repeats", type=int, help="override the study's repeats")
-    study.add_argument("--dry-run", action="store_true", help="list the runs and stop")
-    study.set_defaults(handler=_study)
-
-    report = sub.add_parser(
-        "report", help="compare runs with their baseline: tables, report.md, PNG plots",
-        description="Read batch folders and run folders; print speedup (Spec-Bench and "
-                    "throughput), acceptance, the best setting per category and the lossless "
-                    "check; write report.md, report.json and PNG plots. Exit 1 if the lossless "
-                    "check finds a real mismatch.",
-    )
-    report.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR")
-    report.add_argument("--output", type=Path, help="default: RUN_DIR/report")
-    report.add_argument("--near-tie", type=float, help="near-tie threshold (nats)")
-    report.set_defaults(handler=_report)
-
-    export = sub.add_parser(
-        "export", help="write a run in Spec-Bench's answer format",
-        description="Write one JSONL line per question in Spec-Bench's answer format, which "
-                    "Spec-Bench's evaluation/speed.py and equal.py read.",
-    )
-    export.add_argument("format", choices=["spec-bench"])
-    export.add_argument("run", type=Path, metavar="RUN_DIR")
-    export.add_argument("--output", "-o", type=Path, required=True)
-    export.add_argument("--model-id", help="model_id written into each line")
-    export.set_defaults(handler=_export)
 
 
-def _add_train_command(sub: Any) -> None:
-    # The parser is light; the handler imports torch and vLLM when it runs.
-    from specdec.training.command import add_train_parser  # noqa: PLC0415
+def _version() -> str:
+    from importlib.metadata import version  # noqa: PLC0415
 
-    add_train_parser(sub)
+    from specdec.registry import DISTRIBUTION  # noqa: PLC0415
 
-
-def run_parser(prog: str = "specdec-run") -> argparse.ArgumentParser:
-    """The parser of ``specdec-run`` (and ``specdec run``)."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description=RUN_DESCRIPTION, epilog=RUN_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _add_run_arguments(parser)
-    parser.set_defaults(handler=_run)
-    return parser
+    return version(DISTRIBUTION)
 
 
-def toolbox_parser() -> argparse.ArgumentParser:
-    """The parser of ``specdec``."""
-    parser = argparse.ArgumentParser(
-        prog="specdec",
-        description="Study speculative decoding on vLLM: run experiments, manage the "
-                    "bundled models, list plugins.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = sub.add_parser("run", help="run one experiment (same as specdec-run)",
-                         description=RUN_DESCRIPTION, epilog=RUN_EPILOG,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_run_arguments(run)
-    run.set_defaults(handler=_run)
+def build_app() -> App:
+    """The ``specdec`` application: the core commands plus those of command plugins."""
+    from specdec.commands import register_commands  # noqa: PLC0415
 
-    models = sub.add_parser("models", help="bundled models: list, prepare")
-    msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
-    mlist = msub.add_parser("list", help="show bundled models, whether prepared, and where")
-    mlist.set_defaults(handler=_models_list)
-    prep = msub.add_parser(
-        "prepare", help="build bundled models into $SPECDEC_HOME (default: smollm2-135m)"
-    )
-    prep.add_argument("names", nargs="*", metavar="NAME", help="bundled model alias")
-    prep.add_argument("--force", action="store_true", help="rebuild even if prepared")
-    prep.set_defaults(handler=_models_prepare)
-
-    plugins = sub.add_parser(
-        "plugins", help="list every strategy, benchmark format and sink, with its package"
-    )
-    plugins.set_defaults(handler=_plugins)
-    _add_study_commands(sub)
-    _add_train_command(sub)
-    return parser
+    app = _new_app("specdec", "Study speculative decoding on vLLM: run experiments, manage "
+                              "the bundled models, list plugins.")
+    app.command(run, help_epilogue=RUN_EPILOG)
+    models = App(name="models", help="Bundled models: list, prepare.")
+    models.command(models_list, name="list")
+    models.command(models_prepare, name="prepare")
+    app.command(models)
+    for command in (plugins, serve, batch, study, report, export):
+        app.command(command)
+    register_commands(app)
+    return app
 
 
-def _dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
-    args = parser.parse_args(argv)
-    handler: Callable[[argparse.Namespace], int] = args.handler
+def build_run_app() -> App:
+    """The ``specdec-run`` application: the ``run`` command on its own."""
+    return _new_app("specdec-run", None, default_command=run, help_epilogue=RUN_EPILOG)
+
+
+def _parse_error_message(program: str, error: CycloptsError) -> str:
+    # Written as it is, not through rich: unwrapped, so a long path in it stays one piece.
+    command = " ".join((program, *(error.command_chain or ())))
+    return f"{command}: error: {error}\nsee `{command} --help` for its usage\n"
+
+
+def _is_help(command: Callable[..., Any]) -> bool:
+    return getattr(command, "__func__", None) is App.help_print
+
+
+def invoke(build: Callable[[], App], argv: Sequence[str] | None = None) -> int:
+    """Build an application, run it on ``argv`` (default: ``sys.argv[1:]``); the exit code."""
+    from specdec import logs  # noqa: PLC0415
+
+    # Before anything can log (a command plugin that fails to load while the app is built),
+    # so log lines go to stderr and never into a command's output on stdout.
+    logs.configure()
+    app = build()
+    tokens = sys.argv[1:] if argv is None else list(argv)
     try:
-        return handler(args)
+        command, bound, _ = app.parse_args(tokens)
+        if _is_help(command) and not set(tokens) & set(app.help_flags):
+            # A command group called alone (`specdec`, `specdec models`) is a usage error,
+            # as argparse's required sub-command was.
+            app.help_print(tokens, console=app.error_console)
+            sys.stderr.write(f"{' '.join((*app.name, *tokens))}: error: choose a command\n")
+            return EXIT_USAGE
+        result = command(*bound.args, **bound.kwargs)
+    except CycloptsError as exc:
+        sys.stderr.write(_parse_error_message(app.name[0], exc))
+        return EXIT_USAGE
     except ConfigError as exc:
         sys.stderr.write(f"specdec: {exc}\n")
         return EXIT_USAGE
@@ -459,14 +565,15 @@ def _dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> in
         return EXIT_FAILED
     except KeyboardInterrupt:
         sys.stderr.write("specdec: interrupted; finished requests are in responses.jsonl\n")
-        return 130
+        return EXIT_INTERRUPTED
+    return result if isinstance(result, int) else 0
 
 
 def run_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``specdec-run``."""
-    return _dispatch(run_parser(), argv)
+    return invoke(build_run_app, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``specdec``."""
-    return _dispatch(toolbox_parser(), argv)
+    return invoke(build_app, argv)
