@@ -2,6 +2,10 @@
 
 Structuring is strict: unknown keys are refused, and errors come back as one
 ``message @ $.path`` line per problem (:func:`problems`).
+
+Every hook is registered in :func:`_build_converter`, when the converter is made:
+no other module customises it, so what it does never depends on what happens
+to have been imported (cattrs' advice for applications).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any, Literal, TypeVar
 
 import cattrs
 import orjson
-from cattrs.preconf.orjson import make_converter
+from cattrs.preconf.orjson import OrjsonConverter, make_converter
 from cattrs.v import format_exception
 
 from specdec.errors import InvalidOptionError
@@ -21,9 +25,6 @@ from specdec.files import atomic_write_bytes
 from specdec.records import StrategyConfig
 
 T = TypeVar("T")
-
-converter = make_converter(forbid_extra_keys=True, detailed_validation=True)
-"""The converter for every record; JSON via orjson, YAML via PyYAML on top of it."""
 
 
 def _structure_strategy(value: Any, _type: type[StrategyConfig]) -> StrategyConfig:
@@ -47,8 +48,15 @@ def _unstructure_strategy(value: StrategyConfig) -> dict[str, Any]:
     return {"name": value.name, **value.options}
 
 
-converter.register_structure_hook(StrategyConfig, _structure_strategy)
-converter.register_unstructure_hook(StrategyConfig, _unstructure_strategy)
+def _build_converter() -> OrjsonConverter:
+    made = make_converter(forbid_extra_keys=True, detailed_validation=True)
+    made.register_structure_hook(StrategyConfig, _structure_strategy)
+    made.register_unstructure_hook(StrategyConfig, _unstructure_strategy)
+    return made
+
+
+converter = _build_converter()
+"""The converter for every record; JSON via orjson, YAML via PyYAML on top of it."""
 
 
 def _is_number_tuple(type_: Any) -> bool:
