@@ -410,3 +410,34 @@ def test_console_scripts_exit_2_without_traceback() -> None:
         assert result.returncode == cli.EXIT_USAGE, (argv, result.stderr)
         assert "Traceback" not in result.stderr
         assert "error:" in result.stderr
+
+
+def _flags(app: App, *path: str) -> set[str]:
+    command = app
+    for name in path:
+        command = command[name]
+    arguments = command.assemble_argument_collection(default_parameter=app.default_parameter)
+    return {name for argument in arguments if argument.show for name in argument.names
+            if name.startswith("-")}
+
+
+def _section(text: str, heading: str) -> str:
+    return text.split(heading, 1)[1].split("\n## ", 1)[0]
+
+
+def test_quick_reference_lists_every_flag() -> None:
+    """QUICK_REFERENCE.md lists every flag of every core command; run's and serve's exactly."""
+    import re
+
+    text = (Path(__file__).parents[1] / "QUICK_REFERENCE.md").read_text(encoding="utf-8")
+    app = cli.build_app()
+    for path in (("run",), ("serve",), ("batch",), ("study",), ("report",), ("export",),
+                 ("models", "prepare")):
+        for flag in _flags(app, *path):
+            assert re.search(rf"(?<![\w-]){flag}(?![\w-])", text), (path, flag)
+    for heading, command in (("## `specdec-run`", "run"), ("## `specdec serve`", "serve")):
+        documented = set(re.findall(r"`(--[a-z-]+)", _section(text, heading)))
+        documented -= {"--help"}
+        if command == "serve":
+            documented -= {"--endpoint"}  # named as the way to measure the server
+        assert documented == _flags(app, command), command
