@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
-from cyclopts import App
+from cyclopts import App, Parameter
 
 from specdec import cli, commands
-from specdec.errors import EngineError
+from specdec.errors import EngineError, InvalidOptionError
 from specdec.records import ExperimentConfig
 
 from .conftest import run_cli
@@ -334,6 +335,37 @@ class HelloCommands:
         app.command(hello)
 
 
+def _positive(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < 1:
+        raise InvalidOptionError(f"--{attribute.name} must be at least 1, got {value}")
+
+
+@Parameter(name="*")
+@attrs.frozen(kw_only=True)
+class CountOptions:
+    """A plugin's options, checked by attrs validators when the flags are read."""
+
+    count: int = attrs.field(default=1, validator=_positive)
+    """how many"""
+
+
+class CountCommands:
+    """A command plugin whose options class validates its values."""
+
+    name = "count"
+    plugin_api_version = 1
+
+    def register(self, app: App) -> None:
+        """Add `specdec count`."""
+
+        def count(options: CountOptions = CountOptions()) -> int:
+            """Count."""
+            print(options.count)  # noqa: T201
+            return 0
+
+        app.command(count)
+
+
 class BrokenOnImport:
     """A command plugin whose package fails to import."""
 
@@ -374,6 +406,15 @@ def test_command_plugin_adds_a_command(capsys: pytest.CaptureFixture[str]) -> No
     assert "Say hello." in capsys.readouterr().out
     assert cli.main(["hello", "greet", "--loud"]) == cli.EXIT_USAGE
     assert "Unknown option: --loud" in capsys.readouterr().err
+
+
+def test_a_refused_option_value_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """A value an options class's validator refuses is bad input: exit 2, its message."""
+    commands.command_plugins.add("count", CountCommands)
+    assert cli.main(["count", "--count", "2"]) == 0
+    assert capsys.readouterr().out == "2\n"
+    assert cli.main(["count", "--count", "0"]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err == "specdec: error: --count must be at least 1, got 0\n"
 
 
 def test_broken_command_plugins_are_warnings(capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,8 +9,9 @@ every command takes exactly the flags it uses.  Plugin packages add commands
 through :mod:`specdec.commands`.
 
 Errors meant for the user print one message and exit without a traceback: 2 for
-bad input (a :class:`~specdec.errors.ConfigError`, or a command line that does
-not parse: an unknown flag, a wrong type), 1 for any other
+bad input (a :class:`~specdec.errors.ConfigError`, a value an option's validator
+refuses with :class:`~specdec.errors.InvalidOptionError`, or a command line that
+does not parse: an unknown flag, a wrong type), 1 for any other
 :class:`~specdec.errors.SpecdecError`, 130 on Ctrl-C.
 """
 
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from attrs import frozen
 from cyclopts import App, CycloptsError, Group, Parameter
 
-from specdec.errors import ConfigError, SpecdecError
+from specdec.errors import ConfigError, InvalidOptionError, SpecdecError
 from specdec.logs import LogFormat
 from specdec.records import ExperimentConfig, Mode
 
@@ -526,14 +527,41 @@ def build_run_app() -> App:
     return _new_app("specdec-run", None, default_command=run, help_epilogue=RUN_EPILOG)
 
 
-def _parse_error_message(program: str, error: CycloptsError) -> str:
-    # Written as it is, not through rich: unwrapped, so a long path in it stays one piece.
-    command = " ".join((program, *(error.command_chain or ())))
-    return f"{command}: error: {error}\nsee `{command} --help` for its usage\n"
-
-
 def _is_help(command: Callable[..., Any]) -> bool:
     return getattr(command, "__func__", None) is App.help_print
+
+
+def _call(app: App, tokens: list[str]) -> int:
+    command, bound, _ = app.parse_args(tokens)
+    if _is_help(command) and not set(tokens) & set(app.help_flags):
+        # A command group called alone (`specdec`, `specdec models`) is a usage error,
+        # as argparse's required sub-command was.
+        app.help_print(tokens, console=app.error_console)
+        sys.stderr.write(f"{' '.join((*app.name, *tokens))}: error: choose a command\n")
+        return EXIT_USAGE
+    result = command(*bound.args, **bound.kwargs)
+    return result if isinstance(result, int) else 0
+
+
+_Failure = CycloptsError | InvalidOptionError | SpecdecError | KeyboardInterrupt
+
+
+def _failure(program: str, exc: _Failure) -> tuple[str, int]:
+    """The one message and the exit code of an error meant for the user."""
+    # Messages are written as they are, not through rich: unwrapped, so a long path in
+    # one stays in one piece.
+    if isinstance(exc, CycloptsError):
+        command = " ".join((program, *(exc.command_chain or ())))
+        return f"{command}: error: {exc}\nsee `{command} --help` for its usage\n", EXIT_USAGE
+    if isinstance(exc, InvalidOptionError):
+        # An options class's validator (a plugin's, say) refused a value while cyclopts
+        # built the class from the flags: bad input, with a message written for the user.
+        return f"{program}: error: {exc}\n", EXIT_USAGE
+    if isinstance(exc, KeyboardInterrupt):
+        return "specdec: interrupted; finished requests are in responses.jsonl\n", EXIT_INTERRUPTED
+    if isinstance(exc, ConfigError):
+        return f"specdec: {exc}\n", EXIT_USAGE
+    return f"specdec: error: {exc}\n", EXIT_FAILED
 
 
 def invoke(build: Callable[[], App], argv: Sequence[str] | None = None) -> int:
@@ -544,29 +572,12 @@ def invoke(build: Callable[[], App], argv: Sequence[str] | None = None) -> int:
     # so log lines go to stderr and never into a command's output on stdout.
     logs.configure()
     app = build()
-    tokens = sys.argv[1:] if argv is None else list(argv)
     try:
-        command, bound, _ = app.parse_args(tokens)
-        if _is_help(command) and not set(tokens) & set(app.help_flags):
-            # A command group called alone (`specdec`, `specdec models`) is a usage error,
-            # as argparse's required sub-command was.
-            app.help_print(tokens, console=app.error_console)
-            sys.stderr.write(f"{' '.join((*app.name, *tokens))}: error: choose a command\n")
-            return EXIT_USAGE
-        result = command(*bound.args, **bound.kwargs)
-    except CycloptsError as exc:
-        sys.stderr.write(_parse_error_message(app.name[0], exc))
-        return EXIT_USAGE
-    except ConfigError as exc:
-        sys.stderr.write(f"specdec: {exc}\n")
-        return EXIT_USAGE
-    except SpecdecError as exc:
-        sys.stderr.write(f"specdec: error: {exc}\n")
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        sys.stderr.write("specdec: interrupted; finished requests are in responses.jsonl\n")
-        return EXIT_INTERRUPTED
-    return result if isinstance(result, int) else 0
+        return _call(app, sys.argv[1:] if argv is None else list(argv))
+    except (CycloptsError, InvalidOptionError, SpecdecError, KeyboardInterrupt) as exc:
+        message, code = _failure(app.name[0], exc)
+        sys.stderr.write(message)
+        return code
 
 
 def run_main(argv: Sequence[str] | None = None) -> int:
