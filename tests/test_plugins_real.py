@@ -2,8 +2,10 @@
 
 ``specdec-suffix-lookup`` brings a speculation method of its own (a vLLM
 ``custom_class`` proposer); ``specdec-sqlite-sink`` writes runs and requests to
-SQLite.  Both are installed into this environment for the module and removed
-after it.  The engine tests start vLLM twice (baseline and suffix_lookup), in
+SQLite.  Both are installed into a temporary folder put on ``sys.path`` and
+``PYTHONPATH`` while a test needs them (see :mod:`tests.isolated_install`), so
+the running environment is never changed, even by a test that fails halfway.
+The engine tests start vLLM twice (baseline and suffix_lookup), in
 eager mode and float32 with small budgets, as test_engine_runs.py does.
 """
 
@@ -24,6 +26,7 @@ import pytest
 import yaml
 
 from .conftest import ROOT, run_cli
+from .isolated_install import on_path, pip_install, venv_has
 
 PLUGINS = ROOT / "plugins"
 SUFFIX = "specdec-suffix-lookup"
@@ -37,12 +40,9 @@ COMMON = (
 )
 # Not the defaults, so the run proves the settings reach vLLM's workers in the class name.
 SUFFIX_OPTIONS = ("--set", "strategy.min_match=3", "--set", "strategy.max_lookback=1024")
+pytestmark = pytest.mark.installs
+
 PROPOSER = "specdec_suffix_lookup.proposer.LongestSpanProposer_min3_lookback1024"
-
-
-def _pip(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *args],
-                   check=True, capture_output=True, text=True, timeout=600)
 
 
 def _version(package: str) -> str:
@@ -70,13 +70,18 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def installed(sources: dict[str, Path]) -> Iterator[dict[str, Path]]:
-    """Both plugins pip-installed for this module's tests, uninstalled after them."""
-    _pip("install", "--no-deps", "--no-build-isolation", *(str(p) for p in sources.values()))
-    try:
+def target(sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Both plugins built and pip-installed into a temporary folder, once for the module."""
+    folder = tmp_path_factory.mktemp("plugins_installed")
+    pip_install(folder, *sources.values())
+    return folder
+
+
+@pytest.fixture
+def installed(sources: dict[str, Path], target: Path) -> Iterator[dict[str, Path]]:
+    """Both plugins installed for one test, and gone after it."""
+    with on_path(target):
         yield sources
-    finally:
-        _pip("uninstall", "-y", *PACKAGES)
 
 
 @pytest.mark.parametrize("package", PACKAGES)
@@ -105,37 +110,35 @@ def test_plugins_command_shows_both(installed: dict[str, Path]) -> None:
     assert " ok " in sink
 
 
-def test_uninstalled_plugins_are_gone(installed: dict[str, Path]) -> None:
-    """After uninstalling, neither is listed and the name is refused helpfully."""
-    _pip("uninstall", "-y", *PACKAGES)
-    try:
-        table = _plugins_table()
-        assert " suffix_lookup " not in table
-        assert " sqlite " not in table
-        assert " ngram " in table
-        refused = run_cli("specdec-run", "--strategy", "suffix_lookup", "--limit", "1")
-        assert refused.returncode != 0
-        assert "unknown strategy 'suffix_lookup'" in refused.stderr
-        assert "Traceback" not in refused.stderr
-    finally:
-        _pip("install", "--no-deps", "--no-build-isolation",
-             *(str(p) for p in installed.values()))
-    assert " suffix_lookup " in _plugins_table()
+def test_uninstalled_plugins_are_gone(target: Path) -> None:
+    """Once the packages are no longer installed, neither is listed and the name is refused."""
+    with on_path(target):
+        assert " suffix_lookup " in _plugins_table()
+    assert not any(venv_has(p) for p in PACKAGES)
+    table = _plugins_table()
+    assert " suffix_lookup " not in table
+    assert " sqlite " not in table
+    assert " ngram " in table
+    refused = run_cli("specdec-run", "--strategy", "suffix_lookup", "--limit", "1")
+    assert refused.returncode != 0
+    assert "unknown strategy 'suffix_lookup'" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 @pytest.fixture(scope="module")
-def runs(installed: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def runs(target: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A baseline run and a suffix_lookup run on the same prompts, both into one database."""
     base = tmp_path_factory.mktemp("plugin-runs")
     database = base / "db" / "specdec.sqlite"
     # INFO logging lets the test see which proposer class vLLM's worker loaded.
     env = {"SPECDEC_SQLITE_PATH": str(database), "VLLM_LOGGING_LEVEL": "INFO"}
     logs: dict[str, str] = {}
-    for name, extra in (("none", ()), ("suffix_lookup", SUFFIX_OPTIONS)):
-        result = run_cli("specdec-run", "--strategy", name, "--output-dir", str(base / name),
-                         *COMMON, *extra, env=env)
-        assert result.returncode == 0, f"{name} failed:\n{result.stderr[-3000:]}"
-        logs[name] = result.stdout + result.stderr
+    with on_path(target):
+        for name, extra in (("none", ()), ("suffix_lookup", SUFFIX_OPTIONS)):
+            result = run_cli("specdec-run", "--strategy", name, "--output-dir", str(base / name),
+                             *COMMON, *extra, env=env)
+            assert result.returncode == 0, f"{name} failed:\n{result.stderr[-3000:]}"
+            logs[name] = result.stdout + result.stderr
     return {"base": base, "database": database, "logs": logs}
 
 
