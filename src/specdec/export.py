@@ -20,81 +20,20 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from specdec import run_folder
 from specdec.errors import SpecdecError
 from specdec.metrics import spec_bench_accept_lengths
 from specdec.records import RequestRecord
-from specdec.serialization import problems, structure
 
 __all__ = ["export_spec_bench", "load_run_records", "spec_bench_answer"]
 
-METRICS_FILE = "metrics.json"
-RESPONSES_FILE = "responses.jsonl"
-_JSONL_EXTRA_KEYS = ("schema_version", "provenance")
-
-
-def _structure_record(data: Any, where: str, path: str = "$") -> RequestRecord:
-    try:
-        return structure(data, RequestRecord)
-    except Exception as exc:
-        lines = "\n".join(f"  {p}" for p in problems(exc, path))
-        raise SpecdecError(f"invalid request record in {where}:\n{lines}") from exc
-
-
-def _records_from_metrics(path: Path) -> Iterator[RequestRecord]:
-    try:
-        payload = orjson.loads(path.read_bytes())
-    except orjson.JSONDecodeError as exc:
-        raise SpecdecError(f"{path} is not valid JSON: {exc}") from exc
-    requests = payload.get("requests") if isinstance(payload, dict) else None
-    if not isinstance(requests, list):
-        raise SpecdecError(f"{path} has no 'requests' list; is it a specdec metrics.json?")
-    for i, item in enumerate(requests):
-        yield _structure_record(item, str(path), f"$.requests[{i}]")
-
-
-def _records_from_responses(path: Path) -> Iterator[RequestRecord]:
-    with path.open("rb") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {number}"
-            try:
-                item = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                raise SpecdecError(f"{where} is not valid JSON: {exc}") from exc
-            if not isinstance(item, dict):
-                raise SpecdecError(f"{where} is not a JSON object")
-            for key in _JSONL_EXTRA_KEYS:
-                item.pop(key, None)
-            yield _structure_record(item, where)
-
-
-def load_run_records(run_dir: Path) -> list[RequestRecord]:
-    """The request records of a run folder.
-
-    From ``metrics.json``'s ``requests`` when the run finished, otherwise from
-    ``responses.jsonl`` (one record per line, its ``schema_version`` and
-    ``provenance`` keys dropped).
-
-    Raises:
-        SpecdecError: if the folder holds neither file, or a record is invalid.
-    """
-    metrics = run_dir / METRICS_FILE
-    if metrics.is_file():
-        return list(_records_from_metrics(metrics))
-    responses = run_dir / RESPONSES_FILE
-    if responses.is_file():
-        return list(_records_from_responses(responses))
-    raise SpecdecError(
-        f"{run_dir} holds neither {METRICS_FILE} nor {RESPONSES_FILE}; "
-        "give the output folder of a specdec run"
-    )
+load_run_records = run_folder.read_records
+"""The request records of a run folder (:func:`specdec.run_folder.read_records`)."""
 
 
 def _question_id(record_id: str) -> int | str:

@@ -64,6 +64,8 @@ class LosslessResult:
 
 
 def _first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
+    if a == b:  # the usual case, decided at C speed
+        return None
     for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             return i

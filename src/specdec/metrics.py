@@ -34,6 +34,7 @@ __all__ = [
     "request_tokens_per_s",
     "spec_bench_accept_lengths",
     "spec_bench_mean_accepted_tokens",
+    "spec_bench_mean_accepted_tokens_by_category",
     "spec_bench_speedup",
     "spec_metrics",
     "speedup",
@@ -362,6 +363,17 @@ def spec_bench_accept_lengths(turn: TurnRecord) -> list[int]:
     return lengths
 
 
+def _accept_length_totals(records: Iterable[RequestRecord]) -> tuple[int, int]:
+    """Sum and number of every :func:`spec_bench_accept_lengths` entry of ``records``."""
+    total = count = 0
+    for record in records:
+        for turn in record.turns:
+            lengths = spec_bench_accept_lengths(turn)
+            total += sum(lengths)
+            count += len(lengths)
+    return total, count
+
+
 def spec_bench_mean_accepted_tokens(records: Sequence[RequestRecord]) -> float | None:
     """Spec-Bench's "#Mean accepted tokens" of a group of requests.
 
@@ -375,8 +387,23 @@ def spec_bench_mean_accepted_tokens(records: Sequence[RequestRecord]) -> float |
     Raises:
         ValueError: as :func:`spec_bench_accept_lengths`.
     """
-    lengths = [n for r in records for t in r.turns for n in spec_bench_accept_lengths(t)]
-    return statistics.fmean(lengths) if lengths else None
+    total, count = _accept_length_totals(records)
+    return total / count if count else None
+
+
+def spec_bench_mean_accepted_tokens_by_category(
+    records: Sequence[RequestRecord],
+) -> tuple[dict[str, float | None], float | None]:
+    """:func:`spec_bench_mean_accepted_tokens` of each category and of all, in one pass."""
+    totals: dict[str, tuple[int, int]] = {}
+    for record in records:
+        total, count = _accept_length_totals((record,))
+        before = totals.get(record.category, (0, 0))
+        totals[record.category] = (before[0] + total, before[1] + count)
+    by_category = {c: (t / n if n else None) for c, (t, n) in totals.items()}
+    total = sum(t for t, _ in totals.values())
+    count = sum(n for _, n in totals.values())
+    return by_category, (total / count if count else None)
 
 
 def _spec_bench_rate(records: Sequence[RequestRecord], which: str) -> float:

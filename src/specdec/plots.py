@@ -108,16 +108,20 @@ def _acceptance_histogram(report: Report, path: Path) -> Path | None:
 def _throughput_vs_batch(report: Report, path: Path) -> Path | None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
+    from specdec.report import OVERALL  # noqa: PLC0415
+
     key = "engine.max_num_seqs"
+    index = {(c.setting, c.category): c for c in report.comparisons}
     lines: dict[str, list[tuple[float, float]]] = {}
     for setting in report.settings:
         size = setting.first.labels.get(key)
-        if not isinstance(size, int | float):
+        comparison = index.get((setting.name, OVERALL))
+        if not isinstance(size, int | float) or comparison is None:
             continue
-        values = setting.values("overall", "throughput")
-        if values:
-            family = setting.name.split(f"__{key.rsplit('.', maxsplit=1)[-1]}=")[0]
-            lines.setdefault(family, []).append((float(size), sorted(values)[len(values) // 2]))
+        if comparison.throughput is not None:
+            # The report's own median over repeats, so plot and table agree.
+            lines.setdefault(setting.family(without=key), []).append(
+                (float(size), comparison.throughput.median))
     if not lines:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 4.2))

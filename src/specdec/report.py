@@ -11,20 +11,20 @@ spread, so a difference inside the noise is not taken for a win.
 
 from __future__ import annotations
 
+import functools
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import orjson
 from attrs import field, frozen
 
-from specdec.config import load_config
+from specdec import run_folder
 from specdec.errors import SpecdecError
 from specdec.lossless import LosslessResult, check
-from specdec.metrics import spec_bench_mean_accepted_tokens, speedup
+from specdec.metrics import spec_bench_mean_accepted_tokens_by_category, speedup
 from specdec.records import ExperimentConfig, GroupMetrics, RequestRecord, RunSummary
-from specdec.serialization import structure, unstructure, write_json
+from specdec.serialization import unstructure, write_json
 from specdec.study import BASELINE, INDEX_FILE, NEAR_TIE_THRESHOLD, read_index
 
 OVERALL = "overall"
@@ -42,7 +42,14 @@ class Run:
     labels: dict[str, Any]
     config: ExperimentConfig
     summary: RunSummary
-    records: tuple[RequestRecord, ...]
+
+    @functools.cached_property
+    def records(self) -> tuple[RequestRecord, ...]:
+        """Every request record, read once on first use.
+
+        Only the checks that compare outputs need them; the summary comes without.
+        """
+        return tuple(run_folder.read_records(self.folder))
 
     @property
     def strategy(self) -> str:
@@ -114,6 +121,16 @@ class Setting:
         """The strategy's name."""
         return self.first.strategy
 
+    def family(self, without: str) -> str:
+        """The setting's name for people with one swept key left out (a plot's line).
+
+        Settings that differ only in ``without`` share a family.
+        """
+        labels = [f"{k.rsplit('.', maxsplit=1)[-1]}={v}"
+                  for k, v in self.first.labels.items() if k != without]
+        return " ".join([self.first.config.model.rstrip("/").rsplit("/", maxsplit=1)[-1],
+                         self.strategy, *labels])
+
     def engine_labels(self) -> dict[str, Any]:
         """Swept experiment keys (dotted paths), which a baseline must share."""
         return {k: v for k, v in self.first.labels.items() if "." in k}
@@ -149,16 +166,13 @@ class Report:
 
 def load_run(folder: Path, setting: str | None = None, repeat: int = 0,
              labels: dict[str, Any] | None = None) -> Run:
-    """Read a finished run folder (its config.yaml and metrics.json)."""
-    metrics_path = folder / "metrics.json"
-    if not metrics_path.is_file():
-        msg = f"{folder} holds no finished run (no metrics.json)"
+    """A finished run folder, read through :mod:`specdec.run_folder` (records on demand)."""
+    if not run_folder.is_finished(folder):
+        msg = f"{folder} holds no finished run (no {run_folder.METRICS_FILE})"
         raise SpecdecError(msg)
-    data = orjson.loads(metrics_path.read_bytes())
-    config = load_config(folder / "config.yaml")
-    records = tuple(structure(r, RequestRecord) for r in data["requests"])
-    return Run(folder, setting or folder.name, repeat, labels or {}, config,
-               structure(data["summary"], RunSummary), records)
+    stored = run_folder.read_run(folder)
+    return Run(folder, setting or folder.name, repeat, labels or {}, stored.config,
+               stored.summary)
 
 
 def collect_runs(folders: Sequence[Path]) -> tuple[list[Run], list[str], float]:
@@ -266,6 +280,9 @@ def build_report(folders: Sequence[Path], threshold: float | None = None) -> Rep
             if setting is not baseline:
                 lossless[setting.name] = check(setting.first.records, baseline.first.records,
                                                threshold)
+        accepted, accepted_overall = spec_bench_mean_accepted_tokens_by_category(
+            setting.first.records)
+        accepted[OVERALL] = accepted_overall
         for category in all_categories:
             rate = Spread.of(setting.values(category, "tokens_per_s_mean"))
             total = Spread.of(setting.values(category, "throughput"))
@@ -279,15 +296,13 @@ def build_report(folders: Sequence[Path], threshold: float | None = None) -> Rep
                 spec = (setting.first.summary.engine_spec
                         if category == OVERALL and setting.first.summary.engine_spec
                         else group.spec)
-            records = [r for r in setting.first.records
-                       if category in (OVERALL, r.category)]
             comparisons.append(Comparison(
                 setting.name, category, rate, total,
                 speedup(rate.median, base_rate.median) if rate and base_rate else None,
                 speedup(total.median, base_total.median) if total and base_total else None,
                 spec.acceptance_rate if spec else None,
                 spec.mean_acceptance_length if spec else None,
-                spec_bench_mean_accepted_tokens(records),
+                accepted.get(category),
             ))
     return Report(settings, baselines, all_categories, tuple(comparisons),
                   best_settings(settings, all_categories), lossless, tuple(failed), threshold)

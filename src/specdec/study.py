@@ -24,6 +24,7 @@ import structlog
 import yaml
 from attrs import field, frozen
 
+from specdec import run_folder
 from specdec.config import apply_overrides, config_from_mapping, read_mapping
 from specdec.errors import ConfigError, SpecdecError
 from specdec.provenance import collect, now
@@ -229,26 +230,6 @@ def items_from_configs(paths: Sequence[Path], benchmark: Mapping[str, Any],
     ]
 
 
-def _count_lines(path: Path) -> int:
-    try:
-        with path.open("rb") as handle:
-            return sum(1 for _ in handle)
-    except FileNotFoundError:
-        return 0
-
-
-def _last_error(log_path: Path) -> str:
-    try:
-        lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except FileNotFoundError:
-        return "no log"
-    for line in reversed(lines):
-        if line.startswith("specdec:"):
-            return line.removeprefix("specdec:").strip()
-    tail = [ln for ln in lines if ln.strip()][-1:]
-    return tail[0][-500:] if tail else "exited without a message"
-
-
 Progress = Callable[[str, int, int], None]
 """Called as (item name, requests done, requests total) while an item runs."""
 
@@ -293,7 +274,7 @@ def run_batch(
     for item in items:
         folder = output_base / item.name
         status = statuses[item.name]
-        if (folder / "metrics.json").is_file():
+        if run_folder.is_finished(folder):
             statuses[item.name] = attrs.evolve(status, status="done")
             continue
         config_file = output_base / "configs" / f"{item.name}.yaml"
@@ -313,7 +294,7 @@ def run_batch(
         if code == 0:
             status = attrs.evolve(status, status="done", finished_at=now())
         else:
-            error = _last_error(folder / "run.log")
+            error = _item_error(folder, code)
             status = attrs.evolve(status, status="failed", finished_at=now(), error=error)
             log.error("batch item failed", item=item.name, error=error)
         statuses[item.name] = status
@@ -321,6 +302,15 @@ def run_batch(
         if on_item is not None:
             on_item(status)
     return save()
+
+
+def _item_error(folder: Path, code: int) -> str:
+    """Why an item's process failed, from the outcome its run wrote into its folder."""
+    outcome = run_folder.read_outcome(folder)
+    if outcome is not None and outcome.error is not None:
+        return f"{outcome.error_type}: {outcome.error}"
+    return (f"the run exited with code {code} without recording an outcome (killed?); "
+            f"see {folder / 'run.log'}")
 
 
 def _run_item(config_file: Path, folder: Path, total: int, on_progress: Progress | None,
@@ -334,14 +324,14 @@ def _run_item(config_file: Path, folder: Path, total: int, on_progress: Progress
         try:
             while process.poll() is None:
                 if on_progress is not None:
-                    on_progress(folder.name, _count_lines(folder / "responses.jsonl"), total)
+                    on_progress(folder.name, run_folder.count_records(folder), total)
                 time.sleep(poll_s)
         except BaseException:
             process.terminate()
             process.wait(timeout=60)
             raise
     if on_progress is not None:
-        on_progress(folder.name, _count_lines(folder / "responses.jsonl"), total)
+        on_progress(folder.name, run_folder.count_records(folder), total)
     return process.returncode
 
 
