@@ -18,9 +18,9 @@ import pytest
 
 from specdec import models
 from specdec.errors import ConfigError, ModelError
-from specdec.training import EAGLE_ALIAS, TrainingError, TrainOptions, check_target, train_eagle
-from specdec.training.data import TrainSequence, build_sequences, held_out_ids, split_prompts
-from specdec.training.pipeline import stage_keys
+from specdec_train import EAGLE_ALIAS, TrainingError, TrainOptions, check_target, train_eagle
+from specdec_train.data import TrainSequence, build_sequences, held_out_ids, split_prompts
+from specdec_train.pipeline import stage_keys
 
 from .conftest import run_cli
 
@@ -80,8 +80,8 @@ def _options(tmp_path: Path, **changes: Any) -> TrainOptions:
 
 
 def _head(target: Path) -> Any:
-    from specdec.training.head import EagleHead
-    from specdec.training.trainer import target_weights
+    from specdec_train.head import EagleHead
+    from specdec_train.trainer import target_weights
 
     weights = target_weights(target)
     head = EagleHead(_config(target), weights["model.embed_tokens.weight"])
@@ -152,7 +152,7 @@ def test_drafting_steps_attend_like_the_draft_kv_cache(tiny_target: Path) -> Non
 
 def test_warm_start_predicts_the_current_state(tiny_target: Path) -> None:
     """fc = [0 | I] and zeroed output projections: the untrained head returns its input state."""
-    from specdec.training.head import warm_start
+    from specdec_train.head import warm_start
 
     head, weights = _head(tiny_target)
     warm_start(head, weights, TINY["num_hidden_layers"])
@@ -168,7 +168,7 @@ def test_features_are_post_norm_hidden_states(tiny_target: Path, tmp_path: Path)
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from specdec.training.features import collect
+    from specdec_train.features import collect
 
     sequences = _sequences()
     manifest = collect(_options(tmp_path), tiny_target, sequences, tmp_path / "work")
@@ -199,7 +199,7 @@ def test_collection_resumes_after_its_last_shard(tiny_target: Path, tmp_path: Pa
     """An interrupted collection continues after its last written shard, with the same shards."""
     from safetensors.torch import load_file
 
-    from specdec.training.features import collect
+    from specdec_train.features import collect
 
     sequences = _sequences()
     whole = collect(_options(tmp_path), tiny_target, sequences, tmp_path / "whole")
@@ -220,8 +220,8 @@ def test_collection_resumes_after_its_last_shard(tiny_target: Path, tmp_path: Pa
 
 def test_objective_trains_the_head(tiny_target: Path, tmp_path: Path) -> None:
     """Regression plus cross-entropy: finite, with gradients on fc and the layer, and falling."""
-    from specdec.training.features import collect
-    from specdec.training.trainer import Trainer
+    from specdec_train.features import collect
+    from specdec_train.trainer import Trainer
 
     options = _options(tmp_path, max_steps=12, lr=3e-3)
     collect(options, tiny_target, _sequences(), tmp_path / "work")
@@ -239,8 +239,8 @@ def test_objective_trains_the_head(tiny_target: Path, tmp_path: Path) -> None:
 def test_feature_noise_reaches_inputs_only_while_training(tiny_target: Path,
                                                           tmp_path: Path) -> None:
     """Noise changes the training loss, not the held-out one, and never the regression target."""
-    from specdec.training.features import collect
-    from specdec.training.trainer import Trainer, make_batch
+    from specdec_train.features import collect
+    from specdec_train.trainer import Trainer, make_batch
 
     options = _options(tmp_path, feature_noise=0.5)
     collect(options, tiny_target, _sequences(), tmp_path / "work")
@@ -259,8 +259,8 @@ def test_feature_noise_reaches_inputs_only_while_training(tiny_target: Path,
 
 def test_resume_matches_an_uninterrupted_training(tiny_target: Path, tmp_path: Path) -> None:
     """Stopping after step 4 and resuming from the checkpoint ends with the same weights."""
-    from specdec.training.features import collect
-    from specdec.training.trainer import Trainer
+    from specdec_train.features import collect
+    from specdec_train.trainer import Trainer
 
     options = _options(tmp_path, max_steps=8)
     for name in ("whole", "cut"):
@@ -303,8 +303,8 @@ def test_save_writes_vllm_layout_atomically(tiny_target: Path, tmp_path: Path,
     """vLLM's tensor names only; a failed save leaves nothing; a finished head is kept."""
     from safetensors import safe_open
 
-    from specdec.training import save
-    from specdec.training.head import warm_start
+    from specdec_train import save
+    from specdec_train.head import warm_start
 
     head, weights = _head(tiny_target)
     warm_start(head, weights, 2)
@@ -386,7 +386,7 @@ def test_evaluation_prompts_are_held_out(tmp_path: Path) -> None:
 def test_options_are_checked() -> None:
     """Bad numbers are configuration errors naming the option."""
     from specdec.cli import toolbox_parser
-    from specdec.training.command import options_from_args
+    from specdec_train.command import options_from_args
 
     args = toolbox_parser().parse_args(["train", "eagle", "--holdout", "1.5"])
     with pytest.raises(ConfigError, match="holdout_fraction must be in"):
@@ -458,7 +458,7 @@ def test_train_eagle_end_to_end(tmp_path: Path) -> None:
     head = train_tiny_head(tmp_path)
     from safetensors import safe_open
 
-    from specdec.training.save import HEAD_TENSORS
+    from specdec_train.save import HEAD_TENSORS
 
     with safe_open(str(head / "model.safetensors"), framework="pt") as f:
         assert sorted(f.keys()) == sorted(HEAD_TENSORS)

@@ -16,10 +16,10 @@ from typing import Any
 import structlog
 
 from specdec.records import Conversation
-from specdec.training.data import EVAL_PROMPTS_FILE, write_questions
-from specdec.training.options import TrainingError, TrainOptions
+from specdec_train.data import EVAL_PROMPTS_FILE, write_questions
+from specdec_train.options import TrainingError, TrainOptions
 
-log = structlog.get_logger("specdec.training")
+log = structlog.get_logger("specdec_train")
 
 EVAL_DIR = "eval"
 REPORT_DIR = "evaluation"

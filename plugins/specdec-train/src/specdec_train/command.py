@@ -1,4 +1,4 @@
-"""``specdec train eagle``: the command line over :func:`specdec.training.train_eagle`.
+"""``specdec train eagle``: the command line over :func:`specdec_train.train_eagle`.
 
 Building the parser imports nothing heavy; the handler imports the pipeline.
 """
@@ -14,7 +14,7 @@ import attrs
 
 from specdec.errors import ConfigError, InvalidOptionError
 from specdec.models import BASE_ALIAS, EAGLE3_ALIAS, EAGLE_ALIAS
-from specdec.training.options import EVAL_STRATEGIES, HEAD_KINDS, HEAD_TITLES, TrainOptions
+from specdec_train.options import EVAL_STRATEGIES, HEAD_KINDS, HEAD_TITLES, TrainOptions
 
 DESCRIPTION = f"""\
 Train an EAGLE head for a target model on the CPU, in the layout vLLM loads, and
@@ -203,7 +203,7 @@ def run_train_eagle(args: argparse.Namespace) -> int:
 
     from specdec import logs  # noqa: PLC0415
     from specdec.display import stderr, stdout  # noqa: PLC0415
-    from specdec.training.pipeline import train_eagle  # noqa: PLC0415
+    from specdec_train.pipeline import train_eagle  # noqa: PLC0415
 
     logs.configure()
     options = options_from_args(args)

@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from attrs import frozen
 
-from specdec.training.features import FEATURES_DIR, Manifest, check_head, read_manifest
-from specdec.training.head import Head, new_head
-from specdec.training.options import TrainingError, TrainOptions
+from specdec_train.features import FEATURES_DIR, Manifest, check_head, read_manifest
+from specdec_train.head import Head, new_head
+from specdec_train.options import TrainingError, TrainOptions
 
-log = structlog.get_logger("specdec.training")
+log = structlog.get_logger("specdec_train")
 
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "checkpoint.pt"

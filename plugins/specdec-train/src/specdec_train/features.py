@@ -33,10 +33,10 @@ import structlog
 from attrs import frozen
 
 from specdec.serialization import structure, unstructure
-from specdec.training.data import TrainSequence
-from specdec.training.options import TrainingError, TrainOptions, aux_layers
+from specdec_train.data import TrainSequence
+from specdec_train.options import TrainingError, TrainOptions, aux_layers
 
-log = structlog.get_logger("specdec.training")
+log = structlog.get_logger("specdec_train")
 
 FEATURES_DIR = "features"
 MANIFEST = "manifest.json"

@@ -14,13 +14,13 @@ entry with ``if __name__ == "__main__":`` because vLLM starts its workers with
 from __future__ import annotations
 
 from specdec.models import EAGLE3_ALIAS, EAGLE_ALIAS
-from specdec.training.options import (
+from specdec_train.options import (
     SUPPORTED_MODEL_TYPES,
     TrainingError,
     TrainOptions,
     check_target,
 )
-from specdec.training.pipeline import EagleTrainResult, Progress, train_eagle
+from specdec_train.pipeline import EagleTrainResult, Progress, train_eagle
 
 __all__ = [
     "EAGLE3_ALIAS",

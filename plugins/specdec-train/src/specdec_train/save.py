@@ -34,7 +34,7 @@ import orjson
 
 from specdec.models import MARKER
 from specdec.provenance import now
-from specdec.training.options import HEAD_TITLES, TrainingError, aux_layers
+from specdec_train.options import HEAD_TITLES, TrainingError, aux_layers
 
 CARD_JSON = "training.json"
 CARD_MD = "README.md"

@@ -28,7 +28,7 @@ from attrs import frozen
 
 from specdec.models import BASE_ALIAS, model_config, resolve_model
 from specdec.provenance import collect as provenance
-from specdec.training.options import (
+from specdec_train.options import (
     HEAD_TITLES,
     TrainingError,
     TrainOptions,
@@ -36,7 +36,7 @@ from specdec.training.options import (
     check_target,
 )
 
-log = structlog.get_logger("specdec.training")
+log = structlog.get_logger("specdec_train")
 
 PLAN_FILE = "plan.json"
 STAGES: dict[str, tuple[str, ...]] = {
@@ -137,7 +137,7 @@ def _card_name(options: TrainOptions, out: Path) -> str:
 
 
 def _read_card(out: Path) -> dict[str, Any] | None:
-    from specdec.training.save import CARD_JSON, is_finished  # noqa: PLC0415
+    from specdec_train.save import CARD_JSON, is_finished  # noqa: PLC0415
 
     if not is_finished(out) or not (out / CARD_JSON).is_file():
         return None
@@ -177,9 +177,9 @@ def train_eagle(options: TrainOptions, on_progress: Progress | None = None) -> E
     assert card is not None  # set by either branch above
 
     if options.evaluate:
-        from specdec.training.data import split_prompts  # noqa: PLC0415
-        from specdec.training.evaluate import evaluate  # noqa: PLC0415
-        from specdec.training.save import update_card  # noqa: PLC0415
+        from specdec_train.data import split_prompts  # noqa: PLC0415
+        from specdec_train.evaluate import evaluate  # noqa: PLC0415
+        from specdec_train.save import update_card  # noqa: PLC0415
 
         clock = time.perf_counter()
         held_out = split_prompts(options).held_out
@@ -202,7 +202,7 @@ def _train_and_save(options: TrainOptions, target: tuple[Path, dict[str, Any]], 
                     work: Path, *, keys: dict[str, str], progress: Progress,
                     timings: dict[str, float]) -> dict[str, Any]:
     """Steps 1 to 4; returns the model card written with the head."""
-    from specdec.training import data  # noqa: PLC0415
+    from specdec_train import data  # noqa: PLC0415
 
     target_path, target_config = target
 
@@ -223,7 +223,7 @@ def _train_and_save(options: TrainOptions, target: tuple[Path, dict[str, Any]], 
     clock = time.perf_counter()
     from transformers import AutoTokenizer  # noqa: PLC0415
 
-    from specdec.training.features import collect  # noqa: PLC0415
+    from specdec_train.features import collect  # noqa: PLC0415
 
     tokenizer = AutoTokenizer.from_pretrained(str(target_path))
     val_ids = data.held_out_ids([r.id for r in records], options.val_fraction, options.seed + 1)
@@ -234,7 +234,7 @@ def _train_and_save(options: TrainOptions, target: tuple[Path, dict[str, Any]], 
     timings["features_s"] = round(time.perf_counter() - clock, 1)
 
     clock = time.perf_counter()
-    from specdec.training.trainer import Trainer  # noqa: PLC0415
+    from specdec_train.trainer import Trainer  # noqa: PLC0415
 
     trainer = Trainer(options, target_path, target_config, work)
     result = trainer.run(on_step=lambda step, total, _f: progress("train: steps", step, total))
@@ -293,7 +293,7 @@ def _train_and_save(options: TrainOptions, target: tuple[Path, dict[str, Any]], 
         "options": options_dict(options),
         "provenance": provenance(),
     }
-    from specdec.training.save import save_head  # noqa: PLC0415
+    from specdec_train.save import save_head  # noqa: PLC0415
 
     save_head(out, result.state, target_config, card, name=card["name"],
               overwrite=options.overwrite, head=options.head)

@@ -19,9 +19,9 @@ from attrs import frozen
 
 from specdec.benchmarks.loader import default_benchmark_path, load_benchmark
 from specdec.records import Conversation, RequestRecord
-from specdec.training.options import TrainingError, TrainOptions
+from specdec_train.options import TrainingError, TrainOptions
 
-log = structlog.get_logger("specdec.training")
+log = structlog.get_logger("specdec_train")
 
 GENERATE_DIR = "generate"
 PROMPTS_FILE = "train-prompts.jsonl"

@@ -16,11 +16,11 @@ import pytest
 
 from specdec import models
 from specdec.errors import InvalidOptionError, ModelError
-from specdec.training import EAGLE3_ALIAS, TrainingError, TrainOptions, check_target
-from specdec.training.options import aux_layers
-from specdec.training.pipeline import stage_keys
+from specdec_train import EAGLE3_ALIAS, TrainingError, TrainOptions, check_target
+from specdec_train.options import aux_layers
+from specdec_train.pipeline import stage_keys
 
-from .test_train_eagle import TINY, _config, _options, _sequences, train_tiny_head
+from test_train_eagle import TINY, _config, _options, _sequences, train_tiny_head
 
 torch = pytest.importorskip("torch")
 
@@ -41,8 +41,8 @@ def deep_target(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _eagle3(target: Path, *, random: bool = True) -> tuple[Any, dict[str, Any]]:
-    from specdec.training.head import new_head
-    from specdec.training.trainer import target_weights
+    from specdec_train.head import new_head
+    from specdec_train.trainer import target_weights
 
     weights = target_weights(target)
     head = new_head("eagle3", _config(target), weights)
@@ -159,7 +159,7 @@ def test_eagle3_features_are_aux_hidden_states(deep_target: Path, tmp_path: Path
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from specdec.training.features import collect
+    from specdec_train.features import collect
 
     sequences = _sequences()
     manifest = collect(_options(tmp_path, head="eagle3"), deep_target, sequences,
@@ -195,9 +195,9 @@ def test_eagle3_features_are_aux_hidden_states(deep_target: Path, tmp_path: Path
 
 def test_eagle3_trains_on_tokens_only(deep_target: Path, tmp_path: Path) -> None:
     """Cross-entropy alone: no regression term, held-out loss falls, chain statistics kept."""
-    from specdec.training.features import collect
-    from specdec.training.save import EAGLE3_TENSORS
-    from specdec.training.trainer import Trainer
+    from specdec_train.features import collect
+    from specdec_train.save import EAGLE3_TENSORS
+    from specdec_train.trainer import Trainer
 
     options = _options(tmp_path, head="eagle3", max_steps=12, lr=3e-3)
     collect(options, deep_target, _sequences(), tmp_path / "work")
@@ -207,7 +207,7 @@ def test_eagle3_trains_on_tokens_only(deep_target: Path, tmp_path: Path) -> None
     losses = [h["val_loss"] for h in result.history if "val_loss" in h]
     assert losses[-1] < losses[0]
     batch_data = trainer.train.load(0)
-    from specdec.training.trainer import make_batch
+    from specdec_train.trainer import make_batch
 
     batch = make_batch(batch_data, [0, 1])
     with torch.no_grad():
@@ -219,8 +219,8 @@ def test_eagle3_trains_on_tokens_only(deep_target: Path, tmp_path: Path) -> None
 
 def test_eagle3_features_are_not_reused_for_eagle1(deep_target: Path, tmp_path: Path) -> None:
     """A features folder knows its head kind: the trainer and collector refuse the other kind."""
-    from specdec.training.features import collect
-    from specdec.training.trainer import Trainer
+    from specdec_train.features import collect
+    from specdec_train.trainer import Trainer
 
     collect(_options(tmp_path, head="eagle3"), deep_target, _sequences(), tmp_path / "work")
     with pytest.raises(TrainingError, match="features for an eagle3 head, not eagle"):
@@ -236,7 +236,7 @@ def test_eagle3_saved_layout_is_vllms(deep_target: Path, tmp_path: Path) -> None
     from specdec.errors import StrategyError
     from specdec.interfaces import TargetInfo
     from specdec.strategies.eagle import Eagle3Options, Eagle3Strategy, EagleOptions, EagleStrategy
-    from specdec.training import save
+    from specdec_train import save
 
     head, _ = _eagle3(deep_target)
     out = tmp_path / "head"
@@ -284,7 +284,7 @@ def test_eagle3_saved_layout_is_vllms(deep_target: Path, tmp_path: Path) -> None
 def test_eagle3_options_and_alias(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--head eagle3 parses; the alias waits for training; bad combinations are refused."""
     from specdec.cli import toolbox_parser
-    from specdec.training.command import options_from_args
+    from specdec_train.command import options_from_args
 
     args = toolbox_parser().parse_args(["train", "eagle", "--head", "eagle3"])
     assert options_from_args(args).head == "eagle3"
@@ -309,7 +309,7 @@ def test_eagle3_options_and_alias(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_head_kind_keys_its_steps_but_not_generation() -> None:
     """head enters features, train and evaluate keys; EAGLE-1 keys are those made before it."""
-    from specdec.training import pipeline
+    from specdec_train import pipeline
 
     base = stage_keys(TrainOptions())
     three = stage_keys(TrainOptions(head="eagle3"))
@@ -327,7 +327,7 @@ def test_head_kind_keys_its_steps_but_not_generation() -> None:
 
 def test_eagle_evaluation_runs_the_head_with_its_method(tmp_path: Path) -> None:
     """'eagle' evaluates the trained head under eagle3 for an EAGLE-3 head; 'eagle3' needs one."""
-    from specdec.training.evaluate import eval_items
+    from specdec_train.evaluate import eval_items
 
     prompts = tmp_path / "q.jsonl"
     prompts.write_text('{"prompt": "hi"}\n')
@@ -345,7 +345,7 @@ def test_train_eagle3_end_to_end(tmp_path: Path) -> None:
     head = train_tiny_head(tmp_path, "--head", "eagle3")
     from safetensors import safe_open
 
-    from specdec.training.save import EAGLE3_TENSORS
+    from specdec_train.save import EAGLE3_TENSORS
 
     with safe_open(str(head / "model.safetensors"), framework="pt") as f:
         assert sorted(f.keys()) == sorted(EAGLE3_TENSORS)
