@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from specdec import models
+from specdec.engines.device import installed_vllm, local_device
 
 from .conftest import SPEC_BENCH, run_cli
 from .eagle_head import build_eagle_head
@@ -62,16 +63,21 @@ def _responses(folder: Path) -> list[dict[str, Any]]:
 
 
 def test_every_run_writes_three_files(runs: dict[str, Path]) -> None:
-    """config.yaml, responses.jsonl and metrics.json, each with schema and provenance."""
+    """config.yaml, responses.jsonl and metrics.json, each with schema and provenance.
+
+    The provenance names the vLLM and device that ran, whichever are installed here.
+    """
+    installed = installed_vllm()
+    assert installed is not None
     for name, folder in runs.items():
         config = yaml.safe_load((folder / "config.yaml").read_text())
         assert config["schema_version"] == 1
         assert config["config"]["strategy"]["name"] == name
-        assert config["provenance"]["vllm"] == "0.32.0"
+        assert config["provenance"]["vllm"] == installed.version
         assert config["provenance"]["torch"].startswith("2.")
         metrics = _metrics(folder)
         assert metrics["schema_version"] == 1
-        assert metrics["provenance"]["device"] == "cpu"
+        assert metrics["provenance"]["device"] == local_device(installed)
         assert [r["id"] for r in metrics["requests"]] == ["code-01", "code-02", "code-03"]
         responses = _responses(folder)
         assert len(responses) == 3

@@ -2,24 +2,33 @@
 
 Two servers are launched (baseline and n-gram); a batch mixing server runs at
 concurrency 1 and 4 with an offline run is measured against them, and the
-per-request figures are checked against each server's own counters.
+per-request figures are checked against each server's own counters.  Scoring is
+checked on the baseline server and on one offline engine in this process, and a
+server run is made from an environment where ``import vllm`` fails.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
 from specdec import models
 from specdec.config import load_config
+from specdec.engines.device import installed_vllm
 from specdec.engines.launch import ServerProcess
+from specdec.engines.openai_server import OpenAIServerEngine
+from specdec.engines.vllm_offline import VllmOfflineEngine
+from specdec.interfaces import ScoreRequest, ScoreResult
 from specdec.registry import strategies
 
-from .conftest import run_cli
+from .conftest import BIN, run_cli
 
 pytestmark = pytest.mark.engine
 
@@ -123,3 +132,143 @@ def test_report_and_lossless_cover_server_runs(batch: Path) -> None:
     assert set(report["lossless"]) == {"ngram-c1", "ngram-c4", "offline-ngram"}
     for name in ("ngram-c1", "ngram-c4"):
         assert report["lossless"][name]["mismatch"] == 0, report["lossless"][name]
+
+
+PROMPT = "The capital of France is"
+SCORED_TOKENS = 6
+BF16_TOLERANCE = 0.25
+"""Log-probabilities in bfloat16 differ by up to this much between two computations of the
+same sequence (batch shapes, prefill against decode); ties within it may flip."""
+
+
+@pytest.fixture(scope="module")
+def offline() -> Iterator[VllmOfflineEngine]:
+    """The offline engine in this process, with the servers' settings (bfloat16, eager).
+
+    Its memory share is larger than the servers': vLLM counts this test process's
+    own memory against it.
+    """
+    config = load_config(None, ["engine.enforce_eager=true", "engine.gpu_memory_utilization=0.2",
+                                "engine.max_model_len=1024", "warmup=false"])
+    engine = VllmOfflineEngine(config, models.prepare(models.BASE_ALIAS), None)
+    engine.start()
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(offline: VllmOfflineEngine) -> list[int]:
+    """The prompt's token ids, by the model's tokenizer."""
+    ids: list[int] = offline._tokenizer.encode(PROMPT)
+    return ids
+
+
+def _server_engine(url: str) -> OpenAIServerEngine:
+    config = load_config(None, ["engine.backend=server", f"engine.url={url}", "warmup=false"])
+    engine = OpenAIServerEngine(config, "m", None)
+    engine.start()
+    return engine
+
+
+def _server_greedy(url: str, prompt: list[int]) -> list[int]:
+    response = httpx.post(f"{url}/v1/completions", timeout=120, json={
+        "model": httpx.get(f"{url}/v1/models", timeout=10).json()["data"][0]["id"],
+        "prompt": prompt, "max_tokens": SCORED_TOKENS, "temperature": 0.0,
+        "ignore_eos": True, "return_token_ids": True,
+    })
+    response.raise_for_status()
+    tokens: list[int] = response.json()["choices"][0]["token_ids"]
+    return tokens
+
+
+def _offline_greedy(engine: VllmOfflineEngine, prompt: list[int]) -> list[int]:
+    from vllm import SamplingParams  # only once an engine runs: collecting needs no vLLM
+
+    params = SamplingParams(max_tokens=SCORED_TOKENS, temperature=0.0, ignore_eos=True)
+    output = engine._llm.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)[0]
+    return [int(t) for t in output.outputs[0].token_ids]
+
+
+def _assert_greedy_is_top1(result: ScoreResult, greedy: list[int]) -> None:
+    """Each generated token is the top-1 there, or the top-2 of a near-tie."""
+    assert [s.token_id for s in result.scores] == greedy
+    for score in result.scores:
+        assert len(score.top_token_ids) == 2
+        assert score.top_logprobs[0] >= score.top_logprobs[1]
+        if score.top_token_ids[0] == score.token_id:
+            assert score.logprob == score.top_logprobs[0]
+        else:
+            assert score.top_token_ids[1] == score.token_id, score
+            assert score.top_logprobs[0] - score.logprob <= BF16_TOLERANCE, score
+
+
+def test_offline_score_top1_is_the_greedy_token(offline: VllmOfflineEngine,
+                                                prompt_ids: list[int]) -> None:
+    """Scoring prompt + greedy answer gives the answer's tokens as the top-1 (prefill only)."""
+    greedy = _offline_greedy(offline, prompt_ids)
+    sequence = (*prompt_ids, *greedy)
+    positions = tuple(range(len(prompt_ids), len(sequence)))
+    [result] = offline.score([ScoreRequest(sequence, positions)])
+    _assert_greedy_is_top1(result, greedy)
+
+
+def test_server_score_top1_is_the_greedy_token_and_agrees_with_offline(
+    servers: dict[str, str], offline: VllmOfflineEngine, prompt_ids: list[int],
+) -> None:
+    """The server's scores give its greedy answer, and match the offline engine's."""
+    greedy = _server_greedy(servers["none"], prompt_ids)
+    sequence = (*prompt_ids, *greedy)
+    request = ScoreRequest(sequence)
+    [remote] = _server_engine(servers["none"]).score([request])
+    [local] = offline.score([request])
+    answer = ScoreResult(remote.scores[len(prompt_ids) - 1:])
+    _assert_greedy_is_top1(answer, greedy)
+    assert [s.position for s in remote.scores] == list(range(1, len(sequence)))
+    for ours, theirs in zip(local.scores, remote.scores, strict=True):
+        assert ours.token_id == theirs.token_id
+        assert ours.logprob == pytest.approx(theirs.logprob, abs=BF16_TOLERANCE)
+        assert ours.top_logprobs[0] == pytest.approx(theirs.top_logprobs[0], abs=BF16_TOLERANCE)
+        if theirs.top_logprobs[0] - theirs.top_logprobs[1] > BF16_TOLERANCE:
+            assert ours.top_token_ids[0] == theirs.top_token_ids[0]
+
+
+def test_a_server_run_works_without_vllm_installed(servers: dict[str, str],
+                                                   tmp_path: Path) -> None:
+    """specdec-run --endpoint where `import vllm` fails: the run finishes with the server's word.
+
+    The provenance's vLLM version is the one the server reported, and what the
+    server cannot tell (methods, fields, device) is recorded as unknown.
+    """
+    blocked = tmp_path / "no-vllm"
+    (blocked / "vllm").mkdir(parents=True)
+    (blocked / "vllm" / "__init__.py").write_text(
+        'raise ImportError("vLLM is blocked here: the server backend must not import it")\n'
+    )
+    env = {"PYTHONPATH": str(blocked)}
+    probe = subprocess.run([str(BIN / "python"), "-c", "import vllm"], capture_output=True,
+                           text=True, env={**os.environ, **env}, check=False)
+    assert probe.returncode != 0
+    assert "vLLM is blocked here" in probe.stderr
+    out = tmp_path / "run"
+    result = run_cli(
+        "specdec-run", "--endpoint", servers["ngram"], "--strategy", "ngram",
+        "--set", "strategy.num_speculative_tokens=3", "--set", "strategy.prompt_lookup_min=2",
+        "--set", "strategy.prompt_lookup_max=4", "--set", "generation.max_tokens=16",
+        "--categories", "code_editing", "--limit", "2", "--output-dir", str(out), env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "vLLM is blocked here" not in result.stderr
+    metrics = _metrics(out)
+    assert metrics["summary"]["failed_requests"] == 0
+    assert metrics["summary"]["overall"]["requests"] == 2
+    assert metrics["summary"]["engine_spec"]["num_drafts"] > 0
+    installed = installed_vllm()
+    assert installed is not None
+    provenance = metrics["provenance"]
+    assert provenance["vllm"] == installed.version
+    assert provenance["engine"]["reported"]["version"] == installed.version
+    assert provenance["engine"]["unknown"] == ["speculative_methods",
+                                               "speculative_config_fields", "device"]
+    assert provenance["device"] is None
