@@ -10,21 +10,47 @@ from __future__ import annotations
 
 import math
 import random
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-
+from cyclopts import App
 from specdec import models
-from specdec.errors import ConfigError, ModelError
+from specdec.errors import InvalidOptionError, ModelError
+
 from specdec_train import EAGLE_ALIAS, TrainingError, TrainOptions, check_target, train_eagle
+from specdec_train.command import TrainCommand
 from specdec_train.data import TrainSequence, build_sequences, held_out_ids, split_prompts
 from specdec_train.pipeline import stage_keys
 
-from .conftest import run_cli
-
 torch = pytest.importorskip("torch")
+
+BIN = Path(sys.executable).parent
+
+
+def run_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """Run one of specdec's console scripts as a user would, capturing its output."""
+    command, *rest = args
+    return subprocess.run([str(BIN / command), *rest], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def specdec_app() -> App:
+    """A ``specdec`` application holding only this package's commands, as the core adds them."""
+    app = App(name="specdec", result_action="return_value")
+    TrainCommand().register(app)
+    return app
+
+
+def parse_train_eagle(*flags: str) -> TrainOptions:
+    """The options ``specdec train eagle FLAGS`` would train with (nothing runs)."""
+    _command, bound, _ignored = specdec_app().parse_args(
+        ["train", "eagle", *flags], exit_on_error=False, print_error=False)
+    options: TrainOptions = bound.arguments.get("options") or TrainOptions()
+    return options
 
 TINY: dict[str, Any] = {
     "architectures": ["LlamaForCausalLM"],
@@ -384,20 +410,15 @@ def test_evaluation_prompts_are_held_out(tmp_path: Path) -> None:
 
 
 def test_options_are_checked() -> None:
-    """Bad numbers are configuration errors naming the option."""
-    from specdec.cli import toolbox_parser
-    from specdec_train.command import options_from_args
-
-    args = toolbox_parser().parse_args(["train", "eagle", "--holdout", "1.5"])
-    with pytest.raises(ConfigError, match="holdout_fraction must be in"):
-        options_from_args(args)
+    """Bad numbers are option errors naming the option (the CLI exits 2 on them)."""
+    with pytest.raises(InvalidOptionError, match="holdout_fraction must be in"):
+        parse_train_eagle("--holdout", "1.5")
 
 
 def test_sequences_rebuild_the_engine_prompt() -> None:
     """Turn k is the chat template over earlier turns and answers, then the answer's ids."""
-    from transformers import AutoTokenizer
-
     from specdec.records import RequestRecord, TurnRecord
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(models.prepare(models.BASE_ALIAS)))
     answer = tokenizer.encode("Paris.", add_special_tokens=False)

@@ -13,14 +13,20 @@ from typing import Any
 
 import orjson
 import pytest
-
 from specdec import models
 from specdec.errors import InvalidOptionError, ModelError
+
 from specdec_train import EAGLE3_ALIAS, TrainingError, TrainOptions, check_target
 from specdec_train.options import aux_layers
 from specdec_train.pipeline import stage_keys
-
-from test_train_eagle import TINY, _config, _options, _sequences, train_tiny_head
+from test_train_eagle import (
+    TINY,
+    _config,
+    _options,
+    _sequences,
+    parse_train_eagle,
+    train_tiny_head,
+)
 
 torch = pytest.importorskip("torch")
 
@@ -232,10 +238,10 @@ def test_eagle3_features_are_not_reused_for_eagle1(deep_target: Path, tmp_path: 
 def test_eagle3_saved_layout_is_vllms(deep_target: Path, tmp_path: Path) -> None:
     """Tensor names and shapes, config keys, no LM head; the eagle3 pre-flight accepts it."""
     from safetensors import safe_open
-
     from specdec.errors import StrategyError
     from specdec.interfaces import TargetInfo
     from specdec.strategies.eagle import Eagle3Options, Eagle3Strategy, EagleOptions, EagleStrategy
+
     from specdec_train import save
 
     head, _ = _eagle3(deep_target)
@@ -283,13 +289,11 @@ def test_eagle3_saved_layout_is_vllms(deep_target: Path, tmp_path: Path) -> None
 
 def test_eagle3_options_and_alias(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--head eagle3 parses; the alias waits for training; bad combinations are refused."""
-    from specdec.cli import toolbox_parser
-    from specdec_train.command import options_from_args
+    from cyclopts import CycloptsError
 
-    args = toolbox_parser().parse_args(["train", "eagle", "--head", "eagle3"])
-    assert options_from_args(args).head == "eagle3"
-    with pytest.raises(SystemExit):
-        toolbox_parser().parse_args(["train", "eagle", "--head", "medusa"])
+    assert parse_train_eagle("--head", "eagle3").head == "eagle3"
+    with pytest.raises(CycloptsError):
+        parse_train_eagle("--head", "medusa")
     monkeypatch.setenv("SPECDEC_HOME", str(tmp_path))
     assert EAGLE3_ALIAS in models.BUNDLED
     with pytest.raises(ModelError, match=r"not trained yet: run `specdec train eagle --head "

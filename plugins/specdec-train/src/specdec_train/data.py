@@ -2,8 +2,8 @@
 
 The target answers every training prompt greedily through specdec's own runner
 (strategy ``none``, batch mode), so the head learns the target's distribution
-rather than a data set's (self-distillation).  The runner's ``responses.jsonl``
-makes the generation resumable.
+rather than a data set's (self-distillation).  The run folder
+(:mod:`specdec.run_folder`) makes the generation resumable.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from typing import Any
 import orjson
 import structlog
 from attrs import frozen
-
 from specdec.benchmarks.loader import default_benchmark_path, load_benchmark
+from specdec.files import atomic_write_bytes
 from specdec.records import Conversation, RequestRecord
+
 from specdec_train.options import TrainingError, TrainOptions
 
 log = structlog.get_logger("specdec_train")
@@ -118,14 +119,11 @@ def split_prompts(options: TrainOptions) -> PromptSplit:
 
 def write_questions(conversations: Sequence[Conversation], path: Path) -> Path:
     """Write conversations as a ``questions`` benchmark file (Spec-Bench's format)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     lines = [
         orjson.dumps({"question_id": c.id, "category": c.category, "turns": list(c.turns)})
         for c in conversations
     ]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(b"\n".join(lines) + b"\n")
-    tmp.replace(path)
+    atomic_write_bytes(path, b"\n".join(lines) + b"\n")
     return path
 
 
@@ -141,7 +139,8 @@ def generation_config(options: TrainOptions, prompts: Path) -> Any:
         "generation": {"max_tokens": options.max_tokens, "temperature": 0.0},
         "mode": "batch",
         "warmup": False,
-        "sinks": ["json", "jsonl"],
+        # No observers: the run folder, always written, is all the training reads.
+        "sinks": [],
     }
     data = apply_overrides(data, options.engine_overrides)
     return config_from_mapping(data, "train eagle generation (with --set overrides)")
@@ -152,15 +151,16 @@ def generate(options: TrainOptions, conversations: Sequence[Conversation], work:
              on_record: Callable[[RequestRecord], None] | None = None) -> list[RequestRecord]:
     """The target's greedy answers to ``conversations``, generated once and reused.
 
-    A finished generation (``metrics.json`` present) is read back; an interrupted
-    one resumes from its ``responses.jsonl``.
+    A finished generation is read back through :mod:`specdec.run_folder`; an
+    interrupted one is resumed by the runner.
     """
-    from specdec.runner import read_responses, run_experiment  # noqa: PLC0415
+    from specdec import run_folder  # noqa: PLC0415
+    from specdec.runner import run_experiment  # noqa: PLC0415
 
     out = work / GENERATE_DIR
     prompts = write_questions(conversations, out.parent / PROMPTS_FILE)
-    if (out / "metrics.json").is_file():
-        records = read_responses(out / "responses.jsonl")
+    if run_folder.is_finished(out):
+        records = run_folder.read_records(out)
         log.info("reusing generated answers", answers=len(records), path=str(out))
         return records
     config = generation_config(options, prompts)

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-
 from specdec.records import Conversation
+
 from specdec_train.data import EVAL_PROMPTS_FILE, write_questions
 from specdec_train.options import TrainingError, TrainOptions
 

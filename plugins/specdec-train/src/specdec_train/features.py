@@ -31,8 +31,9 @@ import attrs
 import orjson
 import structlog
 from attrs import frozen
+from specdec.files import atomic_write_bytes
+from specdec.serialization import structure, write_json
 
-from specdec.serialization import structure, unstructure
 from specdec_train.data import TrainSequence
 from specdec_train.options import TrainingError, TrainOptions, aux_layers
 
@@ -101,9 +102,7 @@ def check_head(manifest: Manifest, head: str, folder: Path) -> None:
 
 
 def _write_manifest(folder: Path, manifest: Manifest) -> None:
-    tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_bytes(orjson.dumps(unstructure(manifest), option=orjson.OPT_INDENT_2))
-    tmp.replace(folder / MANIFEST)
+    write_json(folder / MANIFEST, manifest)
 
 
 def order(sequences: Sequence[TrainSequence]) -> list[TrainSequence]:
@@ -139,7 +138,7 @@ class _Buffer:
 
     def write(self, folder: Path, index: int, dtype: Any) -> ShardInfo:
         import torch  # noqa: PLC0415
-        from safetensors.torch import save_file  # noqa: PLC0415
+        from safetensors.torch import save  # noqa: PLC0415
 
         lengths = [len(s.tokens) for s, _, _ in self.items]
         offsets = torch.tensor([0, *lengths], dtype=torch.int64).cumsum(0)
@@ -153,10 +152,8 @@ class _Buffer:
                                          dtype=torch.int64),
         }
         name = f"{self.split}-{index:05d}.safetensors"
-        tmp = folder / (name + ".tmp")
         ids = orjson.dumps([s.id for s, _, _ in self.items]).decode()
-        save_file(tensors, str(tmp), metadata={"ids": ids})
-        tmp.replace(folder / name)
+        atomic_write_bytes(folder / name, save(tensors, metadata={"ids": ids}))
         info = ShardInfo(name, self.split, len(self.items), int(offsets[-1]),
                          sum(len(s.tokens) - s.answer_start for s, _, _ in self.items))
         self.items = []

@@ -4,17 +4,22 @@ Two kinds of head: EAGLE-1 (``head="eagle"``, vLLM's ``method: eagle``) reads th
 target's final hidden state; EAGLE-3 (``head="eagle3"``, ``method: eagle3``) reads
 three of its layers' hidden states (:func:`aux_layers`).
 
-Light on purpose: attrs records and checks only, so the command line can build
-its parser without importing torch.
+:class:`TrainOptions` is the one declaration of every setting: the command line
+takes its flags, help (the attribute docstrings) and defaults from it, and the
+pipeline takes from it which step each setting belongs to (:func:`option_stages`).
+
+Light on purpose: attrs records and checks only, so the command line can be
+built without importing torch.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from attrs import field, frozen, validators
-
+import attrs
+from attrs import field, frozen
+from cyclopts import Group, Parameter
 from specdec.errors import InvalidOptionError, ModelError, SpecdecError
 from specdec.models import BASE_ALIAS, DRAFT_ALIAS, EAGLE3_ALIAS, EAGLE_ALIAS
 
@@ -33,6 +38,10 @@ EVAL_STRATEGIES = ("ngram", "draft_model", "eagle")
 
 FeatureDtype = Literal["bfloat16", "float32"]
 
+STEPS = ("generate", "features", "train", "evaluate")
+"""The resumable steps whose outputs depend on options, in order (see :func:`option_stages`)."""
+_STEPS_KEY = "specdec_train.steps"
+
 
 class TrainingError(SpecdecError):
     """Training cannot start or go on; the message says why and what to do."""
@@ -41,6 +50,11 @@ class TrainingError(SpecdecError):
 def _positive(_instance: Any, attribute: Any, value: float | None) -> None:
     if value is not None and value <= 0:
         raise InvalidOptionError(f"{attribute.name} must be positive, got {value}")
+
+
+def _non_negative(_instance: Any, attribute: Any, value: float) -> None:
+    if value < 0:
+        raise InvalidOptionError(f"{attribute.name} must be at least 0, got {value}")
 
 
 def _fraction(_instance: Any, attribute: Any, value: float) -> None:
@@ -52,6 +66,29 @@ def _head_kind(_instance: Any, attribute: Any, value: str) -> None:
     if value not in HEAD_KINDS:
         msg = f"{attribute.name} must be one of {', '.join(HEAD_KINDS)}, got {value!r}"
         raise InvalidOptionError(msg)
+
+
+def _commas(_type: Any, tokens: Any) -> tuple[str, ...]:
+    # Each value may list several names ("ngram,eagle"), as the flag always took them.
+    return tuple(name.strip() for token in tokens for name in token.value.split(",")
+                 if name.strip())
+
+
+def _steps(*steps: str) -> dict[str, tuple[str, ...]]:
+    """Field metadata: the steps (of :data:`STEPS`) whose output this option changes."""
+    return {_STEPS_KEY: steps}
+
+
+def option_stages() -> dict[str, tuple[str, ...]]:
+    """Which options each step depends on, from the fields' metadata, in :data:`STEPS` order.
+
+    A step also depends on every step before it (the pipeline chains their
+    digests), so an option is listed under the first step it changes, and again
+    under a later one only when that step reads it itself.
+    """
+    fields = attrs.fields(TrainOptions)
+    return {step: tuple(f.name for f in fields if step in f.metadata.get(_STEPS_KEY, ()))
+            for step in STEPS}
 
 
 def aux_layers(num_layers: int) -> tuple[int, int, int]:
@@ -77,7 +114,12 @@ def aux_layers(num_layers: int) -> tuple[int, int, int]:
     return ids
 
 
-@frozen
+_DATA = Parameter(group=Group("data", sort_key=1))
+_TRAINING = Parameter(group=Group("training", sort_key=2))
+_OUTPUT = Parameter(group=Group("output and evaluation", sort_key=3))
+
+
+@frozen(kw_only=True)
 class TrainOptions:
     """Every setting of one EAGLE head training, with defaults sized for a 2-core CPU.
 
@@ -95,79 +137,156 @@ class TrainOptions:
 
     ``engine_overrides`` (``key.path=value``) apply to the generation and the
     evaluation runs; ``eval_overrides`` to the evaluation runs only.
+
+    Each attribute's docstring is its flag's help; the flag is the attribute's
+    name (``--max-steps``) unless its annotation names another one.
     """
 
-    target: str = BASE_ALIAS
-    head: HeadKind = field(default="eagle", validator=_head_kind)
-    """``"eagle"`` (EAGLE-1, vLLM ``method: eagle``) or ``"eagle3"`` (``method: eagle3``)."""
-    output: Path | None = None
-    """Where the head is written; default: the bundled alias folder for the bundled
-    target (``$SPECDEC_HOME/models/smollm2-135m-eagle``, or ``-eagle3``), required
-    otherwise."""
-    work_dir: Path | None = None
-    """Generation, features and checkpoints; default ``<output>.partial``."""
-    prompts: tuple[Path, ...] = ()
-    include_sample: bool = True
-    eval_prompts: Path | None = None
-    holdout_fraction: float = field(default=0.1, validator=_fraction)
-    val_fraction: float = field(default=0.05, validator=_fraction)
-    max_tokens: int = field(default=192, validator=_positive)
-    """New tokens per answer when the target generates its training answers."""
-    engine_overrides: tuple[str, ...] = ()
-    max_length: int = field(default=512, validator=_positive)
-    """Longest sequence (prompt + answer) whose hidden states are collected; longer
-    prompts lose their beginning, the answer is always kept."""
-    collect_dtype: FeatureDtype = "bfloat16"
-    """Precision of the transformers pass: bfloat16 is what vLLM runs the bundled
-    model in (``dtype: auto``), and several times faster on CPUs with AVX-512 BF16."""
-    feature_dtype: FeatureDtype = "bfloat16"
-    batch_tokens: int = field(default=2048, validator=_positive)
-    shard_tokens: int = field(default=32768, validator=_positive)
-    epochs: int = field(default=8, validator=_positive)
-    max_steps: int | None = field(default=None, validator=_positive)
-    lr: float = field(default=1e-3, validator=_positive)
-    warmup_steps: int = 20
-    weight_decay: float = 0.0
-    ce_weight: float = field(default=0.5, validator=_positive)
-    """Weight of the token cross-entropy beside the feature regression."""
-    unroll: int = field(default=3, validator=_positive)
-    """Drafting steps trained per position (1: teacher forcing only)."""
-    teacher_epochs: int = 6
-    """Epochs trained with teacher forcing only (cheap, fast to learn the first
-    draft) before the ``unroll`` steps are trained."""
-    step_decay: float = field(default=0.8, validator=_positive)
-    soft_labels: bool = False
-    """Cross-entropy against the target's full distribution (over ``ce_vocab``) rather
-    than its greedy token alone: more signal per position."""
-    detach_steps: bool = True
-    """Drafting steps after the first see the previous step's prediction without
-    back-propagating into it (stabler on small batches)."""
-    feature_noise: float = field(default=0.0, validator=validators.ge(0.0))
-    """Width of uniform noise added to the input hidden states while training
-    (EAGLE's augmentation against over-fitting; targets stay clean). 0: none."""
-    ce_vocab: int = 8192
-    """Cross-entropy over the most frequent target tokens of the data (0: all)."""
-    grad_clip: float = 1.0
-    autocast: bool = True
-    """Run the head's matrix products in bfloat16 (weights stay float32)."""
-    patience: int = field(default=3, validator=_positive)
-    eval_every: int = field(default=200, validator=_positive)
-    checkpoint_every: int = field(default=100, validator=_positive)
-    val_tokens: int = field(default=16384, validator=_positive)
-    """Held-out positions scored at each evaluation during training (a prefix)."""
-    seed: int = 0
-    threads: int = field(default=2, validator=_positive)
-    evaluate: bool = True
-    eval_strategies: tuple[str, ...] = EVAL_STRATEGIES
-    eval_k: int = field(default=3, validator=_positive)
-    eval_draft: str | None = None
-    """Draft model for the ``draft_model`` comparison; default: the bundled truncated
-    draft when the target is the bundled model, else that comparison is skipped."""
-    eval_max_tokens: int = field(default=128, validator=_positive)
-    eval_overrides: tuple[str, ...] = ()
-    overwrite: bool = False
-    restart: bool = False
-    keep_work: bool = False
+    head: HeadKind = field(default="eagle", validator=_head_kind,
+                           metadata=_steps("features", "train", "evaluate"))
+    """kind of head: eagle (EAGLE-1, vLLM `method: eagle`) or eagle3 (EAGLE-3, `method: eagle3`)"""
+
+    target: Annotated[str, Parameter(name="--model"), _DATA] = field(
+        default=BASE_ALIAS, metadata=_steps("generate"))
+    """target model folder or bundled alias"""
+    prompts: Annotated[tuple[Path, ...], Parameter(metavar="FILE"), _DATA] = field(
+        default=(), metadata=_steps("generate"))
+    """prompt file (JSONL) to train on, besides the sample benchmark (repeatable)"""
+    include_sample: Annotated[bool, Parameter(negative="--no-sample"), _DATA] = field(
+        default=True, metadata=_steps("generate"))
+    """train on the bundled sample benchmark too (--no-sample: do not)"""
+    eval_prompts: Annotated[Path | None, Parameter(metavar="FILE"), _DATA] = field(
+        default=None, metadata=_steps("generate"))
+    """held-out prompts for the evaluation (removed from training); default: a --holdout
+    share of the prompts"""
+    holdout_fraction: Annotated[float, Parameter(name="--holdout", metavar="FRACTION"), _DATA] = (
+        field(default=0.1, validator=_fraction, metadata=_steps("generate")))
+    """share of conversations held out when --eval-prompts is not given"""
+    max_tokens: Annotated[int, _DATA] = field(default=192, validator=_positive,
+                                              metadata=_steps("generate"))
+    """answer length (new tokens) the target generates per prompt"""
+    engine_overrides: Annotated[tuple[str, ...],
+                                Parameter(name="--set", metavar="KEY.PATH=VALUE"), _DATA] = field(
+        default=(), metadata=_steps("generate"))
+    """experiment override for the generation and evaluation runs, e.g.
+    engine.enforce_eager=true (repeatable)"""
+    max_length: Annotated[int, _DATA] = field(default=512, validator=_positive,
+                                              metadata=_steps("features"))
+    """longest sequence (prompt + answer) whose hidden states are kept; longer prompts
+    lose their beginning, the answer is always kept"""
+    collect_dtype: Annotated[FeatureDtype, _DATA] = field(default="bfloat16",
+                                                          metadata=_steps("features"))
+    """precision of the transformers pass that collects hidden states: bfloat16 is what
+    vLLM runs the bundled model in (`dtype: auto`), and several times faster on CPUs
+    with AVX-512 BF16"""
+    feature_dtype: Annotated[FeatureDtype, _DATA] = field(default="bfloat16",
+                                                          metadata=_steps("features"))
+    """precision the hidden states are stored in"""
+    shard_tokens: Annotated[int, _DATA] = field(default=32768, validator=_positive,
+                                                metadata=_steps("features"))
+    """tokens of hidden states per shard file"""
+
+    batch_tokens: Annotated[int, _TRAINING] = field(default=2048, validator=_positive,
+                                                    metadata=_steps("features"))
+    """padded tokens per batch (of the hidden-state pass and of training)"""
+    val_fraction: Annotated[float, _TRAINING] = field(default=0.05, validator=_fraction,
+                                                      metadata=_steps("features"))
+    """share of training conversations for the held-out loss"""
+    epochs: Annotated[int, _TRAINING] = field(default=8, validator=_positive,
+                                              metadata=_steps("train"))
+    """passes over the data"""
+    max_steps: Annotated[int | None, _TRAINING] = field(default=None, validator=_positive,
+                                                        metadata=_steps("train"))
+    """stop after this many steps"""
+    lr: Annotated[float, _TRAINING] = field(default=1e-3, validator=_positive,
+                                            metadata=_steps("train"))
+    """peak learning rate"""
+    warmup_steps: Annotated[int, _TRAINING] = field(default=20, metadata=_steps("train"))
+    """steps of linear learning-rate warm-up"""
+    weight_decay: Annotated[float, _TRAINING] = field(default=0.0, metadata=_steps("train"))
+    """AdamW weight decay"""
+    ce_weight: Annotated[float, _TRAINING] = field(default=0.5, validator=_positive,
+                                                   metadata=_steps("train"))
+    """cross-entropy weight beside the feature regression (EAGLE-1 only)"""
+    unroll: Annotated[int, _TRAINING] = field(default=3, validator=_positive,
+                                              metadata=_steps("train"))
+    """drafting steps trained per position (1: teacher forcing only)"""
+    teacher_epochs: Annotated[int, _TRAINING] = field(default=6, metadata=_steps("train"))
+    """first epochs with teacher forcing only (cheap, fast to learn the first draft)
+    before the --unroll steps are trained"""
+    step_decay: Annotated[float, _TRAINING] = field(default=0.8, validator=_positive,
+                                                    metadata=_steps("train"))
+    """loss weight of each drafting step relative to the one before it"""
+    soft_labels: Annotated[bool, _TRAINING] = field(default=False, metadata=_steps("train"))
+    """cross-entropy against the target's full distribution (over --ce-vocab) rather
+    than its greedy token alone: more signal per position (EAGLE-1 only)"""
+    detach_steps: Annotated[bool, Parameter(negative="--no-detach-steps"), _TRAINING] = field(
+        default=True, metadata=_steps("train"))
+    """drafting steps after the first see the previous step's prediction without
+    back-propagating into it (stabler on small batches)"""
+    feature_noise: Annotated[float, Parameter(metavar="WIDTH"), _TRAINING] = field(
+        default=0.0, validator=_non_negative, metadata=_steps("train"))
+    """uniform noise of this width on the input hidden states while training (EAGLE's
+    augmentation against over-fitting; targets stay clean); 0: none"""
+    ce_vocab: Annotated[int, _TRAINING] = field(default=8192, metadata=_steps("train"))
+    """cross-entropy over the N most frequent target tokens of the data (0: the whole
+    vocabulary)"""
+    grad_clip: Annotated[float, _TRAINING] = field(default=1.0, metadata=_steps("train"))
+    """largest gradient norm (clipped above it)"""
+    autocast: Annotated[bool, Parameter(negative="--no-autocast"), _TRAINING] = field(
+        default=True, metadata=_steps("train"))
+    """run the head's matrix products in bfloat16 (weights stay float32)"""
+    patience: Annotated[int, _TRAINING] = field(default=3, validator=_positive,
+                                                metadata=_steps("train"))
+    """held-out evaluations without improvement before stopping"""
+    eval_every: Annotated[int, Parameter(metavar="STEPS"), _TRAINING] = field(
+        default=200, validator=_positive, metadata=_steps("train"))
+    """held-out loss every N steps"""
+    checkpoint_every: Annotated[int, Parameter(metavar="STEPS"), _TRAINING] = field(
+        default=100, validator=_positive)
+    """checkpoint every N steps (an interrupted training resumes from the last)"""
+    val_tokens: Annotated[int, _TRAINING] = field(default=16384, validator=_positive,
+                                                  metadata=_steps("train"))
+    """held-out positions scored at each evaluation during training (a prefix)"""
+    seed: Annotated[int, _TRAINING] = field(default=0, metadata=_steps("generate"))
+    """seed of the held-out splits, the initialisation and the batch order"""
+    threads: Annotated[int, _TRAINING] = field(default=2, validator=_positive,
+                                               metadata=_steps("train"))
+    """torch threads"""
+
+    output: Annotated[Path | None, Parameter(metavar="DIR"), _OUTPUT] = None
+    """head folder; default for the bundled target: the bundled alias folder
+    ($SPECDEC_HOME/models/smollm2-135m-eagle, or -eagle3); required otherwise"""
+    work_dir: Annotated[Path | None, Parameter(metavar="DIR"), _OUTPUT] = None
+    """generation, features, checkpoints; default: the output folder's name + .partial"""
+    evaluate: Annotated[bool, Parameter(negative="--skip-eval"), _OUTPUT] = field(
+        default=True, metadata=_steps("evaluate"))
+    """measure the head with vLLM (step 5; --skip-eval: do not)"""
+    eval_strategies: Annotated[tuple[str, ...], Parameter(converter=_commas, metavar="NAMES"),
+                               _OUTPUT] = field(default=EVAL_STRATEGIES,
+                                                metadata=_steps("evaluate"))
+    """compared with the baseline, comma-separated; eagle is the trained head (run as
+    eagle3 for an EAGLE-3 head)"""
+    eval_k: Annotated[int, _OUTPUT] = field(default=3, validator=_positive,
+                                            metadata=_steps("evaluate"))
+    """speculative tokens of the compared strategies"""
+    eval_max_tokens: Annotated[int, _OUTPUT] = field(default=128, validator=_positive,
+                                                     metadata=_steps("evaluate"))
+    """answer length (new tokens) of the evaluation runs"""
+    eval_draft: Annotated[str | None, Parameter(metavar="MODEL"), _OUTPUT] = field(
+        default=None, metadata=_steps("evaluate"))
+    """draft model for draft_model; default: the bundled truncated draft for the bundled
+    target, else that comparison is skipped"""
+    eval_overrides: Annotated[tuple[str, ...],
+                              Parameter(name="--eval-set", metavar="KEY.PATH=VALUE"),
+                              _OUTPUT] = field(default=(), metadata=_steps("evaluate"))
+    """override for the evaluation runs only, e.g. benchmark.limit=8 (repeatable)"""
+    overwrite: Annotated[bool, _OUTPUT] = False
+    """replace a finished head"""
+    restart: Annotated[bool, _OUTPUT] = False
+    """discard the work folder and start from step 1"""
+    keep_work: Annotated[bool, _OUTPUT] = False
+    """keep features and checkpoints after success"""
 
     def __attrs_post_init__(self) -> None:
         """Refuse settings that do not apply to the chosen head."""

@@ -25,32 +25,23 @@ import attrs
 import orjson
 import structlog
 from attrs import frozen
-
 from specdec.models import BASE_ALIAS, model_config, resolve_model
 from specdec.provenance import collect as provenance
+from specdec.serialization import write_json
+
 from specdec_train.options import (
     HEAD_TITLES,
     TrainingError,
     TrainOptions,
     aux_layers,
     check_target,
+    option_stages,
 )
 
 log = structlog.get_logger("specdec_train")
 
 PLAN_FILE = "plan.json"
-STAGES: dict[str, tuple[str, ...]] = {
-    "generate": ("target", "prompts", "include_sample", "eval_prompts", "holdout_fraction",
-                 "seed", "max_tokens", "engine_overrides"),
-    "features": ("head", "max_length", "collect_dtype", "feature_dtype", "val_fraction",
-                 "batch_tokens", "shard_tokens"),
-    "train": ("head", "epochs", "max_steps", "lr", "warmup_steps", "weight_decay", "ce_weight",
-              "unroll", "step_decay", "ce_vocab", "grad_clip", "autocast", "patience",
-              "soft_labels", "detach_steps", "teacher_epochs", "feature_noise",
-              "eval_every", "val_tokens", "threads"),
-    "evaluate": ("head", "evaluate", "eval_strategies", "eval_k", "eval_draft", "eval_max_tokens",
-                 "eval_overrides"),
-}
+STAGES: dict[str, tuple[str, ...]] = option_stages()
 """Which options each step depends on (a step also depends on every step before it)."""
 LEGACY_DEFAULTS: dict[str, Any] = {"head": "eagle"}
 """Options added after work folders existed, with the value that keeps the old behaviour:
@@ -115,7 +106,8 @@ def _reconcile(work: Path, options: TrainOptions) -> dict[str, str]:
                                 removed=str(work / name))
                     shutil.rmtree(work / name)
     plan = {"keys": keys, "options": options_dict(options)}
-    plan_path.write_bytes(orjson.dumps(plan, option=orjson.OPT_INDENT_2))
+    # Atomic: a plan cut by a crash would make the next run unable to tell what is stale.
+    write_json(plan_path, plan)
     return keys
 
 

@@ -22,18 +22,15 @@ update after the evaluation replaces its files atomically too.
 
 from __future__ import annotations
 
-import fcntl
-import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from specdec.files import atomic_folder, atomic_write_text, file_lock
 from specdec.models import MARKER
 from specdec.provenance import now
+from specdec.serialization import write_json
+
 from specdec_train.options import HEAD_TITLES, TrainingError, aux_layers
 
 CARD_JSON = "training.json"
@@ -99,31 +96,6 @@ def head_config(target_config: Mapping[str, Any], head: str = "eagle") -> dict[s
     return config
 
 
-@contextmanager
-def _lock(folder: Path) -> Iterator[None]:
-    # The same lock file as specdec.models.prepare uses for a bundled alias.
-    lock = folder.with_name(f".{folder.name}.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with lock.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
-    tmp.replace(path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def save_head(out: Path, state: Mapping[str, Any], target_config: Mapping[str, Any],
               card: Mapping[str, Any], *, name: str, overwrite: bool,
               head: str = "eagle") -> Path:
@@ -142,8 +114,8 @@ def save_head(out: Path, state: Mapping[str, Any], target_config: Mapping[str, A
         raise TrainingError(f"the trained head lacks {', '.join(missing)}")
     dtype = getattr(torch, str(target_config.get("dtype") or target_config.get("torch_dtype")
                                or "float32"), torch.float32)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(out):
+    # The lock of the folder itself: the one specdec.models.prepare takes for a bundled alias.
+    with file_lock(out):
         if out.exists() and is_finished(out) and not overwrite:
             msg = (
                 f"{out} already holds a finished EAGLE head: pass --overwrite to replace it, "
@@ -156,14 +128,13 @@ def save_head(out: Path, state: Mapping[str, Any], target_config: Mapping[str, A
                 "choose another --output"
             )
             raise TrainingError(msg)
-        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
+        with atomic_folder(out) as work:
             tensors = {k: state[k].detach().to(dtype).contiguous() for k in names}
             save_file(tensors, str(work / WEIGHTS), metadata={"format": "pt"})
-            _write_json(work / "config.json", head_config(target_config, head))
-            _write_json(work / CARD_JSON, dict(card))
-            _write_text(work / CARD_MD, render_card(card))
-            _write_json(work / MARKER, {
+            write_json(work / "config.json", head_config(target_config, head))
+            write_json(work / CARD_JSON, dict(card))
+            atomic_write_text(work / CARD_MD, render_card(card))
+            write_json(work / MARKER, {
                 "name": name,
                 "description": f"{HEAD_TITLES[head]} head trained by `specdec train eagle`",
                 "source": "specdec train eagle",
@@ -172,16 +143,6 @@ def save_head(out: Path, state: Mapping[str, Any], target_config: Mapping[str, A
                 "target": card.get("target", {}).get("model"),
                 "written_at": now(),
             })
-            old = None
-            if out.exists():
-                old = out.with_name(f".{out.name}.old-{work.name.rsplit('.', 1)[-1]}")
-                out.rename(old)
-            work.rename(out)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        finally:
-            if work.exists():
-                shutil.rmtree(work)
     return out
 
 
@@ -189,8 +150,8 @@ def update_card(out: Path, card: Mapping[str, Any]) -> None:
     """Replace a finished head's model card (after its evaluation), file by file atomically."""
     if not is_finished(out):
         raise TrainingError(f"{out} holds no finished head; its card cannot be updated")
-    _write_json(out / CARD_JSON, dict(card))
-    _write_text(out / CARD_MD, render_card(card))
+    write_json(out / CARD_JSON, dict(card))
+    atomic_write_text(out / CARD_MD, render_card(card))
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

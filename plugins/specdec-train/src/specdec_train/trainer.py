@@ -19,6 +19,7 @@ This module imports torch; specdec imports it only when training.
 
 from __future__ import annotations
 
+import io
 import math
 import random
 import time
@@ -31,6 +32,7 @@ import structlog
 import torch
 import torch.nn.functional as F  # noqa: N812
 from attrs import frozen
+from specdec.files import atomic_write_bytes
 
 from specdec_train.features import FEATURES_DIR, Manifest, check_head, read_manifest
 from specdec_train.head import Head, new_head
@@ -368,11 +370,9 @@ class Trainer:
         return self.work / CHECKPOINT_DIR / CHECKPOINT_FILE
 
     def _save(self, state: dict[str, Any]) -> None:
-        path = self.checkpoint_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write_bytes(self.checkpoint_path, buffer.getvalue())
 
     def validate(self, steps: int, limit: int | None = None, *, full_vocab: bool = False,
                  ) -> dict[str, Any]:
