@@ -58,8 +58,11 @@ def register_commands(app: cyclopts.App, plugins: Registry = command_plugins) ->
         try:
             plugin = plugins.create(name)
         except PluginError as exc:
-            log.warning("command plugin skipped: its commands are not available",
-                        plugin=name, error=str(exc))
+            # The registry logs a plugin that fails to import (raising from that error);
+            # one refused for its interface or API version it only raises: say it once.
+            if exc.__cause__ is None:
+                log.warning("command plugin skipped: its commands are not available",
+                            plugin=name, error=str(exc))
             continue
         try:
             plugin.register(app)
