@@ -1,6 +1,6 @@
 """How often an EAGLE-1 head's drafts match the target, offline, on a run's greedy answers.
 
-Reads a baseline run's ``responses.jsonl`` (the target's greedy answers), rebuilds
+Reads a baseline run's records (the target's greedy answers), rebuilds
 each prompt as the engine built it, recomputes the target's hidden states with
 transformers, and scores the head's unrolled drafts against the target's greedy
 tokens with the trainer's own objective: top-1 agreement per drafting step, the
@@ -9,8 +9,11 @@ per position under greedy decoding) and the mean acceptance length that
 predicts.  Comparing it with the engine's figures for the same prompts tells a
 training/serving mismatch from a head that is simply worse on those prompts.
 
-    .venv/bin/python benchmarks/eagle_agreement.py RUN/responses.jsonl \\
+    .venv/bin/python benchmarks/eagle_agreement.py RUN_DIR \\
         ~/.cache/specdec/models/smollm2-135m-eagle --work /tmp/agreement
+
+``RUN_DIR`` is the run's folder (its ``responses.jsonl`` also names it).  Needs the
+training package (``plugins/specdec-train``, installed by ``scripts/setup.sh``).
 
 ``HEAD`` is a head folder (``model.safetensors``) or a training checkpoint
 (``checkpoint.pt``).  The hidden states are kept in ``--work`` and reused.
@@ -39,17 +42,17 @@ def _head_state(head: Path) -> dict[str, Any]:
 
 def main() -> None:
     """Score the head and print the figures as JSON."""
+    from specdec_train import data  # noqa: PLC0415
+    from specdec_train.features import collect  # noqa: PLC0415
+    from specdec_train.options import TrainOptions  # noqa: PLC0415
+    from specdec_train.trainer import Trainer  # noqa: PLC0415
     from transformers import AutoTokenizer  # noqa: PLC0415
 
-    from specdec.runner import read_responses  # noqa: PLC0415
-    from specdec.training import data  # noqa: PLC0415
-    from specdec.training.features import collect  # noqa: PLC0415
-    from specdec.training.options import TrainOptions  # noqa: PLC0415
-    from specdec.training.trainer import Trainer  # noqa: PLC0415
+    from specdec.run_folder import read_records  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("responses", type=Path, help="a baseline run's responses.jsonl")
+    parser.add_argument("run", type=Path, help="a baseline run's folder (or its responses.jsonl)")
     parser.add_argument("head", type=Path, help="head folder or checkpoint.pt")
     parser.add_argument("--model", default=models.BASE_ALIAS, help="the target (default bundled)")
     parser.add_argument("--work", type=Path, required=True, help="folder for the hidden states")
@@ -59,7 +62,8 @@ def main() -> None:
     target = models.prepare(args.model)
     config = json.loads((target / "config.json").read_text())
     options = TrainOptions(ce_vocab=0)
-    records = read_responses(args.responses)
+    # A run's files are read only through the run-folder module, which wants the folder.
+    records = read_records(args.run if args.run.is_dir() else args.run.parent)
     tokenizer = AutoTokenizer.from_pretrained(str(target))
     ids = [r.id for r in records]
     # The trainer needs one training sequence; every other one is scored.
