@@ -242,9 +242,9 @@ def run(experiment: ExperimentFlags = _NO_EXPERIMENT, benchmark: BenchmarkFlags 
         log_format: LogFormatFlag = None) -> int:
     """Run one speculative-decoding experiment.
 
-    Run one speculative-decoding experiment on vLLM and write config.yaml,
-    responses.jsonl and metrics.json into the output folder. `specdec run` and
-    `specdec-run` are the same command.
+    It runs on vLLM and writes config.yaml, responses.jsonl and metrics.json
+    into the output folder. `specdec run` and `specdec-run` are the same
+    command.
 
     With no arguments: the bundled sample benchmark on the bundled model
     (smollm2-135m) with no speculation (the baseline), into results/<time>-none.
@@ -280,10 +280,10 @@ def serve(experiment: ExperimentFlags = _NO_EXPERIMENT, *,
           = None, log_format: LogFormatFlag = None) -> int:
     """Start vLLM's OpenAI-compatible server with a strategy, until Ctrl-C.
 
-    Start vLLM's OpenAI-compatible server on the loopback interface with the
-    experiment's model, engine settings (engine.* in --config or --set) and the
-    strategy's speculative_config on its command line, wait until it is
-    healthy, print its URL, and stop it cleanly on Ctrl-C. Measure it with
+    The server listens on the loopback interface with the experiment's model,
+    engine settings (engine.* in --config or --set) and the strategy's
+    speculative_config on its command line; specdec waits until it is healthy,
+    prints its URL, and stops it cleanly on Ctrl-C. Measure it with
     `specdec-run --endpoint URL`. To launch a server just for one run, use
     `specdec-run --launch` instead.
     """
@@ -445,7 +445,7 @@ def report(runs: Annotated[list[Path], Parameter(name="RUN_DIR")], /, *,
     Args:
         runs: batch folders or run folders.
         output: where to write (default: RUN_DIR/report for one folder, results/report for more).
-        near_tie: near-tie threshold of the lossless check, in nats (default 0.25).
+        near_tie: lossless-check near-tie threshold in nats (default: the batch's own, else 0.25).
     """
     from specdec.display import print_report  # noqa: PLC0415
     from specdec.report import build_report, write_report  # noqa: PLC0415
@@ -483,7 +483,7 @@ def export(answer_format: Annotated[Literal["spec-bench"], Parameter(name="FORMA
 
 def _show_default(value: Any) -> str | None:
     # An off switch or an empty repeatable option says nothing a reader needs.
-    return None if value in (None, False, ()) else str(value)
+    return None if value is None or value is False or value == () else str(value)
 
 
 def _new_app(name: str, description: str | None, **kwargs: Any) -> App:
