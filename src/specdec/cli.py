@@ -179,7 +179,7 @@ class OutputFlags:
     """Where a run's records go: ``run`` only."""
 
     sinks: Annotated[str | None, Parameter(show_default=",".join(_DEFAULTS.sinks))] = None
-    """comma-separated sinks"""
+    """comma-separated observers of the records (log, plugins); the run folder is always written"""
 
     output_dir: Annotated[Path | None,
                           Parameter(show_default="results/<UTC time>-<strategy>")] = None
