@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import orjson
@@ -103,6 +106,24 @@ def test_interrupted_build_leaves_nothing(fake_bundled: dict[str, int], tmp_path
     assert [p.name for p in parent.iterdir()] == [".fake.lock"]
     fake_bundled["fail"] = 0
     assert models.prepare("fake") == parent / "fake"
+
+
+def test_prepare_waits_for_the_lock_training_takes(fake_bundled: dict[str, int],
+                                                   tmp_path: Path) -> None:
+    """While another holder has ``.<alias>.lock`` (as training does, with flock), prepare waits."""
+    lock = tmp_path / "home" / "models" / ".fake.lock"
+    lock.parent.mkdir(parents=True)
+    held = 0.3
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        releaser = threading.Timer(held, fcntl.flock, args=(handle, fcntl.LOCK_UN))
+        releaser.start()
+        started = time.monotonic()
+        models.prepare("fake")
+        waited = time.monotonic() - started
+        releaser.join()
+    assert waited >= held * 0.9
+    assert fake_bundled["builds"] == 1
 
 
 def test_prepare_runs_once(fake_bundled: dict[str, int]) -> None:
