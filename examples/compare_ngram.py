@@ -18,7 +18,7 @@ COMMON = [
     "benchmark.limit=4",
     "generation.max_tokens=64",
     "engine.enforce_eager=true",
-    "sinks=[jsonl]",
+    "sinks=[log]",
 ]
 
 

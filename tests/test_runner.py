@@ -12,7 +12,7 @@ import pytest
 from specdec import registry
 from specdec.config import load_config
 from specdec.errors import OutputExistsError
-from specdec.interfaces import EngineRun, RunInfo
+from specdec.interfaces import EngineRun, RunInfo, ScoreRequest, ScoreResult
 from specdec.records import (
     Conversation,
     ExperimentConfig,
@@ -44,6 +44,12 @@ class StandInEngine:
 
     def close(self) -> None:
         return None
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": "stand-in"}
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        raise NotImplementedError("the stand-in engine answers; it does not score")
 
     def run(self, conversations: Sequence[Conversation],
             on_record: Callable[[RequestRecord], None]) -> EngineRun:

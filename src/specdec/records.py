@@ -107,6 +107,19 @@ class StrategyConfig:
 
 
 @frozen
+class StrategySpec:
+    """One strategy of a study file: its options, and options to sweep over.
+
+    Written flat like an experiment's strategy section (the name, the options)
+    with an optional ``sweep`` mapping each option to a list of values.
+    """
+
+    name: str
+    options: Mapping[str, Any] = field(factory=dict)
+    sweep: Mapping[str, tuple[Any, ...]] = field(factory=dict)
+
+
+@frozen
 class BenchmarkConfig:
     """Where the prompts come from and which of them to run.
 
@@ -132,7 +145,12 @@ class ExperimentConfig:
     mode: Mode = "sequential"
     chat_template: bool = True
     warmup: bool = True
-    sinks: tuple[str, ...] = ("json", "jsonl", "log")
+    sinks: tuple[str, ...] = ("log",)
+    """Observers of the run's records and summary (``log``, plugins such as ``sqlite``).
+
+    The run folder (config.yaml, responses.jsonl, metrics.json) is always
+    written; ``json`` and ``jsonl``, its files' names as sinks in earlier
+    releases, are accepted and add nothing."""
     name: str | None = None
 
 

@@ -167,16 +167,17 @@ def _structure_record(data: Any, where: str, path: str = "$") -> RequestRecord:
 
 
 def _read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """Numbered lines of a ``responses.jsonl``; a cut last line is left out (and logged)."""
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    cut = lines.pop()  # empty when the file ends with a newline, as it should
-    for number, line in enumerate(lines, start=1):
-        if line.strip():
-            yield number, line
-    if cut.strip():
-        log.warning("ignoring a cut line at the end of responses.jsonl (the run was "
-                    "interrupted while writing it)", path=str(path), line=len(lines) + 1)
+    """Numbered lines of a ``responses.jsonl``; a cut last line is left out (and logged).
+
+    Streamed, so a large file is never held in memory beside its records.
+    """
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.endswith(b"\n"):  # only the last line can lack it: a cut write
+                log.warning("ignoring a cut line at the end of responses.jsonl (the run was "
+                            "interrupted while writing it)", path=str(path), line=number)
+            elif line.strip():
+                yield number, line
 
 
 def _records_from_responses(path: Path) -> list[RequestRecord]:

@@ -13,17 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import orjson
 import structlog
 from attrs import frozen
 
-from specdec import registry
+from specdec import registry, run_folder
 from specdec.benchmarks.loader import default_benchmark_path, load_benchmark
-from specdec.config import dump_config, load_config
 from specdec.engines import engine_for
-from specdec.engines.vllm_offline import Capabilities, capabilities
 from specdec.errors import ConfigError, EngineError, OutputExistsError
 from specdec.interfaces import (
+    Capabilities,
     Engine,
     EngineFactory,
     EngineRun,
@@ -35,13 +33,10 @@ from specdec.metrics import add_stats, request_spec, summarise
 from specdec.models import model_config, resolve_model
 from specdec.provenance import collect
 from specdec.records import Conversation, ExperimentConfig, RequestRecord, RunSummary
+from specdec.run_folder import RECORD_SINK_NAMES, RunWriter
 from specdec.serialization import problems, structure, unstructure
-from specdec.sinks.json_file import FILE_NAME as METRICS_FILE
-from specdec.sinks.jsonl_file import FILE_NAME as RESPONSES_FILE
 
 log = structlog.get_logger("specdec.runner")
-
-CONFIG_FILE = "config.yaml"
 
 
 @frozen
@@ -54,6 +49,7 @@ class PreparedRun:
     speculative_config: dict[str, Any] | None
     conversations: tuple[Conversation, ...]
     capabilities: Capabilities
+    """What the engine of ``config.engine.backend`` reported it offers."""
 
 
 @frozen
@@ -72,8 +68,9 @@ def prepare_run(config: ExperimentConfig) -> PreparedRun:
     """Check everything that can be checked before the engine starts.
 
     Structures the strategy's options strictly, loads the benchmark, resolves
-    the model, runs the strategy's pre-flight check and writes its options out
-    in full (defaults included) into the returned config.
+    the model, asks the configured engine backend for its capabilities, runs
+    the strategy's pre-flight check against them and writes its options out in
+    full (defaults included) into the returned config.
     """
     strategy = registry.strategies.create(config.strategy.name)
     try:
@@ -87,14 +84,10 @@ def prepare_run(config: ExperimentConfig) -> PreparedRun:
         path, bench.format, limit=bench.limit, categories=bench.categories
     )
     model_path = resolve_model(config.model)
-    caps = capabilities()
-    target = TargetInfo(
-        model=config.model,
-        path=model_path if isinstance(model_path, Path) else None,
-        config=model_config(model_path),
-        vllm_version=caps.version,
-        speculative_methods=caps.speculative_methods,
-        speculative_config_fields=caps.speculative_config_fields,
+    caps = registry.engines.create(config.engine.backend).capabilities(config)
+    target = TargetInfo.for_engine(
+        config.model, model_path if isinstance(model_path, Path) else None,
+        model_config(model_path), caps,
     )
     strategy.check(options, target)
     spec = strategy.speculative_config(options, target)
@@ -112,70 +105,18 @@ def default_output_dir(config: ExperimentConfig, base: Path = Path("results")) -
     return base / f"{stamp}-{config.name or config.strategy.name}"
 
 
-def read_responses(path: Path) -> list[RequestRecord]:
-    """The records of a ``responses.jsonl``, ignoring a last line cut by a crash.
-
-    A cut last line is removed from the file, so appending continues cleanly.
-    """
-    if not path.is_file():
-        return []
-    data = path.read_bytes()
-    records: list[RequestRecord] = []
-    good = 0
-    for line in data.splitlines(keepends=True):
-        try:
-            raw = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            break
-        raw.pop("schema_version", None)
-        raw.pop("provenance", None)
-        records.append(structure(raw, RequestRecord))
-        good += len(line)
-    if good < len(data):
-        log.warning("dropping a cut line at the end of responses.jsonl", path=str(path))
-        with path.open("r+b") as handle:
-            handle.truncate(good)
-    return records
-
-
-def _claim_output(output_dir: Path, config: ExperimentConfig, *, overwrite: bool,
-                  resume: bool) -> list[RequestRecord]:
-    """Make the output folder ready; return the records of a run being resumed."""
-    responses = output_dir / RESPONSES_FILE
-    if overwrite:
-        for name in (METRICS_FILE, RESPONSES_FILE, CONFIG_FILE):
-            (output_dir / name).unlink(missing_ok=True)
-    if (output_dir / METRICS_FILE).exists():
-        msg = (
-            f"{output_dir} already holds a finished run ({METRICS_FILE}): choose another "
-            "--output-dir, or pass --overwrite to replace it"
-        )
-        raise OutputExistsError(msg)
-    previous = read_responses(responses)
-    if previous and not resume:
-        msg = (
-            f"{output_dir} holds an unfinished run ({len(previous)} requests in "
-            f"{RESPONSES_FILE}): pass --resume to continue it, or --overwrite to start again"
-        )
-        raise OutputExistsError(msg)
-    if previous:
-        earlier = load_config(output_dir / CONFIG_FILE)
-        if earlier != config:
-            msg = (
-                f"{output_dir} holds an unfinished run of a different configuration: "
-                f"resume it with --config {output_dir / CONFIG_FILE}, or choose another "
-                "--output-dir"
-            )
-            raise OutputExistsError(msg)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    return previous
-
-
 class _Sinks:
-    """Fan records out to every sink; one failing sink does not stop the others."""
+    """Fan records out to every observer; one failing sink does not stop the others.
+
+    The run folder's record is written by :class:`~specdec.run_folder.RunWriter`
+    whatever the sinks; ``json``/``jsonl`` (its files' sink names in earlier
+    releases) add nothing.
+    """
 
     def __init__(self, names: Sequence[str], extra: Sequence[MetricsSink]) -> None:
-        self.sinks: list[MetricsSink] = [registry.sinks.create(n) for n in names]
+        self.sinks: list[MetricsSink] = [
+            registry.sinks.create(n) for n in names if n not in RECORD_SINK_NAMES
+        ]
         self.sinks += extra
         self.errors: list[str] = []
 
@@ -241,36 +182,65 @@ def run_experiment(
     on_record: Callable[[RequestRecord], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> RunResult:
-    """Run one experiment on the offline vLLM engine and return its measurements.
+    """Run one experiment and return its measurements.
 
-    Writes ``config.yaml`` and whatever the configured sinks write into
-    ``output_dir`` (a fresh folder under ``results/`` by default).
+    Writes the run folder (``config.yaml``, ``responses.jsonl`` as requests
+    finish, ``metrics.json`` at the end; see :mod:`specdec.run_folder`) into
+    ``output_dir`` (a fresh folder under ``results/`` by default), and gives
+    every record and the summary to the configured sinks.  A run that fails
+    writes its outcome (``outcome.json``) into its folder if that exists.
     ``on_start(n)`` is called with the number of conversations once the engine
     is ready; ``on_record`` after each finishes (progress display).
 
     ``resume`` continues an interrupted run in ``output_dir``: requests already
     in its ``responses.jsonl`` are kept and not run again.
     """
-    prepared = prepare_run(config)
+    out = output_dir or default_output_dir(config)
+    writer = RunWriter(out)
+    claimed = False
+    try:
+        prepared = prepare_run(config)
+        resolved = prepared.config
+        previous = writer.claim(resolved, overwrite=overwrite, resume=resume)
+        claimed = True
+        result = _execute(prepared, writer, previous, extra_sinks=extra_sinks,
+                          engine_factory=engine_factory, on_record=on_record,
+                          on_start=on_start)
+    except OutputExistsError:
+        raise
+    except BaseException as exc:
+        # A folder the run claimed, or one made for it (a batch makes its items'),
+        # says how the run ended; a failure before that creates no folder.
+        if claimed or (out.is_dir() and not run_folder.is_finished(out)):
+            writer.fail(exc)
+        raise
+    return result
+
+
+def _execute(prepared: PreparedRun, writer: RunWriter, previous: list[RequestRecord], *,
+             extra_sinks: Sequence[MetricsSink], engine_factory: EngineFactory,
+             on_record: Callable[[RequestRecord], None] | None,
+             on_start: Callable[[int], None] | None) -> RunResult:
     resolved = prepared.config
-    out = output_dir or default_output_dir(resolved)
-    previous = _claim_output(out, resolved, overwrite=overwrite, resume=resume)
+    out = writer.folder
     done = {r.id for r in previous}
     todo = [c for c in prepared.conversations if c.id not in done]
     engine = engine_factory(resolved, prepared.model_path, prepared.speculative_config)
-    provenance = collect(prepared.capabilities.device)
+    provenance = collect(prepared.capabilities)
     provenance["model_path"] = str(prepared.model_path)
     provenance["speculative_config"] = prepared.speculative_config
+    # Each engine's own account of its setup, under its backend's name.
     describe = getattr(engine, "describe", None)
     if callable(describe):
-        provenance["server"] = describe()
-    (out / CONFIG_FILE).write_text(dump_config(resolved, provenance), encoding="utf-8")
+        provenance[prepared.capabilities.backend] = describe()
+    provenance = writer.start(resolved, provenance)
 
     sinks = _Sinks(resolved.sinks, extra_sinks)
     sinks.open(RunInfo(out, resolved, provenance, tuple(previous)))
     records: list[RequestRecord] = list(previous)
 
     def finished(record: RequestRecord) -> None:
+        writer.append(record)
         records.append(record)
         sinks.record(record)
         if on_record is not None:
@@ -280,7 +250,9 @@ def run_experiment(
     try:
         measured = _drive(engine, todo, finished, on_start)
         summary = _summary(records, previous, measured)
+        writer.finish(summary, records)
     finally:
+        writer.close()
         sinks.close(summary)
     return RunResult(out, resolved, prepared.speculative_config, tuple(records), summary,
                      tuple(sinks.errors))

@@ -22,7 +22,7 @@ from cattrs.v import format_exception
 
 from specdec.errors import InvalidOptionError
 from specdec.files import atomic_write_bytes
-from specdec.records import StrategyConfig
+from specdec.records import StrategyConfig, StrategySpec
 
 T = TypeVar("T")
 
@@ -46,17 +46,6 @@ def _structure_strategy(value: Any, _type: type[StrategyConfig]) -> StrategyConf
 
 def _unstructure_strategy(value: StrategyConfig) -> dict[str, Any]:
     return {"name": value.name, **value.options}
-
-
-def _build_converter() -> OrjsonConverter:
-    made = make_converter(forbid_extra_keys=True, detailed_validation=True)
-    made.register_structure_hook(StrategyConfig, _structure_strategy)
-    made.register_unstructure_hook(StrategyConfig, _unstructure_strategy)
-    return made
-
-
-converter = _build_converter()
-"""The converter for every record; JSON via orjson, YAML via PyYAML on top of it."""
 
 
 def _is_number_tuple(type_: Any) -> bool:
@@ -88,7 +77,32 @@ def _number_tuple_hook(type_: Any) -> Any:
     return structure_numbers
 
 
-converter.register_structure_hook_factory(_is_number_tuple, _number_tuple_hook)
+
+
+def _structure_spec(value: Any, _type: type[StrategySpec]) -> StrategySpec:
+    # A study's strategy entry, flat like an experiment's strategy section.
+    if isinstance(value, str):
+        return StrategySpec(name=value)
+    if not isinstance(value, Mapping) or not isinstance(value.get("name"), str):
+        msg = "expected a mapping with a strategy name"
+        raise TypeError(msg)
+    options = dict(value)
+    name = options.pop("name")
+    sweep = converter.structure(options.pop("sweep", {}), dict[str, tuple[Any, ...]])
+    return StrategySpec(name=name, options=options, sweep=sweep)
+
+
+def _build_converter() -> OrjsonConverter:
+    made = make_converter(forbid_extra_keys=True, detailed_validation=True)
+    made.register_structure_hook(StrategyConfig, _structure_strategy)
+    made.register_unstructure_hook(StrategyConfig, _unstructure_strategy)
+    made.register_structure_hook(StrategySpec, _structure_spec)
+    made.register_structure_hook_factory(_is_number_tuple, _number_tuple_hook)
+    return made
+
+
+converter = _build_converter()
+"""The converter for every record; JSON via orjson, YAML via PyYAML on top of it."""
 
 
 def _describe(exc: BaseException, type_: type | None) -> str:

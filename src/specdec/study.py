@@ -28,8 +28,8 @@ from specdec import run_folder
 from specdec.config import apply_overrides, config_from_mapping, read_mapping
 from specdec.errors import ConfigError, SpecdecError
 from specdec.provenance import collect, now
-from specdec.records import SCHEMA_VERSION, BenchmarkConfig
-from specdec.serialization import converter, problems, structure, unstructure, write_json
+from specdec.records import SCHEMA_VERSION, BenchmarkConfig, StrategySpec
+from specdec.serialization import problems, structure, unstructure, write_json
 
 log = structlog.get_logger("specdec.study")
 
@@ -38,32 +38,6 @@ BASELINE = "none"
 NEAR_TIE_THRESHOLD = 0.25
 """Default largest top-2 log-probability margin (nats) at which a divergence from
 the baseline counts as a near-tie flip (see docs/studies.md)."""
-
-
-@frozen
-class StrategySpec:
-    """One strategy of a study: its options, and options to sweep over."""
-
-    name: str
-    options: Mapping[str, Any] = field(factory=dict)
-    sweep: Mapping[str, tuple[Any, ...]] = field(factory=dict)
-
-
-def _structure_spec(value: Any, _type: type[StrategySpec]) -> StrategySpec:
-    # Written flat in study files, like an experiment's strategy section: the name,
-    # the options, and an optional "sweep" mapping each option to a list of values.
-    if isinstance(value, str):
-        return StrategySpec(name=value)
-    if not isinstance(value, Mapping) or not isinstance(value.get("name"), str):
-        msg = "expected a mapping with a strategy name"
-        raise TypeError(msg)
-    options = dict(value)
-    name = options.pop("name")
-    sweep = converter.structure(options.pop("sweep", {}), dict[str, tuple[Any, ...]])
-    return StrategySpec(name=name, options=options, sweep=sweep)
-
-
-converter.register_structure_hook(StrategySpec, _structure_spec)
 
 
 @frozen

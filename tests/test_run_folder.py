@@ -1,0 +1,195 @@
+"""The run folder: what a run writes, how it is read back, resumed, repaired and reported."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import yaml
+
+from specdec import run_folder
+from specdec.config import load_config
+from specdec.errors import SpecdecError
+from specdec.report import build_report
+from specdec.runner import run_experiment
+from specdec.study import _item_error
+from tests.test_runner import StandInEngine
+
+LOG_ONLY = ["strategy.name=ngram", "benchmark.limit=5", "sinks=[log]"]
+
+
+@pytest.fixture(autouse=True)
+def _reset_engine() -> None:
+    StandInEngine.stop_after = None
+    StandInEngine.runs = []
+    StandInEngine.speed_by_tokens = {}
+
+
+def _run(out: Path, overrides: list[str] = LOG_ONLY, **kwargs: object) -> object:
+    return run_experiment(load_config(None, overrides), out, engine_factory=StandInEngine,
+                          **kwargs)  # type: ignore[arg-type]
+
+
+def test_log_sink_alone_still_writes_the_record(tmp_path: Path) -> None:
+    """--sinks log chooses observers only: the run folder is written whatever the sinks."""
+    _run(tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "config.yaml", "metrics.json", "responses.jsonl"]
+    assert len(run_folder.read_records(tmp_path / "run")) == 5
+    assert run_folder.read_summary(tmp_path / "run").overall.requests == 5
+
+
+def test_lines_identify_their_run_without_repeating_provenance(tmp_path: Path) -> None:
+    """Each line carries schema version and run id; provenance is in config.yaml once."""
+    _run(tmp_path / "run")
+    lines = [orjson.loads(x) for x in (tmp_path / "run" / "responses.jsonl").read_bytes()
+             .splitlines()]
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    run_id = config["provenance"]["run_id"]
+    assert len(run_id) == 32
+    assert all(line["run_id"] == run_id and line["schema_version"] == 1 for line in lines)
+    assert not any("provenance" in line for line in lines)
+    metrics = orjson.loads((tmp_path / "run" / "metrics.json").read_bytes())
+    assert metrics["provenance"]["run_id"] == run_id
+    assert metrics["outcome"]["status"] == "done"
+    assert metrics["outcome"]["requests"] == 5
+
+
+def test_summary_is_read_without_the_requests(tmp_path: Path) -> None:
+    """read_summary stops before the requests: damage after the header does not reach it."""
+    _run(tmp_path / "run")
+    metrics = tmp_path / "run" / "metrics.json"
+    data = metrics.read_bytes()
+    cut = data.index(b'"requests": [')
+    metrics.write_bytes(data[: cut + 14] + b"{ this is not JSON")
+    assert run_folder.read_summary(tmp_path / "run").overall.requests == 5
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(metrics.read_bytes())
+
+
+def test_metrics_json_still_loads_whole(tmp_path: Path) -> None:
+    """metrics.json stays one JSON document with every request (pandas, jq)."""
+    result = _run(tmp_path / "run")
+    metrics = orjson.loads((tmp_path / "run" / "metrics.json").read_bytes())
+    assert [r["id"] for r in metrics["requests"]] == [r.id for r in result.records]  # type: ignore[attr-defined]
+    assert list(metrics)[-1] == "requests"
+
+
+def test_reading_never_repairs(tmp_path: Path) -> None:
+    """A report or export reading an interrupted run leaves its cut line alone."""
+    StandInEngine.stop_after = 3
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "run")
+    responses = tmp_path / "run" / "responses.jsonl"
+    cut = responses.read_bytes()[:-15]
+    responses.write_bytes(cut)
+    assert len(run_folder.read_records(tmp_path / "run")) == 2
+    assert responses.read_bytes() == cut
+    StandInEngine.stop_after = None
+    result = _run(tmp_path / "run", resume=True)
+    assert len(result.records) == 5  # type: ignore[attr-defined]
+    assert responses.read_bytes().endswith(b"\n")
+
+
+def test_invalid_line_is_located(tmp_path: Path) -> None:
+    """A broken line in the middle is an error naming the file and line, not skipped."""
+    _run(tmp_path / "run")
+    responses = tmp_path / "run" / "responses.jsonl"
+    lines = responses.read_bytes().splitlines(keepends=True)
+    responses.write_bytes(b"".join([lines[0], b'{"id": 3}\n', *lines[1:]]))
+    (tmp_path / "run" / "metrics.json").unlink()
+    with pytest.raises(SpecdecError, match=r"responses\.jsonl, line 2:\n.*required field"):
+        run_folder.read_records(tmp_path / "run")
+
+
+def test_failed_run_writes_its_outcome_and_the_batch_reads_it(tmp_path: Path) -> None:
+    """An item's error comes from the outcome its run wrote, not from its log."""
+    (tmp_path / "run").mkdir()  # as a batch makes its items' folders
+    with pytest.raises(SpecdecError, match="unknown strategy"):
+        _run(tmp_path / "run", ["strategy.name=ngarm"])
+    outcome = run_folder.read_outcome(tmp_path / "run")
+    assert outcome is not None
+    assert outcome.status == "failed"
+    assert outcome.error_type == "UnknownPluginError"
+    assert "unknown strategy 'ngarm'" in (outcome.error or "")
+    assert _item_error(tmp_path / "run", 1).startswith("UnknownPluginError: unknown strategy")
+    assert "without recording an outcome" in _item_error(tmp_path / "empty", -9)
+
+
+def test_interrupted_outcome_is_cleared_by_resume(tmp_path: Path) -> None:
+    """Ctrl-C records 'interrupted'; finishing the run later leaves only the three files."""
+    StandInEngine.stop_after = 2
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "run")
+    outcome = run_folder.read_outcome(tmp_path / "run")
+    assert outcome is not None
+    assert (outcome.status, outcome.requests) == ("interrupted", 2)
+    StandInEngine.stop_after = None
+    _run(tmp_path / "run", resume=True)
+    assert not (tmp_path / "run" / "outcome.json").exists()
+    done = run_folder.read_outcome(tmp_path / "run")
+    assert done is not None
+    assert done.status == "done"
+
+
+KILLED_RUN = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from specdec.config import load_config
+    from specdec.runner import run_experiment
+    from tests.test_runner import StandInEngine
+
+    class Slow(StandInEngine):
+        def run(self, conversations, on_record):
+            def slow(record):
+                on_record(record)
+                print("finished", record.id, flush=True)
+                time.sleep(0.2 if record.id.endswith(("01", "02")) else 60)
+            return super().run(conversations, slow)
+
+    run_experiment(load_config(None, sys.argv[2:]), Path(sys.argv[1]), engine_factory=Slow)
+""")
+
+
+def test_log_only_run_resumes_after_a_kill_and_is_reported(tmp_path: Path) -> None:
+    """A run with --sinks log killed with SIGKILL resumes and is reported."""
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RUN, str(out), *LOG_ONLY], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    assert process.stdout is not None
+    seen = 0
+    deadline = time.monotonic() + 120
+    while seen < 3 and time.monotonic() < deadline:
+        if process.stdout.readline().startswith("finished"):
+            seen += 1
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    assert seen == 3
+    assert run_folder.count_records(out) == 3
+    assert run_folder.read_outcome(out) is None  # killed: no outcome, no metrics.json
+    result = _run(out, resume=True)
+    assert StandInEngine.runs[-1] == [r.id for r in result.records][3:]  # type: ignore[attr-defined]
+    report = build_report([out])
+    assert report.settings[0].first.summary.overall.requests == 5
+    assert report.settings[0].first.summary.resumed_requests == 3
+
+
+def test_pandas_loader_reads_through_the_run_folder(tmp_path: Path) -> None:
+    """to_dataframe gives one row per turn with flattened speculative counts."""
+    _run(tmp_path / "run")
+    frame = run_folder.to_dataframe(tmp_path / "run")
+    records = run_folder.read_records(tmp_path / "run")
+    assert len(frame) == sum(len(r.turns) for r in records)
+    assert set(frame["id"]) == {r.id for r in records}
+    assert "spec.num_accepted_tokens" in frame.columns
+    assert (frame["output_tokens"] == 6).all()
