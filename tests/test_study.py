@@ -10,7 +10,8 @@ from specdec.config import load_config
 from specdec.errors import ConfigError
 from specdec.lossless import check
 from specdec.records import RequestRecord, TurnRecord
-from specdec.report import build_report, write_report
+from specdec.report import build_report
+from specdec.report_files import write_report
 from specdec.runner import run_experiment
 from specdec.serialization import write_json
 from specdec.study import (

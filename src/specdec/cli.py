@@ -351,7 +351,8 @@ def plugins() -> int:
 def _execute_batch(items: Sequence[BatchItem], output_base: Path, name: str,
                    threshold: float) -> int:
     from specdec.display import print_report, progress_bar  # noqa: PLC0415
-    from specdec.report import build_report, write_report  # noqa: PLC0415
+    from specdec.report import build_report  # noqa: PLC0415
+    from specdec.report_files import write_report  # noqa: PLC0415
     from specdec.study import run_batch  # noqa: PLC0415
 
     with progress_bar() as bar:
@@ -448,7 +449,8 @@ def report(runs: Annotated[list[Path], Parameter(name="RUN_DIR")], /, *,
         near_tie: lossless-check near-tie threshold in nats (default: the batch's own, else 0.25).
     """
     from specdec.display import print_report  # noqa: PLC0415
-    from specdec.report import build_report, write_report  # noqa: PLC0415
+    from specdec.report import build_report  # noqa: PLC0415
+    from specdec.report_files import write_report  # noqa: PLC0415
 
     built = build_report(runs, near_tie)
     out = output or (runs[0] / "report" if len(runs) == 1 else Path("results") / "report")

@@ -1,4 +1,4 @@
-"""Reports: compare runs with their baseline, pick the best settings, draw the plots.
+"""Reports: compare runs with their baseline and pick the best settings (data only).
 
 ``specdec report RUN_DIR...`` accepts batch folders (with ``batch.json``) and
 single run folders.  Runs of one setting (model, strategy, swept values) are
@@ -7,6 +7,8 @@ the same model and the same engine settings.  Speedups are reported two ways
 (``docs/metrics.md``): Spec-Bench's ratio of mean per-request token rates, and
 the ratio of total throughput.  Medians over repeats are shown with their
 spread, so a difference inside the noise is not taken for a win.
+:mod:`specdec.report_files` writes a report's files and :mod:`specdec.plots`
+draws its plots.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from specdec.errors import SpecdecError
 from specdec.lossless import LosslessResult, check
 from specdec.metrics import spec_bench_mean_accepted_tokens_by_category, speedup
 from specdec.records import ExperimentConfig, GroupMetrics, RequestRecord, RunSummary
-from specdec.serialization import unstructure, write_json
+from specdec.serialization import unstructure
 from specdec.study import BASELINE, INDEX_FILE, NEAR_TIE_THRESHOLD, read_index
 
 OVERALL = "overall"
@@ -306,111 +308,3 @@ def build_report(folders: Sequence[Path], threshold: float | None = None) -> Rep
             ))
     return Report(settings, baselines, all_categories, tuple(comparisons),
                   best_settings(settings, all_categories), lossless, tuple(failed), threshold)
-
-
-def _f(value: float | None, digits: int = 2, suffix: str = "") -> str:
-    return "-" if value is None else f"{value:.{digits}f}{suffix}"
-
-
-def _rate(spread: Spread | None) -> str:
-    if spread is None:
-        return "-"
-    if spread.n == 1:
-        return f"{spread.median:.1f}"
-    return f"{spread.median:.1f} ±{spread.spread / 2:.0%} (n={spread.n})"
-
-
-def _speedup_section(report: Report, index: dict[tuple[str, str], Comparison]) -> list[str]:
-    names = [s.name for s in report.settings if s.strategy != BASELINE]
-    lines = ["## Speedup by category", "",
-             "| category | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
-    for category in report.categories:
-        cells = []
-        for name in names:
-            comp = index.get((name, category))
-            cells.append("-" if comp is None else
-                         f"{_f(comp.speedup_spec_bench, suffix='x')} / "
-                         f"{_f(comp.speedup_throughput, suffix='x')}")
-        lines.append(f"| {category} | " + " | ".join(cells) + " |")
-    return [*lines, "", "Each cell: Spec-Bench speedup / throughput speedup.", ""]
-
-
-def _settings_section(report: Report, index: dict[tuple[str, str], Comparison]) -> list[str]:
-    lines = ["## Settings (overall)", "",
-             ("| setting | baseline | tokens/s per request | throughput tokens/s | "
-              "acceptance rate | mean acceptance length | Spec-Bench mean accepted tokens |"),
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for setting in report.settings:
-        comp = index[(setting.name, OVERALL)]
-        lines.append(
-            f"| {setting.name} | {report.baselines.get(setting.name, '-')} | "
-            f"{_rate(comp.tokens_per_s_mean)} | {_rate(comp.throughput)} | "
-            f"{_f(comp.acceptance_rate)} | {_f(comp.mean_acceptance_length)} | "
-            f"{_f(comp.spec_bench_accepted_tokens)} |"
-        )
-    lines += ["", "## Best setting per category", "",
-              ("Fastest median per-request tokens/s; within the noise margin the simpler "
-               "setting (baseline, then fewer speculative tokens) is preferred."), "",
-              "| category | best | fastest | margin |", "| --- | --- | --- | --- |"]
-    lines += [f"| {category} | {best['setting']} | {best['fastest']} | {best['margin']} |"
-              for category, best in report.best.items()]
-    return [*lines, ""]
-
-
-def _lossless_section(report: Report) -> list[str]:
-    lines = ["## Lossless check", "",
-             (f"Greedy outputs compared token by token with the baseline's. A divergence "
-              f"where the baseline's top-2 log-probability margin is at most {report.threshold}"
-              " is a near-tie flip; above it, a real mismatch (a failure)."), "",
-             ("| setting | turns | equal | near-tie flips | mismatches | unclassified | "
-              "not compared | result |"),
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for name, result in report.lossless.items():
-        verdict = "pass" if result.passed else "FAIL"
-        lines.append(f"| {name} | {result.turns} | {result.equal} | {result.near_tie} | "
-                     f"{result.mismatch} | {result.unclassified} | {result.not_compared} | "
-                     f"{verdict} |")
-    for name, result in report.lossless.items():
-        shown = [c for c in result.comparisons if c.position is not None][:10]
-        if shown:
-            lines += ["", f"### Divergences of {name}", ""]
-            lines += [f"- `{c.id}` turn {c.turn + 1}, token {c.position}, {c.status}, margin "
-                      f"{_f(c.baseline_margin, 3)}: baseline `{c.baseline_text!r}` vs "
-                      f"`{c.candidate_text!r}`" for c in shown]
-    return [*lines, ""]
-
-
-def render_markdown(report: Report, plots: Sequence[Path]) -> str:
-    """The text of ``report.md``."""
-    index = {(c.setting, c.category): c for c in report.comparisons}
-    lines = ["# specdec report", "",
-             ("Speedup is shown two ways: **Spec-Bench** (ratio of mean per-request tokens/s) "
-              "and **throughput** (ratio of total output tokens/s). Medians over repeats; "
-              "± is half the relative spread. Definitions: docs/metrics.md."), ""]
-    lines += _speedup_section(report, index)
-    lines += _settings_section(report, index)
-    lines += _lossless_section(report)
-    if report.failed:
-        lines += ["## Failed runs", "", *(f"- {f}" for f in report.failed), ""]
-    if plots:
-        lines += ["## Plots", "", *(f"![{p.stem}]({p.name})" for p in plots)]
-    return "\n".join(lines) + "\n"
-
-
-def write_report(report: Report, out: Path) -> list[Path]:
-    """Write ``report.md``, ``report.json`` and the plots into ``out``."""
-    from specdec.plots import draw_all  # noqa: PLC0415 - matplotlib only when writing
-
-    out.mkdir(parents=True, exist_ok=True)
-    plots = draw_all(report, out)
-    (out / "report.md").write_text(render_markdown(report, plots), encoding="utf-8")
-    write_json(out / "report.json", {
-        "comparisons": unstructure(report.comparisons),
-        "baselines": report.baselines,
-        "best": report.best,
-        "lossless": {k: {**unstructure(v), "passed": v.passed}
-                     for k, v in report.lossless.items()},
-        "failed": list(report.failed),
-        "near_tie_threshold": report.threshold,
-    })
-    return [out / "report.md", out / "report.json", *plots]

@@ -83,7 +83,8 @@ def evaluate(options: TrainOptions, head: Path, held_out: Sequence[Conversation]
     The report is written to ``work/eval/report`` and copied into the head's
     ``evaluation/`` folder.
     """
-    from specdec.report import OVERALL, build_report, write_report  # noqa: PLC0415
+    from specdec.report import OVERALL, build_report  # noqa: PLC0415
+    from specdec.report_files import write_report  # noqa: PLC0415
     from specdec.study import run_batch  # noqa: PLC0415
 
     if not held_out:
