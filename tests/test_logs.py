@@ -22,12 +22,12 @@ VLLM_VARS = ("VLLM_LOGGING_CONFIG_PATH", "VLLM_CONFIGURE_LOGGING", "VLLM_LOGGING
 
 
 @pytest.fixture(autouse=True)
-def _isolated_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _isolated_logging(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """Each test configures from scratch; the process's logging is put back afterwards."""
     for name in VLLM_VARS:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SPECDEC_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(logs, "_configured", None)
-    monkeypatch.setattr(logs, "_vllm_config_file", None)
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     yield
@@ -121,6 +121,7 @@ def test_spawned_process_applying_the_config_file_logs_json() -> None:
     """The file configure() points VLLM_LOGGING_CONFIG_PATH at makes a new process log JSON."""
     logs.configure("json")
     path = Path(os.environ["VLLM_LOGGING_CONFIG_PATH"])
+    assert path == logs.vllm_config_path("json", logging.INFO)
     assert json.loads(path.read_text()) == logs.vllm_logging_config("json", logging.INFO)
     child = _child_logs(
         "import json, logging, logging.config, os\n"
@@ -149,6 +150,18 @@ def test_vllm_own_setup_installs_our_formatter() -> None:
     lines = [line for line in child.stderr.splitlines() if "from vLLM" in line]
     assert [json.loads(line)["logger"] for line in lines] == ["vllm.v1.engine.core"]
     assert child.stdout == ""
+
+
+def test_a_parent_specdec_file_is_replaced_by_this_format() -> None:
+    """A study item inherits its parent's file; its own format wins, one file per format."""
+    logs.configure("console")
+    inherited = os.environ["VLLM_LOGGING_CONFIG_PATH"]
+    logs.configure("json")
+    assert os.environ["VLLM_LOGGING_CONFIG_PATH"] != inherited
+    assert json.loads(Path(os.environ["VLLM_LOGGING_CONFIG_PATH"]).read_text()) == (
+        logs.vllm_logging_config("json", logging.INFO))
+    assert sorted(p.name for p in Path(inherited).parent.iterdir()) == [
+        "vllm-console-20.json", "vllm-json-20.json"]
 
 
 def test_user_choices_for_vllm_logging_are_kept(

@@ -11,18 +11,16 @@ vLLM sets up its own handler (plain text, on stdout) when an engine starts, and
 again in each engine process it spawns; the spawned processes know nothing of
 this process's handlers. Both read ``VLLM_LOGGING_CONFIG_PATH``, a
 :func:`logging.config.dictConfig` file, so :func:`configure` writes one that
-installs this module's handler and points the variable at it: vLLM's own set-up
-then installs our formatter, in this process and, through the inherited
-environment, in the engine core.
+installs this module's handler (:func:`vllm_config_path`) and points the
+variable at it: vLLM's own set-up then installs our formatter, in this process
+and, through the inherited environment, in the engine core and its workers.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -31,6 +29,7 @@ import structlog
 from structlog.typing import EventDict
 
 from specdec.files import atomic_write_text
+from specdec.models import home
 
 LogFormat = Literal["console", "json"]
 
@@ -38,8 +37,10 @@ VLLM_DEFAULT_LEVEL = "WARNING"
 """vLLM's threshold unless ``VLLM_LOGGING_LEVEL`` says otherwise: it logs every engine
 step at INFO, and specdec shows its own progress."""
 
+VLLM_CONFIG_FOLDER = "logging"
+"""The folder under specdec's cache folder (:func:`specdec.models.home`) for vLLM's file."""
+
 _configured: tuple[LogFormat, int] | None = None
-_vllm_config_file: Path | None = None
 
 
 def _shared_processors() -> list[structlog.typing.Processor]:
@@ -147,24 +148,30 @@ def configure(fmt: LogFormat | None = None, level: int = logging.INFO) -> None:
     _configured = (chosen, level)
 
 
+def vllm_config_path(fmt: LogFormat, level: int) -> Path:
+    """The :func:`vllm_logging_config` file for ``fmt`` and ``level``, in specdec's cache folder.
+
+    One file per format and level, shared by every specdec process of the user:
+    its content never changes, so nothing is left behind per run, even by a run
+    that is killed.
+    """
+    return home() / VLLM_CONFIG_FOLDER / f"vllm-{fmt}-{level}.json"
+
+
 def _point_vllm_at(fmt: LogFormat, level: int) -> None:
-    global _vllm_config_file  # noqa: PLW0603 - one file per process, removed at exit
     if os.environ.get("VLLM_CONFIGURE_LOGGING", "1") == "0":
         # The user turned vLLM's set-up off (and vLLM refuses a config file then):
         # this process's records still reach our root handler.
         return
-    ours = _vllm_config_file is not None and (
-        os.environ.get("VLLM_LOGGING_CONFIG_PATH") == str(_vllm_config_file))
-    if "VLLM_LOGGING_CONFIG_PATH" in os.environ and not ours:
+    given = os.environ.get("VLLM_LOGGING_CONFIG_PATH")
+    # A file of ours came from a parent specdec (a study's item inherits its
+    # environment) and may be another format: replace it. Any other is the user's.
+    if given is not None and Path(given).parent != home() / VLLM_CONFIG_FOLDER:
         return
-    if _vllm_config_file is None:
-        handle, name = tempfile.mkstemp(prefix="specdec-vllm-logging-", suffix=".json")
-        os.close(handle)
-        _vllm_config_file = Path(name)
-        atexit.register(_vllm_config_file.unlink, missing_ok=True)
+    path = vllm_config_path(fmt, level)
     # Atomic: an engine process starting now reads the old file or the new one.
-    atomic_write_text(_vllm_config_file, orjson.dumps(vllm_logging_config(fmt, level)).decode())
-    os.environ["VLLM_LOGGING_CONFIG_PATH"] = str(_vllm_config_file)
+    atomic_write_text(path, orjson.dumps(vllm_logging_config(fmt, level)).decode())
+    os.environ["VLLM_LOGGING_CONFIG_PATH"] = str(path)
 
 
 def vllm_logging_config(fmt: LogFormat, level: int) -> dict[str, Any]:
