@@ -231,6 +231,8 @@ def test_serve_starts_the_server_with_its_port(monkeypatch: pytest.MonkeyPatch,
     assert code == cli.EXIT_FAILED
     assert started[0].engine.port == 8123
     assert started[0].engine.max_num_seqs == 4
+    # Checked against the server it launches, so serve never imports vLLM itself.
+    assert (started[0].engine.backend, started[0].engine.launch) == ("server", True)
     assert stopped == [True]
     captured = capsys.readouterr()
     assert "vLLM server ready at http://127.0.0.1:8123 (ngram)" in captured.out

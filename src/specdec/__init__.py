@@ -27,7 +27,19 @@ from specdec.errors import (
     StrategyError,
     UnknownPluginError,
 )
-from specdec.interfaces import Benchmark, MetricsSink, RunInfo, SpeculationStrategy, TargetInfo
+from specdec.interfaces import (
+    Benchmark,
+    Capabilities,
+    Engine,
+    EngineBackend,
+    MetricsSink,
+    RunInfo,
+    ScoreRequest,
+    ScoreResult,
+    SpeculationStrategy,
+    TargetInfo,
+    TokenScore,
+)
 from specdec.records import (
     SCHEMA_VERSION,
     BenchmarkConfig,
@@ -45,6 +57,14 @@ from specdec.records import (
     TurnRecord,
 )
 from specdec.registry import PLUGIN_API_VERSION
+from specdec.run_folder import (
+    Outcome,
+    StoredRun,
+    read_records,
+    read_run,
+    read_summary,
+    to_dataframe,
+)
 from specdec.runner import RunResult, prepare_run, run_experiment
 
 __all__ = [
@@ -53,8 +73,11 @@ __all__ = [
     "Benchmark",
     "BenchmarkConfig",
     "BenchmarkError",
+    "Capabilities",
     "ConfigError",
     "Conversation",
+    "Engine",
+    "EngineBackend",
     "EngineConfig",
     "EngineError",
     "ExperimentConfig",
@@ -64,22 +87,31 @@ __all__ = [
     "Message",
     "MetricsSink",
     "ModelError",
+    "Outcome",
     "OutputExistsError",
     "PluginError",
     "RequestRecord",
     "RunInfo",
     "RunResult",
     "RunSummary",
+    "ScoreRequest",
+    "ScoreResult",
     "SpecMetrics",
     "SpecStats",
     "SpecdecError",
     "SpeculationStrategy",
+    "StoredRun",
     "StrategyConfig",
     "StrategyError",
     "TargetInfo",
+    "TokenScore",
     "TurnRecord",
     "UnknownPluginError",
     "load_config",
     "prepare_run",
+    "read_records",
+    "read_run",
+    "read_summary",
     "run_experiment",
+    "to_dataframe",
 ]

@@ -298,9 +298,10 @@ def serve(experiment: ExperimentFlags = _NO_EXPERIMENT, *,
     if log_format is not None:
         logs.configure(log_format)
     config = build_config(experiment)
-    if port is not None:
-        config = attrs.evolve(config, engine=attrs.evolve(config.engine, port=port))
-    prepared = prepare_run(config)
+    # Checked as the launched server that will run it: this process never imports vLLM.
+    engine = attrs.evolve(config.engine, backend="server", launch=True,
+                          port=config.engine.port if port is None else port)
+    prepared = prepare_run(attrs.evolve(config, engine=engine))
     server = ServerProcess(prepared.config, prepared.model_path, prepared.speculative_config)
     try:
         url = server.start()

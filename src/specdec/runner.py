@@ -230,9 +230,7 @@ def _execute(prepared: PreparedRun, writer: RunWriter, previous: list[RequestRec
     provenance["model_path"] = str(prepared.model_path)
     provenance["speculative_config"] = prepared.speculative_config
     # Each engine's own account of its setup, under its backend's name.
-    describe = getattr(engine, "describe", None)
-    if callable(describe):
-        provenance[prepared.capabilities.backend] = describe()
+    provenance[prepared.capabilities.backend] = engine.describe()
     provenance = writer.start(resolved, provenance)
 
     sinks = _Sinks(resolved.sinks, extra_sinks)

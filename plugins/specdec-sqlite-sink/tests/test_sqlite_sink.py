@@ -241,6 +241,14 @@ class StandInEngine:
     def close(self) -> None:
         """Nothing to release."""
 
+    def describe(self) -> dict[str, Any]:
+        """What the run's provenance records of this engine."""
+        return {"engine": "stand-in"}
+
+    def score(self, requests: Sequence[Any]) -> list[Any]:
+        """Not needed by a run."""
+        raise NotImplementedError
+
     def run(self, conversations: Sequence[Conversation],
             on_record: Callable[[RequestRecord], None]) -> EngineRun:
         for conversation in conversations:
