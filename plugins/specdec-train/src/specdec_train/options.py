@@ -114,6 +114,7 @@ def aux_layers(num_layers: int) -> tuple[int, int, int]:
     return ids
 
 
+# The help page's sections, in this order; a field's annotation puts its flag in one.
 _DATA = Parameter(group=Group("data", sort_key=1))
 _TRAINING = Parameter(group=Group("training", sort_key=2))
 _OUTPUT = Parameter(group=Group("output and evaluation", sort_key=3))
