@@ -23,6 +23,7 @@ from attrs import field, frozen
 
 from specdec import run_folder
 from specdec.errors import SpecdecError
+from specdec.formatting import percent
 from specdec.lossless import LosslessResult, check
 from specdec.metrics import spec_bench_mean_accepted_tokens_by_category, speedup
 from specdec.records import ExperimentConfig, GroupMetrics, RequestRecord, RunSummary
@@ -257,7 +258,7 @@ def best_settings(
         best[category] = {
             "setting": chosen.name,
             "fastest": top.name,
-            "margin": f"{margin:.1%}",
+            "margin": percent(margin, 1),
         }
     return best
 
