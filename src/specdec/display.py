@@ -153,8 +153,7 @@ def print_report(report: Report) -> None:
         table.add_row(setting.name, *cells)
     stdout.print(table)
     for name, result in report.lossless.items():
-        verdict = "pass" if result.passed else "FAIL"
-        stdout.print(f"lossless {name}: {verdict} ({result.equal} equal, {result.near_tie} "
+        stdout.print(f"lossless {name}: {result.verdict} ({result.equal} equal, {result.near_tie} "
                      f"near-tie flips, {result.mismatch} mismatches, {result.unclassified} "
                      f"unclassified of {result.turns} turns)")
     for category, best in report.best.items():

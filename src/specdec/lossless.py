@@ -62,6 +62,11 @@ class LosslessResult:
         """No real mismatch and nothing missing."""
         return self.mismatch == 0 and self.missing == 0
 
+    @property
+    def verdict(self) -> str:
+        """``pass`` or ``FAIL``, as reports show it."""
+        return "pass" if self.passed else "FAIL"
+
 
 def _first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
     if a == b:  # the usual case, decided at C speed

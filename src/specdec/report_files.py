@@ -68,10 +68,9 @@ def _lossless_section(report: Report) -> list[str]:
               "not compared | result |"),
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, result in report.lossless.items():
-        verdict = "pass" if result.passed else "FAIL"
         lines.append(f"| {name} | {result.turns} | {result.equal} | {result.near_tie} | "
                      f"{result.mismatch} | {result.unclassified} | {result.not_compared} | "
-                     f"{verdict} |")
+                     f"{result.verdict} |")
     for name, result in report.lossless.items():
         shown = [c for c in result.comparisons if c.position is not None][:10]
         if shown:
