@@ -343,7 +343,7 @@ def models_prepare(*names: str, force: bool = False) -> int:
 
 
 def plugins() -> int:
-    """List every strategy, benchmark format and sink, with its package."""
+    """List every plugin (strategy, benchmark format, sink, engine, command) and its package."""
     from specdec.display import print_plugins  # noqa: PLC0415
 
     return print_plugins()

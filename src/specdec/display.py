@@ -120,13 +120,14 @@ def print_models() -> None:
 
 def print_plugins() -> int:
     """``specdec plugins``: every plugin with its package, version and status."""
+    from specdec.commands import command_plugins  # noqa: PLC0415
     from specdec.registry import all_registries  # noqa: PLC0415
 
     table = Table(title="specdec plugins")
     for header in ("kind", "name", "package", "version", "status"):
         table.add_column(header)
     broken = False
-    for reg in all_registries():
+    for reg in (*all_registries(), command_plugins):
         for info in reg.infos():
             status = "ok" if info.error is None else info.error
             broken = broken or (info.enabled and info.error is not None)

@@ -52,7 +52,7 @@ examples:
 """
 """Shown after the flags; indented, so the help's Markdown keeps it as a code block."""
 
-TRAIN_HELP = "train a speculative drafter (EAGLE head) on the CPU"
+TRAIN_HELP = "Train a speculative drafter (an EAGLE head) on the CPU."
 EAGLE_HELP = "train, save and measure an EAGLE-1 or EAGLE-3 head for a target model"
 
 
