@@ -47,15 +47,35 @@ def test_json_mode_renders_structlog_and_stdlib_records_as_json(
     logs.configure("json")
     structlog.get_logger("specdec.run").info("run started", run="r1")
     logging.getLogger("vllm.engine").warning("engine says %s", "hi")
-    logging.getLogger("transformers").info("loaded")
+    logging.getLogger("transformers").warning("loaded")
     lines = _json_lines(capsys.readouterr().err)
     assert [(line["logger"], line["level"], line["event"]) for line in lines] == [
         ("specdec.run", "info", "run started"),
         ("vllm.engine", "warning", "engine says hi"),
-        ("transformers", "info", "loaded"),
+        ("transformers", "warning", "loaded"),
     ]
     assert lines[0]["run"] == "r1"
     assert all("timestamp" in line for line in lines)
+
+
+def test_libraries_printing_on_their_own_are_adopted(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A library logger with its own stream handler and no propagation (as torch and
+    transformers set theirs up) prints through our handler after configure()."""
+    library = logging.getLogger("some_library")
+    own = logging.StreamHandler(sys.stderr)
+    own.setFormatter(logging.Formatter("PLAIN %(message)s"))
+    library.addHandler(own)
+    library.propagate = False
+    try:
+        logs.configure("json")
+        library.warning("hello")
+        assert _json_lines(capsys.readouterr().err)[0]["event"] == "hello"
+        assert library.propagate
+        assert own not in library.handlers
+    finally:
+        library.removeHandler(own)
+        library.propagate = True
 
 
 def test_json_mode_renders_exceptions_and_python_warnings_as_json(

@@ -120,6 +120,28 @@ def _below_vllm_level(record: logging.LogRecord) -> bool:
     return record.levelno >= (level if isinstance(level, int) else logging.INFO)
 
 
+def adopt_library_loggers() -> None:
+    """Route libraries' own console loggers (torch's, transformers') to the root handler.
+
+    torch and transformers give their loggers a stream handler of their own and
+    stop propagation when imported, so their lines would print in their format
+    beside ours (plain text in a JSON log).  Their stream handlers are removed
+    and propagation turned back on; their levels are left as they set them.
+    :func:`configure` calls this, and the offline engine again once vLLM (which
+    imports both) is imported.
+    """
+    if _configured is None:
+        return
+    for logger in list(logging.Logger.manager.loggerDict.values()):
+        if not isinstance(logger, logging.Logger) or logger.propagate:
+            continue
+        streams = [h for h in logger.handlers if type(h) is logging.StreamHandler]
+        if streams:
+            for handler in streams:
+                logger.removeHandler(handler)
+            logger.propagate = True
+
+
 def configure(fmt: LogFormat | None = None, level: int = logging.INFO) -> None:
     """Send every log line to stderr as console text or JSON (``SPECDEC_LOG_FORMAT``).
 
@@ -146,6 +168,7 @@ def configure(fmt: LogFormat | None = None, level: int = logging.INFO) -> None:
     logging.captureWarnings(capture=True)
     _point_vllm_at(chosen, level)
     _configured = (chosen, level)
+    adopt_library_loggers()
 
 
 def vllm_config_path(fmt: LogFormat, level: int) -> Path:

@@ -77,6 +77,9 @@ def _import_vllm() -> Any:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     import vllm  # noqa: PLC0415 - vLLM is imported lazily, here only
 
+    from specdec.logs import adopt_library_loggers  # noqa: PLC0415
+
+    adopt_library_loggers()  # importing vLLM imported torch and transformers
     return vllm
 
 
@@ -169,6 +172,8 @@ class VllmOfflineEngine:
             "pipeline_parallel_size": engine.pipeline_parallel_size,
             "gpu_memory_utilization": memory_utilization(engine.gpu_memory_utilization, device),
             "disable_log_stats": False,
+            # A weight-loading bar on stderr is not a log line: it would break --log-format json.
+            "use_tqdm_on_load": False,
         }
         if engine.max_model_len is not None:
             kwargs["max_model_len"] = engine.max_model_len
