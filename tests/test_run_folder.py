@@ -17,6 +17,8 @@ import yaml
 from specdec import run_folder
 from specdec.config import load_config
 from specdec.errors import SpecdecError
+from specdec.metrics import summarise
+from specdec.records import RequestRecord, SpecStats, TurnRecord
 from specdec.report import build_report
 from specdec.runner import run_experiment
 from specdec.study import _item_error
@@ -79,7 +81,7 @@ def test_metrics_json_still_loads_whole(tmp_path: Path) -> None:
     result = _run(tmp_path / "run")
     metrics = orjson.loads((tmp_path / "run" / "metrics.json").read_bytes())
     assert [r["id"] for r in metrics["requests"]] == [r.id for r in result.records]  # type: ignore[attr-defined]
-    assert list(metrics)[-1] == "requests"
+    assert list(metrics)[-2:] == ["requests", "columns"]
 
 
 def test_reading_never_repairs(tmp_path: Path) -> None:
@@ -193,3 +195,82 @@ def test_pandas_loader_reads_through_the_run_folder(tmp_path: Path) -> None:
     assert set(frame["id"]) == {r.id for r in records}
     assert "spec.num_accepted_tokens" in frame.columns
     assert (frame["output_tokens"] == 6).all()
+
+
+def _turn(ids: tuple[int, ...], margins: tuple[float, ...] = (), text: str = "",
+          spec: SpecStats | None = None) -> TurnRecord:
+    return TurnRecord(prompt="q", output=text or " ".join(map(str, ids)), prompt_tokens=3,
+                      output_tokens=len(ids), ttft_s=0.1, decode_s=0.4,
+                      output_token_ids=ids, spec=spec, logprob_margins=margins)
+
+
+def _write(folder: Path, strategy: str, records: list[RequestRecord]) -> Path:
+    config = load_config(None, [f"strategy.name={strategy}", "sinks=[log]"])
+    writer = run_folder.RunWriter(folder)
+    writer.claim(config)
+    writer.start(config, {"test": True})
+    for record in records:
+        writer.append(record)
+    writer.finish(summarise(records, 2.0, None), records)
+    return folder
+
+
+def _divergent_runs(base: Path) -> list[Path]:
+    """A baseline and a candidate that agree, flip a near-tie, mismatch, fail and miss."""
+    spec = SpecStats(2, 6, 3, (2, 1, 0), (0, 1, 1, 0), (1, 2))
+    baseline = [
+        RequestRecord("same", "code", (_turn((1, 2, 3), (1.0, 1.0, 1.0)),
+                                       _turn((4, 5), (2.0, 2.0)))),
+        RequestRecord("tie", "code", (_turn((1, 2, 3), (1.0, 0.125, 1.0), "ab cd é"),
+                                      _turn((7,), (1.0,)))),
+        RequestRecord("real", "math", (_turn((9, 8, 7), (3.0, 3.0, 3.0)),)),
+        RequestRecord("failed", "math", (_turn((1,), (1.0,)),)),
+        RequestRecord("missing", "qa", (_turn((5, 5), (1.0, 1.0)),)),
+    ]
+    candidate = [
+        RequestRecord("real", "math", (_turn((9, 8, 6), text="9 8 six", spec=spec),)),
+        RequestRecord("same", "code", (_turn((1, 2, 3), spec=spec), _turn((4, 5), spec=spec))),
+        RequestRecord("tie", "code", (_turn((1, 9, 3), text="ab xy é", spec=spec),
+                                      _turn((7,), spec=spec))),
+        RequestRecord("failed", "math", (), error="EngineError: boom"),
+    ]
+    return [_write(base / "baseline", "none", baseline),
+            _write(base / "ngram", "ngram", candidate)]
+
+
+def _without_columns(folder: Path) -> None:
+    metrics = folder / "metrics.json"
+    data = orjson.loads(metrics.read_bytes())
+    del data["columns"]
+    metrics.write_bytes(orjson.dumps(data))
+
+
+def test_report_from_columns_equals_report_from_records(tmp_path: Path) -> None:
+    """The columns give exactly the comparison the full records give."""
+    fast = build_report(_divergent_runs(tmp_path / "fast"))
+    folders = _divergent_runs(tmp_path / "slow")
+    for folder in folders:
+        _without_columns(folder)
+        assert isinstance(run_folder.read_outputs(folder).requests[0], RequestRecord)
+    slow = build_report(folders)
+    result = fast.lossless["ngram"]
+    assert (result.equal, result.near_tie, result.mismatch, result.not_compared,
+            result.missing) == (2, 1, 1, 1, 2)
+    assert result == slow.lossless["ngram"]
+    assert [c.candidate_text for c in result.comparisons if c.position is not None] == [
+        "ab xy é", "9 8 six"]
+    assert fast.comparisons == slow.comparisons
+    assert fast.comparisons[0].spec_bench_accepted_tokens is not None
+
+
+def test_columns_are_read_from_the_end_without_the_requests(tmp_path: Path) -> None:
+    """read_outputs does not parse the requests: damage there does not reach it."""
+    _, ngram = _divergent_runs(tmp_path)
+    metrics = ngram / "metrics.json"
+    data = metrics.read_bytes()
+    start = data.index(b'"requests": [') + 14
+    metrics.write_bytes(data[:start] + b"{ not JSON" + data[start + 10:])
+    outputs = run_folder.read_outputs(ngram)
+    assert [r.id for r in outputs.requests] == ["real", "same", "tie", "failed"]
+    assert outputs.requests[3].error == "EngineError: boom"
+    assert list(outputs.requests[0].turns[0].output_token_ids) == [9, 8, 6]

@@ -14,13 +14,43 @@ compared, since their prompts differ.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 from attrs import frozen
 
-from specdec.records import RequestRecord, TurnRecord
-
 Status = Literal["equal", "near_tie", "mismatch", "unclassified", "not_compared", "missing"]
+
+class TurnOutput(Protocol):
+    """What the check reads of one answered turn (a TurnRecord, or a run folder's columns)."""
+
+    @property
+    def output(self) -> str:
+        """The answer's text (read only where the turn diverges)."""
+
+    @property
+    def output_token_ids(self) -> Sequence[int]:
+        """The answer's token ids."""
+
+    @property
+    def logprob_margins(self) -> Sequence[float]:
+        """Per output token, the top-2 log-probability margin (may be empty)."""
+
+
+class RequestOutput(Protocol):
+    """What the check reads of one request (a RequestRecord, or a run folder's columns)."""
+
+    @property
+    def id(self) -> str:
+        """The request's id, shared by the runs compared."""
+
+    @property
+    def error(self) -> str | None:
+        """Why the request failed, or None."""
+
+    @property
+    def turns(self) -> Sequence[TurnOutput]:
+        """Its answered turns, in order."""
+
 
 CONTEXT_CHARS = 24
 SHOWN_CHARS = 80
@@ -68,28 +98,38 @@ class LosslessResult:
         return "pass" if self.passed else "FAIL"
 
 
+def _common_prefix(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """How many leading items ``a`` and ``b`` share.
+
+    A binary search over slice comparisons, which run at C speed: a long
+    answer's first difference is found without a Python loop over its tokens.
+    """
+    if type(a) is not type(b):  # a tuple never equals a memoryview: compare as tuples
+        a, b = tuple(a), tuple(b)
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[:middle] == b[:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
 def _first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
-    if a == b:  # the usual case, decided at C speed
+    if type(a) is type(b) and a == b:  # the usual case, decided at C speed
         return None
-    for i, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
+    shared = _common_prefix(a, b)
+    return None if shared == len(a) == len(b) else shared
 
 
 def _excerpt(text: str, other: str) -> str:
-    start = 0
-    for i, (x, y) in enumerate(zip(text, other, strict=False)):
-        if x != y:
-            start = i
-            break
-    else:
-        start = min(len(text), len(other))
+    start = _common_prefix(text, other)
     begin = max(0, start - CONTEXT_CHARS)
     return ("..." if begin else "") + text[begin : start + SHOWN_CHARS]
 
 
-def compare_turn(request_id: str, turn: int, candidate: TurnRecord, baseline: TurnRecord,
+def compare_turn(request_id: str, turn: int, candidate: TurnOutput, baseline: TurnOutput,
                  threshold: float) -> TurnComparison:
     """Compare one turn's output tokens with the baseline's."""
     position = _first_difference(candidate.output_token_ids, baseline.output_token_ids)
@@ -110,7 +150,7 @@ def compare_turn(request_id: str, turn: int, candidate: TurnRecord, baseline: Tu
     )
 
 
-def check(candidate: Sequence[RequestRecord], baseline: Sequence[RequestRecord],
+def check(candidate: Sequence[RequestOutput], baseline: Sequence[RequestOutput],
           threshold: float) -> LosslessResult:
     """Compare every request of ``candidate`` with the same request of ``baseline``."""
     ours = {r.id: r for r in candidate}

@@ -33,6 +33,7 @@ __all__ = [
     "request_spec",
     "request_tokens_per_s",
     "spec_bench_accept_lengths",
+    "spec_bench_accept_totals",
     "spec_bench_mean_accepted_tokens",
     "spec_bench_mean_accepted_tokens_by_category",
     "spec_bench_speedup",
@@ -363,8 +364,15 @@ def spec_bench_accept_lengths(turn: TurnRecord) -> list[int]:
     return lengths
 
 
-def _accept_length_totals(records: Iterable[RequestRecord]) -> tuple[int, int]:
-    """Sum and number of every :func:`spec_bench_accept_lengths` entry of ``records``."""
+def spec_bench_accept_totals(records: Iterable[RequestRecord]) -> tuple[int, int]:
+    """Sum and number of every :func:`spec_bench_accept_lengths` entry of ``records``.
+
+    What :func:`spec_bench_mean_accepted_tokens` divides; totals of groups add up,
+    so a run folder can keep them per request.
+
+    Raises:
+        ValueError: as :func:`spec_bench_accept_lengths`.
+    """
     total = count = 0
     for record in records:
         for turn in record.turns:
@@ -387,22 +395,24 @@ def spec_bench_mean_accepted_tokens(records: Sequence[RequestRecord]) -> float |
     Raises:
         ValueError: as :func:`spec_bench_accept_lengths`.
     """
-    total, count = _accept_length_totals(records)
+    total, count = spec_bench_accept_totals(records)
     return total / count if count else None
 
 
 def spec_bench_mean_accepted_tokens_by_category(
-    records: Sequence[RequestRecord],
+    totals: Iterable[tuple[str, tuple[int, int]]],
 ) -> tuple[dict[str, float | None], float | None]:
-    """:func:`spec_bench_mean_accepted_tokens` of each category and of all, in one pass."""
-    totals: dict[str, tuple[int, int]] = {}
-    for record in records:
-        total, count = _accept_length_totals((record,))
-        before = totals.get(record.category, (0, 0))
-        totals[record.category] = (before[0] + total, before[1] + count)
-    by_category = {c: (t / n if n else None) for c, (t, n) in totals.items()}
-    total = sum(t for t, _ in totals.values())
-    count = sum(n for _, n in totals.values())
+    """:func:`spec_bench_mean_accepted_tokens` of each category and of all.
+
+    ``totals`` gives each request's category and :func:`spec_bench_accept_totals`.
+    """
+    by: dict[str, tuple[int, int]] = {}
+    for category, (total, count) in totals:
+        before = by.get(category, (0, 0))
+        by[category] = (before[0] + total, before[1] + count)
+    by_category = {c: (t / n if n else None) for c, (t, n) in by.items()}
+    total = sum(t for t, _ in by.values())
+    count = sum(n for _, n in by.values())
     return by_category, (total / count if count else None)
 
 
