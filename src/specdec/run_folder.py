@@ -112,12 +112,6 @@ class Outcome:
     requests: int = 0
     """Requests in ``responses.jsonl`` when the run ended."""
 
-    def describe(self) -> str:
-        """One line for people: the status, and the error if there is one."""
-        if self.error is None:
-            return self.status
-        return f"{self.status}: {self.error_type}: {self.error}"
-
 
 @frozen
 class StoredRun:
@@ -235,9 +229,10 @@ def _records_from_metrics(path: Path) -> list[RequestRecord]:
 def read_records(folder: Path) -> list[RequestRecord]:
     """The request records of the run in ``folder``, in the order they finished.
 
-    From ``metrics.json`` when the run finished (its copy is complete by
-    construction), otherwise from ``responses.jsonl``, whose cut last line (a
-    crash while writing it) is left out.  Reading never changes a file.
+    From ``responses.jsonl``, whose cut last line (a crash while writing it) is
+    left out; from ``metrics.json``'s requests where there is no such file or
+    the ``metrics.json`` was not written by this module (hand-made ones).
+    Reading never changes a file.
 
     Raises:
         SpecdecError: the folder holds neither file, or a record is invalid
@@ -294,7 +289,11 @@ def _header(folder: Path) -> dict[str, Any]:
 
 def read_summary(folder: Path) -> RunSummary:
     """The summary of the finished run in ``folder`` (its requests are not read)."""
-    data = _header(folder).get("summary")
+    return _summary(folder, _header(folder))
+
+
+def _summary(folder: Path, header: dict[str, Any]) -> RunSummary:
+    data = header.get("summary")
     try:
         return structure(data, RunSummary)
     except Exception as exc:
@@ -314,8 +313,8 @@ def read_provenance(folder: Path) -> dict[str, Any]:
 def read_run(folder: Path) -> StoredRun:
     """A finished run's configuration, summary and provenance (records on demand)."""
     header = _header(folder)
-    summary = read_summary(folder)
-    return StoredRun(folder, read_config(folder), summary, dict(header.get("provenance") or {}))
+    return StoredRun(folder, read_config(folder), _summary(folder, header),
+                     dict(header.get("provenance") or {}))
 
 
 def read_outcome(folder: Path) -> Outcome | None:
@@ -391,7 +390,7 @@ class _Columns:
         if code != _COLUMN_TYPES[name]:
             msg = f"column {name} has type {code!r}, expected {_COLUMN_TYPES[name]!r}"
             raise ValueError(msg)
-        width = array(code).itemsize
+        width = _ITEM_SIZES[code]
         end = offset + size if last is None else offset + last * width
         return memoryview(self._decode(offset + first * width, end)).cast(code)
 
@@ -497,6 +496,7 @@ _COLUMN_TYPES = {
 }
 """The columns: raw arrays one after another, where the header's ``columns_layout``
 says (typecode, byte offset, length) for each, so reading them copies nothing."""
+_ITEM_SIZES = {code: array(code).itemsize for code in set(_COLUMN_TYPES.values())}
 
 
 def _open_columns(path: Path) -> _Columns | None:
@@ -751,7 +751,7 @@ class RunWriter:
 def _metrics_bytes(head: dict[str, Any], records: Sequence[RequestRecord]) -> bytes:
     # The header first, indented; then the requests one per line; the columns
     # last. _metrics_head reads the header without parsing the requests, and
-    # _columns_blob the columns from the end without reading either.
+    # _open_columns finds the columns from the end without reading either.
     blob, layout = _columns_bytes(records)
     columns = base64.b64encode(blob)
     head = {**head, "columns_version": _COLUMNS_VERSION, "columns_byteorder": sys.byteorder,
