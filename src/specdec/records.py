@@ -195,6 +195,10 @@ class TurnRecord:
     logprob_margins: tuple[float, ...] = ()
     """Per output token, the log-probability of the top token minus the second's
     (empty unless ``generation.logprobs`` >= 2)."""
+    max_tokens: int | None = None
+    """The output budget the engine gave this turn when it was smaller than
+    ``generation.max_tokens`` (the prompt left less room in ``max_model_len``);
+    None when the configured budget applied."""
 
     @property
     def walltime_s(self) -> float:
