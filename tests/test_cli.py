@@ -158,7 +158,7 @@ def test_config_error_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert cli.run_main(["--config", str(path)]) == cli.EXIT_USAGE
     err = capsys.readouterr().err
     assert f"specdec: invalid configuration in {path}" in err
-    assert "extra fields found (max_token) @ $.generation" in err
+    assert "extra fields found (max_token); did you mean 'max_tokens'? @ $.generation" in err
 
 
 def test_run_passes_output_flags_and_other_errors_exit_1(

@@ -59,7 +59,8 @@ def test_misspelt_strategy_option(tmp_path: Path, capsys: pytest.CaptureFixture[
     """An unknown option of a strategy is refused with its path."""
     _fails(capsys, ("--strategy", "ngram", "--set", "strategy.num_speculative_token=3",
                     "--output-dir", str(tmp_path / "o")),
-           "extra fields found (num_speculative_token) @ $.strategy", code=2)
+           "extra fields found (num_speculative_token); did you mean 'num_speculative_tokens'? "
+           "@ $.strategy", code=2)
 
 
 def test_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -42,7 +42,8 @@ def test_unknown_key_is_named_with_its_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert info.value.source == str(path)
-    assert info.value.problems == ["extra fields found (max_token) @ $.generation"]
+    assert info.value.problems == [
+        "extra fields found (max_token); did you mean 'max_tokens'? @ $.generation"]
 
 
 def test_wrong_type_is_named_with_its_path(tmp_path: Path) -> None:
@@ -125,7 +126,8 @@ def test_cli_config_errors_exit_cleanly(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert f"invalid configuration in {path}" in result.stderr
-    assert "extra fields found (max_token) @ $.generation" in result.stderr
+    assert ("extra fields found (max_token); did you mean 'max_tokens'? @ $.generation"
+            in result.stderr)
 
 
 def test_cli_missing_model_exits_cleanly(tmp_path: Path) -> None:

@@ -175,7 +175,8 @@ def test_gpu_study_folders(folder: str, model: str) -> None:
 @pytest.mark.parametrize(
     ("option", "value", "expected"),
     [
-        ("num_speculative_token", "4", "extra fields found (num_speculative_token) @ $.strategy"),
+        ("num_speculative_token", "4", ("extra fields found (num_speculative_token); "
+                                        "did you mean 'num_speculative_tokens'? @ $.strategy")),
         ("prompt_lookup_min", "6", "prompt_lookup_min (6) must be <= prompt_lookup_max (4)"),
         ("num_speculative_tokens", "four", "@ $.strategy.num_speculative_tokens"),
     ],

@@ -107,7 +107,7 @@ def test_invalid_line_is_located(tmp_path: Path) -> None:
     lines = responses.read_bytes().splitlines(keepends=True)
     responses.write_bytes(b"".join([lines[0], b'{"id": 3}\n', *lines[1:]]))
     (tmp_path / "run" / "metrics.json").unlink()
-    with pytest.raises(SpecdecError, match=r"responses\.jsonl, line 2:\n.*required field"):
+    with pytest.raises(SpecdecError, match=r"responses\.jsonl, line 2:\n(?s:.*)required field"):
         run_folder.read_records(tmp_path / "run")
 
 

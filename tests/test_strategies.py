@@ -68,7 +68,7 @@ def test_ngram_window_checked() -> None:
 
 def test_zero_tokens_refused() -> None:
     """num_speculative_tokens must be positive."""
-    with pytest.raises(ConfigError, match="num_speculative_tokens must be at least 1"):
+    with pytest.raises(ConfigError, match="num_speculative_tokens must be >= 1, got 0"):
         _options("ngram", num_speculative_tokens=0)
 
 

@@ -68,7 +68,8 @@ repeats: 2
 
 def test_study_errors_name_the_item(tmp_path: Path) -> None:
     """A bad key in a study names its path; a bad experiment names the item."""
-    with pytest.raises(ConfigError, match=r"extra fields found \(repeat\) @ \$"):
+    with pytest.raises(ConfigError,
+                       match=r"extra fields found \(repeat\); did you mean 'repeats'\? @ \$"):
         load_study(_study(tmp_path, "repeat: 2\n"))
     study = load_study(_study(tmp_path, "base: {generation: {max_token: 3}}\n"))
     with pytest.raises(ConfigError, match="study item smollm2-135m__none"):

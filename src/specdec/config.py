@@ -19,12 +19,30 @@ from specdec.records import SCHEMA_VERSION, ExperimentConfig
 from specdec.serialization import problems, structure, unstructure
 
 
-def read_mapping(path: Path) -> dict[str, Any]:
-    """Parse a YAML or JSON file into a mapping, with located errors."""
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    # " at line L, column C: what", from PyYAML's mark when it has one.
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"{where}: {getattr(exc, 'problem', None) or exc}"
+
+
+def _read_text(path: Path) -> str:
+    # UTF-8, with or without the byte-order mark some Windows editors write.
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read file: {exc.strerror} @ $"]) from exc
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start]
+        utf16 = " (it looks like UTF-16)" if exc.object[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        msg = (f"cannot read file: not UTF-8 text (byte 0x{byte:02x} at offset {exc.start})"
+               f"{utf16}; save it as UTF-8 @ $")
+        raise ConfigError(str(path), [msg]) from exc
+
+
+def read_mapping(path: Path) -> dict[str, Any]:
+    """Parse a YAML or JSON file into a mapping, with located errors."""
+    text = _read_text(path)
     if path.suffix == ".json":
         try:
             data = orjson.loads(text)
@@ -34,10 +52,7 @@ def read_mapping(path: Path) -> dict[str, Any]:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            reason = getattr(exc, "problem", None) or str(exc)
-            raise ConfigError(str(path), [f"broken YAML{where}: {reason} @ $"]) from exc
+            raise ConfigError(str(path), [f"broken YAML{_yaml_reason(exc)} @ $"]) from exc
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -103,8 +118,16 @@ def load_config(
 
 
 def read_provenance(path: Path) -> dict[str, Any]:
-    """The provenance section of a run's ``config.yaml`` (empty for a plain experiment file)."""
-    document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    """The provenance section of a run's ``config.yaml`` (empty for a plain experiment file).
+
+    A file that cannot be read or parsed is a :class:`ConfigError`, located as
+    :func:`read_mapping` locates it.
+    """
+    text = _read_text(path)
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [f"broken YAML{_yaml_reason(exc)} @ $"]) from exc
     provenance = document.get("provenance") if isinstance(document, dict) else None
     return dict(provenance) if isinstance(provenance, dict) else {}
 

@@ -55,4 +55,13 @@ class UnknownPluginError(PluginError, LookupError):
 
 
 class InvalidOptionError(ValueError):
-    """Raised by option validators; its message is shown to the user as it is."""
+    """Raised by option validators; its message is shown to the user as it is.
+
+    ``field`` names the option the message is about, so that it is located at that
+    option's path (``@ $.generation.temperature``) rather than its section's.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        """Keep the message and the option it is about."""
+        super().__init__(message)
+        self.field = field

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from attrs import field, frozen
 
+from specdec.validators import above_zero, non_empty_strings, number, positive
+
 SCHEMA_VERSION = 1
 """Version of every file specdec writes; bumped when a field changes meaning."""
 
@@ -44,16 +46,23 @@ class Conversation:
 
 @frozen
 class GenerationConfig:
-    """Sampling settings, passed to vLLM's ``SamplingParams``."""
+    """Sampling settings, passed to vLLM's ``SamplingParams``.
 
-    max_tokens: int = 128
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int | None = None
+    Each value is checked when a config is loaded, with the installed vLLM's own
+    bounds (``SamplingParams._verify_args``): ``temperature`` in [0, 2], ``top_p``
+    in (0, 1], ``top_k`` -1 or 0 (off) or at least 1, ``max_tokens`` at least 1,
+    ``logprobs`` at least 0 or -1 (every token), no empty ``stop`` string.
+    """
+
+    max_tokens: int = field(default=128, validator=positive)
+    temperature: float = field(default=0.0, validator=number(ge=0, le=2))
+    top_p: float = field(default=1.0, validator=number(gt=0, le=1))
+    top_k: int | None = field(default=None, validator=number(ge=-1, note="-1 and 0 turn it off"))
     seed: int | None = None
     ignore_eos: bool = False
-    stop: tuple[str, ...] = ()
-    logprobs: int | None = None
+    stop: tuple[str, ...] = field(default=(), validator=non_empty_strings)
+    logprobs: int | None = field(default=None, validator=number(ge=0, also=(-1,),
+                                                                 note="-1: every token"))
     """Top log-probabilities to ask for per token; 2 or more records each token's
     margin between the top two (used by the lossless check)."""
 
@@ -74,28 +83,35 @@ class EngineConfig:
     ``concurrency`` requests in flight (default 1 in sequential mode, all in
     batch mode) or a fixed ``request_rate`` per second; each request is bounded
     by ``timeout_s``.
+
+    Values are checked when a config is loaded, with vLLM's bounds where vLLM
+    takes them (``vllm.config``): ``max_model_len`` at least 1, or -1 (vLLM fits
+    it to the memory; unset takes the model's own), parallel sizes and
+    ``max_num_seqs`` at least 1, ``gpu_memory_utilization`` in (0, 1]; ``port``
+    in 1..65535, ``concurrency`` at least 1, times and ``request_rate`` above 0.
     """
 
     dtype: str = "auto"
-    max_model_len: int | None = 2048
+    max_model_len: int | None = field(default=2048, validator=number(
+        ge=1, also=(-1,), note="-1: fit to memory; null: the model's own"))
     seed: int = 0
     enforce_eager: bool = False
-    tensor_parallel_size: int = 1
-    pipeline_parallel_size: int = 1
+    tensor_parallel_size: int = field(default=1, validator=positive)
+    pipeline_parallel_size: int = field(default=1, validator=positive)
     distributed_executor_backend: str | None = None
-    gpu_memory_utilization: float | None = None
-    max_num_seqs: int | None = None
+    gpu_memory_utilization: float | None = field(default=None, validator=number(gt=0, le=1))
+    max_num_seqs: int | None = field(default=None, validator=positive)
     extra: Mapping[str, Any] = field(factory=dict)
     backend: str = "offline"
     url: str | None = None
     api_key_env: str | None = None
     served_model_name: str | None = None
     launch: bool = False
-    port: int | None = None
-    launch_timeout_s: float = 600.0
-    concurrency: int | None = None
-    request_rate: float | None = None
-    timeout_s: float = 600.0
+    port: int | None = field(default=None, validator=number(ge=1, le=65535))
+    launch_timeout_s: float = field(default=600.0, validator=above_zero)
+    concurrency: int | None = field(default=None, validator=positive)
+    request_rate: float | None = field(default=None, validator=above_zero)
+    timeout_s: float = field(default=600.0, validator=above_zero)
 
 
 @frozen
@@ -129,7 +145,7 @@ class BenchmarkConfig:
 
     path: str | None = None
     format: str | None = None
-    limit: int | None = None
+    limit: int | None = field(default=None, validator=positive)
     categories: tuple[str, ...] | None = None
 
 

@@ -14,15 +14,8 @@ from typing import Any
 
 import orjson
 
-from specdec.errors import InvalidOptionError, StrategyError
+from specdec.errors import StrategyError
 from specdec.interfaces import TargetInfo
-
-
-def positive(_instance: object, attribute: Any, value: int | None) -> None:
-    """An attrs validator: the option, when set, must be at least 1."""
-    if value is not None and value < 1:
-        msg = f"{attribute.name} must be at least 1, got {value}"
-        raise InvalidOptionError(msg)
 
 
 def require_method(target: TargetInfo, method: str, since: str | None = None) -> None:

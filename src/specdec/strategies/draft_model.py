@@ -10,12 +10,8 @@ from attrs import field, frozen
 from specdec.interfaces import TargetInfo
 from specdec.models import DRAFT_ALIAS, resolve_model
 from specdec.registry import PLUGIN_API_VERSION
-from specdec.strategies.checks import (
-    check_same_vocabulary,
-    positive,
-    read_config,
-    require_method,
-)
+from specdec.strategies.checks import check_same_vocabulary, read_config, require_method
+from specdec.validators import positive
 
 
 @frozen

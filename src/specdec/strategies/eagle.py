@@ -12,12 +12,8 @@ from specdec.errors import StrategyError
 from specdec.interfaces import TargetInfo
 from specdec.models import EAGLE3_ALIAS, EAGLE_ALIAS, resolve_model
 from specdec.registry import PLUGIN_API_VERSION
-from specdec.strategies.checks import (
-    positive,
-    read_config,
-    require_method,
-    tensor_shapes,
-)
+from specdec.strategies.checks import read_config, require_method, tensor_shapes
+from specdec.validators import positive
 
 log = structlog.get_logger("specdec.strategies.eagle")
 

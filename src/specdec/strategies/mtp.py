@@ -9,7 +9,8 @@ from attrs import field, frozen
 from specdec.errors import StrategyError
 from specdec.interfaces import TargetInfo
 from specdec.registry import PLUGIN_API_VERSION
-from specdec.strategies.checks import positive, require_method
+from specdec.strategies.checks import require_method
+from specdec.validators import positive
 
 MTP_CONFIG_KEYS = ("num_nextn_predict_layers", "mtp_num_hidden_layers", "num_mtp_layers")
 """config.json keys by which model families declare their MTP layers."""

@@ -9,7 +9,8 @@ from attrs import field, frozen
 from specdec.errors import InvalidOptionError
 from specdec.interfaces import TargetInfo
 from specdec.registry import PLUGIN_API_VERSION
-from specdec.strategies.checks import positive, require_method
+from specdec.strategies.checks import require_method
+from specdec.validators import positive
 
 
 def _window(instance: NgramOptions, _attribute: Any, value: int) -> None:

@@ -11,7 +11,8 @@ from attrs import field, frozen
 from specdec.errors import StrategyError
 from specdec.interfaces import TargetInfo
 from specdec.registry import PLUGIN_API_VERSION
-from specdec.strategies.checks import positive, require_method
+from specdec.strategies.checks import require_method
+from specdec.validators import number, positive
 
 log = structlog.get_logger("specdec.strategies.suffix")
 
@@ -21,13 +22,15 @@ class SuffixOptions:
     """Options of suffix decoding, with vLLM's defaults written out.
 
     ``num_speculative_tokens`` left unset lets vLLM use the tree depth as the limit.
+    The bounds are vLLM's (``SpeculativeConfig._validate_suffix_decoding``); 0
+    cached requests turns the global tree off.
     """
 
     num_speculative_tokens: int | None = field(default=None, validator=positive)
     max_tree_depth: int = field(default=24, validator=positive)
-    max_cached_requests: int = 10000
-    max_spec_factor: float = 1.0
-    min_token_prob: float = 0.1
+    max_cached_requests: int = field(default=10000, validator=number(ge=0))
+    max_spec_factor: float = field(default=1.0, validator=number(ge=0))
+    min_token_prob: float = field(default=0.1, validator=number(ge=0, le=1))
 
 
 class SuffixStrategy:
