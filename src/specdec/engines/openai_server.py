@@ -11,7 +11,10 @@ reports them, per-request speculative metrics.
 
 Failures are per request: an unreachable server, a 4xx/5xx answer, a stream
 cut before ``[DONE]`` or a timeout are recorded in that request's ``error`` and
-the run goes on.
+the run goes on.  The server gives a turn whose prompt leaves less room than
+``generation.max_tokens`` in its ``max_model_len`` (from ``/v1/models``) only
+what fits; that budget is recorded in the turn's ``max_tokens`` and the run
+logs one warning with how many turns were capped, as the offline engine does.
 
 :class:`ServerBackend` is the ``server`` entry point of ``specdec.engines``.  It
 never imports vLLM: an existing server's capabilities are what it reports
@@ -280,6 +283,9 @@ class OpenAIServerEngine:
             raise EngineError(NO_URL)
         self.model_name = ""
         self._headers: dict[str, str] = {}
+        self._max_model_len: int | None = None
+        """The served model's context length, when /v1/models tells it."""
+        self._capped = 0
 
     def start(self) -> None:
         """Launch the server if asked, wait until it answers, and warm it up."""
@@ -312,18 +318,20 @@ class OpenAIServerEngine:
         try:
             response = httpx.get(f"{self.base_url}/v1/models", headers=self._headers, timeout=10)
             response.raise_for_status()
-            models = [m["id"] for m in response.json().get("data", [])]
-        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            cards = {str(m["id"]): m for m in response.json().get("data", [])}
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             log.warning("cannot list the server's models; requests will likely fail",
                         url=self.base_url, error=str(exc))
             return self.config.engine.served_model_name or str(self.model_path)
-        wanted = self.config.engine.served_model_name
-        if wanted:
-            return wanted
-        if not models:
-            msg = f"the server at {self.base_url} serves no model"
-            raise EngineError(msg)
-        return str(models[0])
+        name = self.config.engine.served_model_name
+        if not name:
+            if not cards:
+                msg = f"the server at {self.base_url} serves no model"
+                raise EngineError(msg)
+            name = next(iter(cards))
+        length = cards.get(name, {}).get("max_model_len")
+        self._max_model_len = length if isinstance(length, int) and length > 0 else None
+        return name
 
     def _read_counters(self) -> SpecStats | None:
         try:
@@ -341,10 +349,16 @@ class OpenAIServerEngine:
     ) -> EngineRun:
         """Send every conversation, calling ``on_record`` as each one finishes."""
         before = self._read_counters()
+        self._capped = 0
         start = time.perf_counter()
         asyncio.run(self._run_all(conversations, on_record))
         elapsed = time.perf_counter() - start
         counters = counter_delta(self._read_counters(), before)
+        if self._capped:
+            log.warning("the server cut generation.max_tokens to fit max_model_len; each "
+                        "capped turn's budget is in its record's max_tokens", turns=self._capped,
+                        max_tokens=self.config.generation.max_tokens,
+                        max_model_len=self._max_model_len)
         return EngineRun(elapsed, counters if self.speculative_config else None)
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
@@ -504,10 +518,11 @@ class OpenAIServerEngine:
         last = stream.last if stream.last is not None else first
         usage = stream.usage
         output_tokens = int(usage.get("completion_tokens", len(stream.token_ids)))
+        prompt_tokens = int(usage.get("prompt_tokens", 0))
         return TurnRecord(
             prompt=question,
             output="".join(stream.text),
-            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            prompt_tokens=prompt_tokens,
             output_tokens=output_tokens,
             ttft_s=first - sent,
             decode_s=last - first,
@@ -515,4 +530,20 @@ class OpenAIServerEngine:
             output_token_ids=tuple(stream.token_ids),
             spec=_spec_from_response(stream.metrics),
             logprob_margins=tuple(stream.margins),
+            max_tokens=self._budget(prompt_tokens, max_tokens),
         )
+
+    def _budget(self, prompt_tokens: int, max_tokens: int | None) -> int | None:
+        """The budget the server gave a measured turn, if smaller than asked; else None.
+
+        As vLLM's ``get_max_tokens``: the smaller of ``max_tokens`` and the room
+        the prompt left in ``max_model_len``.
+        """
+        limit = self._max_model_len
+        if max_tokens is not None or limit is None or not 0 < prompt_tokens < limit:
+            return None
+        room = limit - prompt_tokens
+        if room >= self.config.generation.max_tokens:
+            return None
+        self._capped += 1
+        return room

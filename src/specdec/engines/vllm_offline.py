@@ -7,6 +7,24 @@ timestamps.  Speculative counters are read as a difference around the measured
 run, so warm-up never counts.  :class:`OfflineBackend` is the ``offline``
 entry point of ``specdec.engines``; its capabilities come from the installed
 vLLM itself.
+
+One bad request does not end a run.  A turn's prompt is measured (its chat
+template ids, or the tokenised raw prompt) against the built engine's
+``max_model_len`` before it is sent: vLLM 0.32 refuses a prompt of
+``max_model_len`` tokens or more (``InputProcessor._validate_prompt_len``), so
+such a request is recorded failed with the figures, keeping its finished
+earlier turns, and the others run.  Every first turn is checked when
+:meth:`VllmOfflineEngine.run` is called, before its clock starts, so a bad
+prompt costs no timed work; later turns, whose prompts hold the engine's own
+answers, are checked as they are built.  Not before the engine starts: the
+limit is the built engine's (``max_model_len: null`` is derived from the
+model) and so is the tokenizer.  A turn whose prompt leaves less room than
+``generation.max_tokens`` gets the budget that fits, recorded in
+:attr:`~specdec.records.TurnRecord.max_tokens` (vLLM would stop it at the
+length limit silently), and the run logs one warning with how many turns
+were capped.  Should vLLM still refuse a request of a batch, the batch's
+requests are sent one by one so only the refused one fails; an engine crash
+or running out of memory is not a request's fault and still ends the run.
 """
 
 from __future__ import annotations
@@ -22,10 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from attrs import frozen
 
 from specdec.engines.device import installed_vllm, memory_utilization
 from specdec.engines.requests import (
     WARMUP_MAX_TOKENS,
+    RawPromptError,
     chat_messages,
     raw_prompt,
     sampling_settings,
@@ -159,6 +179,8 @@ class VllmOfflineEngine:
         self.speculative_config = dict(speculative_config) if speculative_config else None
         self._llm: Any = None
         self._tokenizer: Any = None
+        self._capped = 0
+        """Turns of the current run whose budget was cut to fit max_model_len."""
 
     def engine_kwargs(self, device: str | None) -> dict[str, Any]:
         """The keyword arguments given to ``vllm.LLM`` on ``device`` (None: unknown)."""
@@ -234,6 +256,35 @@ class VllmOfflineEngine:
             ids = ids["input_ids"]
         return {"prompt_token_ids": list(ids)}
 
+    def max_model_len(self) -> int:
+        """The built engine's context length (prompt plus output), in tokens."""
+        self._started()
+        return int(self._llm.llm_engine.model_config.max_model_len)
+
+    def _prompt_tokens(self, prompt: Mapping[str, Any]) -> int:
+        if "prompt_token_ids" in prompt:
+            return len(prompt["prompt_token_ids"])
+        # What vLLM's renderer does with a text prompt: encode it with special tokens.
+        return len(self._tokenizer.encode(prompt["prompt"], add_special_tokens=True))
+
+    def _check(self, conv: Conversation, answers: Sequence[str]) -> _Send | str:
+        """The turn after ``answers`` ready to send with its budget, or why it cannot be."""
+        turn = len(answers) + 1
+        try:
+            prompt = self._prompt(conv, answers)
+        except RawPromptError as exc:
+            return f"turn {turn}: {exc}"
+        length = self._prompt_tokens(prompt)
+        limit = self.max_model_len()
+        if length == 0:
+            return f"the prompt of turn {turn} is empty (no tokens); vLLM refuses empty prompts"
+        if length >= limit:
+            what = ("does not fit" if length > limit else
+                    "leaves no room for an output token in")
+            return (f"prompt of {length} tokens {what} max_model_len {limit} (turn {turn}); "
+                    "raise engine.max_model_len or shorten the prompt")
+        return _Send(conv, prompt, min(self.config.generation.max_tokens, limit - length))
+
     def _generate(self, prompts: list[dict[str, Any]], params: Any) -> list[Any]:
         outputs: list[Any] = self._llm.generate(prompts, params, use_tqdm=False)
         return outputs
@@ -255,14 +306,14 @@ class VllmOfflineEngine:
             accepted_per_position=tuple(per_pos[i] for i in sorted(per_pos)),
         )
 
-    def _turn(self, prompt: dict[str, Any], question: str, output: Any) -> TurnRecord:
+    def _turn(self, send: _Send, question: str, output: Any) -> TurnRecord:
         completion = output.outputs[0]
         stats = output.metrics
         if stats is None:
             msg = "vLLM returned no per-request metrics: it must run with log stats on"
             raise EngineError(msg)
         decode = max(float(stats.last_token_ts) - float(stats.first_token_ts), 0.0)
-        prompt_ids = output.prompt_token_ids or prompt.get("prompt_token_ids") or []
+        prompt_ids = output.prompt_token_ids or send.prompt.get("prompt_token_ids") or []
         return TurnRecord(
             prompt=question,
             output=completion.text,
@@ -274,6 +325,7 @@ class VllmOfflineEngine:
             output_token_ids=tuple(int(t) for t in completion.token_ids),
             spec=_spec_stats(getattr(completion, "spec_decode_metrics", None)),
             logprob_margins=_margins(completion.logprobs),
+            max_tokens=send.budget if send.budget < self.config.generation.max_tokens else None,
         )
 
     def _started(self) -> None:
@@ -286,33 +338,87 @@ class VllmOfflineEngine:
         conversations: Sequence[Conversation],
         on_record: Callable[[RequestRecord], None],
     ) -> EngineRun:
-        """Answer every conversation, calling ``on_record`` as each one finishes."""
+        """Answer every conversation, calling ``on_record`` as each one finishes.
+
+        Every first turn is built and checked against ``max_model_len`` before
+        the clock starts (see the module's docstring); a request that cannot
+        run is recorded failed and the others go on.
+        """
         self._started()
-        params = _sampling(self.config.generation, None)
+        self._capped = 0
+        first = {c.id: self._check(c, []) for c in conversations}
         before = self._counters()
         start = time.perf_counter()
         if self.config.mode == "sequential":
             for conv in conversations:
-                on_record(self._answer_batch([conv], params)[0])
+                on_record(self._answer_batch([conv], first)[0])
         else:
-            for record in self._answer_batch(list(conversations), params):
+            for record in self._answer_batch(list(conversations), first):
                 on_record(record)
         elapsed = time.perf_counter() - start
         delta = subtract_stats(self._counters(), before) if self.speculative_config else None
+        if self._capped:
+            log.warning("generation.max_tokens was cut to fit max_model_len; each capped "
+                        "turn's budget is in its record's max_tokens", turns=self._capped,
+                        max_tokens=self.config.generation.max_tokens,
+                        max_model_len=self.max_model_len())
         return EngineRun(elapsed, delta)
 
-    def _answer_batch(self, convs: list[Conversation], params: Any) -> list[RequestRecord]:
+    def _answer_batch(self, convs: list[Conversation],
+                      first: dict[str, _Send | str]) -> list[RequestRecord]:
         # Turn k of every conversation goes to the engine together; later turns
-        # see the engine's own earlier answers.
+        # see the engine's own earlier answers. ``first`` holds the first turns
+        # checked before the clock started; each is used once, then dropped.
         answers: dict[str, list[TurnRecord]] = {c.id: [] for c in convs}
+        errors: dict[str, str] = {}
         for turn in range(max(len(c.turns) for c in convs)):
-            active = [c for c in convs if len(c.turns) > turn]
-            prompts = [self._prompt(c, [t.output for t in answers[c.id]]) for c in active]
-            outputs = self._generate(prompts, params)
-            for conv, prompt, output in zip(active, prompts, outputs, strict=True):
-                answers[conv.id].append(self._turn(prompt, conv.turns[turn], output))
-        return [RequestRecord(c.id, c.category, tuple(answers[c.id])) for c in convs]
+            sends: list[_Send] = []
+            for conv in convs:
+                if len(conv.turns) <= turn or conv.id in errors:
+                    continue
+                done = [t.output for t in answers[conv.id]]
+                checked = first.pop(conv.id) if turn == 0 else self._check(conv, done)
+                if isinstance(checked, str):
+                    errors[conv.id] = checked
+                else:
+                    sends.append(checked)
+            for send, output in zip(sends, self._generate_sends(sends, turn), strict=True):
+                if isinstance(output, str):
+                    errors[send.conv.id] = output
+                else:
+                    answers[send.conv.id].append(self._turn(send, send.conv.turns[turn], output))
+        return [RequestRecord(c.id, c.category, tuple(answers[c.id]), error=errors.get(c.id))
+                for c in convs]
 
+    def _generate_sends(self, sends: list[_Send], turn: int) -> list[Any]:
+        """Each send's ``RequestOutput``, or for one vLLM refused, the reason (a string)."""
+        if not sends:
+            return []
+        params: dict[int, Any] = {}
+        for send in sends:
+            if send.budget not in params:
+                params[send.budget] = _sampling(self.config.generation, send.budget)
+            if send.budget < self.config.generation.max_tokens:
+                self._capped += 1
+        prompts = [send.prompt for send in sends]
+        per_send = [params[send.budget] for send in sends]
+        refused = _request_errors()
+        try:
+            return self._generate(prompts, per_send)
+        except refused as exc:
+            if len(sends) == 1:
+                return [_refusal(exc, turn)]
+            # vLLM validates every request before any runs and drops those it
+            # had added, so sending them again one by one repeats no work.
+            log.warning("vLLM refused a request of the batch; sending them one by one",
+                        requests=len(sends), turn=turn + 1, error=str(exc))
+        outputs: list[Any] = []
+        for prompt, sampling in zip(prompts, per_send, strict=True):
+            try:
+                outputs.append(self._generate([prompt], sampling)[0])
+            except refused as exc:
+                outputs.append(_refusal(exc, turn))
+        return outputs
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         """Prefill each sequence once with ``prompt_logprobs=2``; report the chosen positions.
@@ -338,6 +444,26 @@ class VllmOfflineEngine:
                 scores.append(token_score(position, request.token_ids[position], candidates))
             results.append(ScoreResult(tuple(scores)))
         return results
+
+
+@frozen
+class _Send:
+    """One turn ready for the engine: its prompt and its output budget."""
+
+    conv: Conversation
+    prompt: dict[str, Any]
+    budget: int
+
+
+def _request_errors() -> tuple[type[BaseException], ...]:
+    """What vLLM raises for a request it refuses (not for a failing engine)."""
+    from vllm.exceptions import VLLMClientError  # noqa: PLC0415
+
+    return (ValueError, VLLMClientError)
+
+
+def _refusal(exc: BaseException, turn: int) -> str:
+    return f"turn {turn + 1}: vLLM refused the request: {type(exc).__name__}: {exc}"
 
 
 def _sampling(gen: GenerationConfig, max_tokens: int | None) -> Any:
