@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from io import StringIO
 from pathlib import Path
 from typing import Any, ClassVar
 
 import orjson
 import pytest
+from rich.console import Console
 
-from specdec import registry
+from specdec import display, registry
 from specdec.config import load_config
-from specdec.errors import OutputExistsError
+from specdec.display import failure_lines
+from specdec.errors import EngineError, OutputExistsError
 from specdec.interfaces import EngineRun, RunInfo, ScoreRequest, ScoreResult
 from specdec.records import (
     Conversation,
@@ -31,6 +34,8 @@ class StandInEngine:
     """Answers each turn with a fixed record; can stop after N requests."""
 
     stop_after: int | None = None
+    failing: ClassVar[dict[str, str]] = {}
+    """Request ids to record as failed, with the reason."""
     runs: ClassVar[list[list[str]]] = []
     speed_by_tokens: ClassVar[dict[int, float]] = {}
     """Decode speed-up by num_speculative_tokens, to fake faster settings."""
@@ -65,6 +70,10 @@ class StandInEngine:
                            ttft_s=0.1, decode_s=decode, spec=spec)
                 for t in conv.turns
             )
+            if conv.id in self.failing:
+                on_record(RequestRecord(conv.id, conv.category, turns[:1],
+                                        error=self.failing[conv.id]))
+                continue
             on_record(RequestRecord(conv.id, conv.category, turns))
         total = len(conversations) * 2
         counters = SpecStats(total, 8 * total // 2, 3 * total // 2)
@@ -74,6 +83,7 @@ class StandInEngine:
 @pytest.fixture(autouse=True)
 def _reset_engine() -> None:
     StandInEngine.stop_after = None
+    StandInEngine.failing = {}
     StandInEngine.runs = []
     StandInEngine.speed_by_tokens = {}
 
@@ -181,3 +191,124 @@ def test_plugin_sink_selected_by_name(tmp_path: Path) -> None:
     run_experiment(config, tmp_path / "run", engine_factory=StandInEngine)
     assert seen[0] is not None
     assert seen[0].overall.requests == 5
+
+
+TOO_LONG = ("prompt of 2301 tokens does not fit max_model_len 2048 (turn 1); raise "
+            "engine.max_model_len or shorten the prompt")
+
+
+def _metrics_ids(folder: Path) -> tuple[list[str], list[str | None]]:
+    metrics = orjson.loads((folder / "metrics.json").read_bytes())
+    return [r["id"] for r in metrics["requests"]], [r["error"] for r in metrics["requests"]]
+
+
+def test_failed_requests_are_counted_and_metrics_written(tmp_path: Path) -> None:
+    """A run with failed requests finishes: metrics.json holds them, the summary counts them."""
+    StandInEngine.failing = {"code-02": TOO_LONG, "code-04": TOO_LONG}
+    result = _run(tmp_path / "run")
+    assert result.summary.failed_requests == 2
+    assert result.summary.overall.requests == 3
+    ids, errors = _metrics_ids(tmp_path / "run")
+    assert ids == ["code-01", "code-02", "code-03", "code-04", "code-05"]
+    assert errors == [None, TOO_LONG, None, TOO_LONG, None]
+    metrics = orjson.loads((tmp_path / "run" / "metrics.json").read_bytes())
+    assert metrics["summary"]["failed_requests"] == 2
+    assert metrics["summary"]["overall"]["requests"] == 3
+
+
+def test_every_request_failed_is_an_error(tmp_path: Path) -> None:
+    """A run whose every request failed has nothing to summarise: no metrics.json."""
+    StandInEngine.failing = dict.fromkeys(
+        ["code-01", "code-02", "code-03", "code-04", "code-05"], TOO_LONG)
+    with pytest.raises(EngineError, match="all 5 requests failed; the first: prompt of 2301"):
+        _run(tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    assert (tmp_path / "run" / "outcome.json").exists()
+
+
+def test_resume_keeps_failed_requests_unless_retried(tmp_path: Path) -> None:
+    """An interrupted run's failed request is kept on resume; retry_failed runs it again."""
+    StandInEngine.failing = {"code-01": TOO_LONG}
+    StandInEngine.stop_after = 2
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "run")
+    StandInEngine.stop_after = None
+    result = _run(tmp_path / "run", resume=True)
+    assert StandInEngine.runs[-1] == ["code-03", "code-04", "code-05"]
+    assert result.summary.failed_requests == 1
+    assert [r.error for r in result.records][:1] == [TOO_LONG]
+
+
+def test_finished_run_with_failures_resumes_only_with_retry(tmp_path: Path) -> None:
+    """--resume on a run that finished with failures is refused without retry_failed.
+
+    With it, only the failed requests run again; their new records replace the
+    failed ones in metrics.json and the summary.
+    """
+    StandInEngine.failing = {"code-02": TOO_LONG, "code-05": "turn 1: vLLM refused"}
+    _run(tmp_path / "run")
+    before = (tmp_path / "run" / "metrics.json").read_bytes()
+    with pytest.raises(OutputExistsError, match=r"2 of 5 requests failed.*--retry-failed"):
+        _run(tmp_path / "run", resume=True)
+    assert (tmp_path / "run" / "metrics.json").read_bytes() == before
+    assert len(StandInEngine.runs) == 1
+    StandInEngine.failing = {"code-05": "turn 1: vLLM refused"}
+    result = _run(tmp_path / "run", resume=True, retry_failed=True)
+    assert StandInEngine.runs[-1] == ["code-02", "code-05"]
+    assert result.summary.failed_requests == 1
+    assert result.summary.resumed_requests == 3
+    assert [r.id for r in result.records] == ["code-01", "code-03", "code-04", "code-02",
+                                              "code-05"]
+    ids, errors = _metrics_ids(tmp_path / "run")
+    assert ids == ["code-01", "code-03", "code-04", "code-02", "code-05"]
+    assert errors == [None, None, None, None, "turn 1: vLLM refused"]
+
+
+def test_retry_refuses_another_configuration(tmp_path: Path) -> None:
+    """Retrying with a different configuration is refused and the finished run is untouched."""
+    StandInEngine.failing = {"code-02": TOO_LONG}
+    _run(tmp_path / "run")
+    config = load_config(None, [*CONFIG, "generation.max_tokens=7"])
+    with pytest.raises(OutputExistsError, match="different configuration"):
+        run_experiment(config, tmp_path / "run", engine_factory=StandInEngine, resume=True,
+                       retry_failed=True)
+    assert (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_finished_run_without_failures_is_not_reopened(tmp_path: Path) -> None:
+    """retry_failed on a run with nothing failed is refused like any finished run."""
+    _run(tmp_path / "run")
+    with pytest.raises(OutputExistsError, match="already holds a finished run"):
+        _run(tmp_path / "run", resume=True, retry_failed=True)
+
+
+def test_failure_lines_group_reasons_and_wrap() -> None:
+    """Identical reasons are grouped with their ids; lines fit 80 columns and break at spaces."""
+    records = [RequestRecord("q1", "a", ())]
+    records += [RequestRecord(f"q{n}", "a", (), error=TOO_LONG) for n in (3, 4, 5, 6, 7)]
+    records.append(RequestRecord("q9", "a", (), error="turn 2: HTTP 500: [internal] boom"))
+    lines = failure_lines(records, 8, 80)
+    assert lines[0] == "6 of 8 requests failed:"
+    assert all(len(line) <= 80 for line in lines)
+    text = " ".join(line.strip() for line in lines)
+    assert f"- 5: {TOO_LONG} (ids q3, q4, q5, +2 more)" in text
+    assert "- 1: turn 2: HTTP 500: [internal] boom (id q9)" in text
+    assert lines[-1] == "The figures above count only the 2 requests that succeeded."
+    one = failure_lines(records[:3], 3, 80)
+    assert " ".join(line.strip() for line in one).startswith(
+        f"2 of 3 requests failed: {TOO_LONG} (ids q3, q4)")
+    assert failure_lines(records[:1], 1, 80) == []
+
+
+def test_summary_table_says_what_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The printed summary names the failures under the table, within 80 columns."""
+    StandInEngine.failing = {"code-03": TOO_LONG}
+    result = _run(tmp_path / "run")
+    out = StringIO()
+    monkeypatch.setattr(display, "stdout", Console(file=out, width=80))
+    display.print_summary(result)
+    lines = out.getvalue().splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    text = " ".join(line.strip() for line in lines)
+    assert f"1 of 5 requests failed: {TOO_LONG} (id code-03)" in text
+    assert "The figures above count only the 4 requests that succeeded." in text

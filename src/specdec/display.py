@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import textwrap
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -20,12 +21,15 @@ from rich.table import Table
 from specdec.formatting import number
 
 if TYPE_CHECKING:
-    from specdec.records import GroupMetrics, SpecMetrics
+    from specdec.records import GroupMetrics, RequestRecord, SpecMetrics
     from specdec.report import Report
     from specdec.runner import RunResult
 
 stdout = Console()
 stderr = Console(stderr=True)
+
+FAILURE_REASONS_SHOWN = 5
+FAILURE_IDS_SHOWN = 3
 
 
 class RequestProgress:
@@ -103,6 +107,54 @@ def print_summary(result: RunResult) -> None:
         f"elapsed {number(summary.elapsed_s)} s, throughput "
         f"{number(summary.throughput_tokens_per_s, 1)} output tokens/s (warm-up excluded)"
     )
+    if summary.failed_requests:
+        total = summary.overall.requests + summary.failed_requests
+        for line in failure_lines(result.records, total, stdout.width):
+            # Reasons are the engine's words: brackets in them are not markup.
+            stdout.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def failure_lines(records: Sequence[RequestRecord], total: int, width: int) -> list[str]:
+    """How many requests failed and why, wrapped at ``width`` between words.
+
+    Identical reasons are grouped, the commonest first, each with its count and
+    its first few request ids; the last line says the figures above count only
+    the requests that succeeded.
+    """
+    by_reason: dict[str, list[str]] = {}
+    for record in records:
+        if record.error is not None:
+            by_reason.setdefault(record.error, []).append(record.id)
+    failed = sum(len(ids) for ids in by_reason.values())
+    if not failed:
+        return []
+    groups = sorted(by_reason.items(), key=lambda item: -len(item[1]))
+    head = f"{failed} of {total} requests failed"
+    if len(groups) == 1:
+        reason, ids = groups[0]
+        paragraphs = [(f"{head}: {reason} {_ids(ids)}", "  ")]
+    else:
+        paragraphs = [(f"{head}:", "")]
+        paragraphs += [(f"- {len(ids)}: {reason} {_ids(ids)}", "    ")
+                       for reason, ids in groups[:FAILURE_REASONS_SHOWN]]
+        if len(groups) > FAILURE_REASONS_SHOWN:
+            hidden = len(groups) - FAILURE_REASONS_SHOWN
+            rest = f"- {hidden} other reasons: every request's error is in metrics.json"
+            paragraphs.append((rest, "    "))
+    counted = f"The figures above count only the {total - failed} requests that succeeded."
+    paragraphs.append((counted, ""))
+    lines: list[str] = []
+    for text, indent in paragraphs:
+        lines += textwrap.wrap(text, width=max(width, 20), subsequent_indent=indent,
+                               break_long_words=False, break_on_hyphens=False)
+    return lines
+
+
+def _ids(ids: Sequence[str]) -> str:
+    shown = ", ".join(ids[:FAILURE_IDS_SHOWN])
+    if len(ids) > FAILURE_IDS_SHOWN:
+        shown += f", +{len(ids) - FAILURE_IDS_SHOWN} more"
+    return f"(id {shown})" if len(ids) == 1 else f"(ids {shown})"
 
 
 def print_models() -> None:

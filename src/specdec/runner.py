@@ -181,6 +181,7 @@ def run_experiment(
     engine_factory: EngineFactory = engine_for,
     on_record: Callable[[RequestRecord], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    retry_failed: bool = False,
 ) -> RunResult:
     """Run one experiment and return its measurements.
 
@@ -193,7 +194,12 @@ def run_experiment(
     is ready; ``on_record`` after each finishes (progress display).
 
     ``resume`` continues an interrupted run in ``output_dir``: requests already
-    in its ``responses.jsonl`` are kept and not run again.
+    in its ``responses.jsonl`` are kept and not run again, failed ones too.
+    With ``retry_failed`` as well, the requests that failed are run again (their
+    new records replace the failed ones), also in a run that finished with
+    failures.  A request that fails does not end the run: it is recorded with
+    its ``error``, the summary counts it in ``failed_requests``, and
+    ``metrics.json`` is written if at least one request succeeded.
     """
     out = output_dir or default_output_dir(config)
     writer = RunWriter(out)
@@ -201,8 +207,12 @@ def run_experiment(
     try:
         prepared = prepare_run(config)
         resolved = prepared.config
+        if resume and not overwrite and run_folder.is_finished(out):
+            _reopen_failed(out, resolved, retry_failed=retry_failed)
         previous = writer.claim(resolved, overwrite=overwrite, resume=resume)
         claimed = True
+        if retry_failed:
+            previous = [r for r in previous if r.error is None]
         result = _execute(prepared, writer, previous, extra_sinks=extra_sinks,
                           engine_factory=engine_factory, on_record=on_record,
                           on_start=on_start)
@@ -215,6 +225,38 @@ def run_experiment(
             writer.fail(exc)
         raise
     return result
+
+
+def _reopen_failed(folder: Path, config: ExperimentConfig, *, retry_failed: bool) -> None:
+    """Make a run that finished with failed requests resumable to retry them.
+
+    A finished run without failures is left for :meth:`RunWriter.claim` to
+    refuse.  Its ``metrics.json`` is removed only once the configuration is
+    known to match; ``responses.jsonl`` keeps every record, so an interrupted
+    retry is resumed like any run.
+    """
+    summary = run_folder.read_summary(folder)
+    failed = summary.failed_requests
+    if not failed:
+        return
+    if not retry_failed:
+        total = failed + summary.overall.requests
+        msg = (
+            f"{folder} holds a finished run in which {failed} of {total} requests failed "
+            f"(their errors are in {run_folder.METRICS_FILE}): pass --retry-failed with "
+            "--resume to run them again, or choose another --output-dir"
+        )
+        raise OutputExistsError(msg)
+    if run_folder.read_config(folder) != config:
+        msg = (
+            f"{folder} holds a run of a different configuration: retry its failed requests "
+            f"with --config {folder / run_folder.CONFIG_FILE}, or choose another --output-dir"
+        )
+        raise OutputExistsError(msg)
+    log.info("retrying the failed requests of a finished run", folder=str(folder),
+             failed=failed)
+    # The summary is rewritten when the retry finishes; until then the run is unfinished.
+    (folder / run_folder.METRICS_FILE).unlink()
 
 
 def _execute(prepared: PreparedRun, writer: RunWriter, previous: list[RequestRecord], *,
