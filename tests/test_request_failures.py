@@ -92,8 +92,8 @@ def _no_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(vllm_offline, "_request_errors", lambda: (ValueError,))
 
 
-def _engine(mode: str, llm: FakeLLM) -> VllmOfflineEngine:
-    config = load_config(None, [f"mode={mode}", f"generation.max_tokens={MAX_TOKENS}"])
+def _engine(mode: str, llm: FakeLLM, *extra: str) -> VllmOfflineEngine:
+    config = load_config(None, [f"mode={mode}", f"generation.max_tokens={MAX_TOKENS}", *extra])
     engine = VllmOfflineEngine(config, Path("model"), None)
     # What start() would build.
     engine._llm = llm
@@ -162,6 +162,23 @@ def test_budget_is_capped_to_what_fits_and_warned_once() -> None:
     warnings = [e for e in logs if e["log_level"] == "warning" and "max_tokens" in e["event"]]
     assert len(warnings) == 1
     assert (warnings[0]["turns"], warnings[0]["max_model_len"]) == (1, MAX_MODEL_LEN)
+
+
+def test_raw_prompts_are_measured_by_the_tokenizer() -> None:
+    """Without the chat template the prompt text is tokenised; a prompt of max_model_len fails."""
+    convs = [Conversation("exact", ("word " * MAX_MODEL_LEN,)),
+             Conversation("one-less", ("word " * (MAX_MODEL_LEN - 1),)),
+             Conversation("two-turns", ("a", "b"))]
+    records: list[RequestRecord] = []
+    _engine("batch", FakeLLM(), "chat_template=false").run(convs, records.append)
+    errors = {r.id: r.error for r in records}
+    assert errors["exact"] == (
+        "prompt of 40 tokens leaves no room for an output token in max_model_len 40 (turn 1); "
+        "raise engine.max_model_len or shorten the prompt")
+    assert errors["one-less"] is None
+    assert records[1].turns[0].max_tokens == 1
+    assert errors["two-turns"] is not None
+    assert "chat_template: true" in errors["two-turns"]
 
 
 def test_an_engine_crash_still_ends_the_run() -> None:
