@@ -136,4 +136,4 @@ def test_cli_missing_model_exits_cleanly(tmp_path: Path) -> None:
                      "--output-dir", str(tmp_path / "out"))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert "not an existing folder and not a bundled alias" in result.stderr
+    assert "no-such-model' not found" in result.stderr

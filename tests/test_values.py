@@ -44,6 +44,19 @@ BAD: dict[str, Case] = {
     "logprobs<-1": (["generation.logprobs=-2"],
                     ("logprobs must be >= 0 or -1 (-1: every token), got -2 "
                      "@ $.generation.logprobs")),
+    "logprobs>cap": (["generation.logprobs=25"],
+                     ("logprobs asks for 25 log-probabilities, more than vLLM's max_logprobs "
+                      "(20, its default): ask for fewer, or raise engine.extra.max_logprobs "
+                      "(-1: no cap) @ $.generation.logprobs")),
+    "logprobs-all-capped": (["generation.logprobs=-1", "engine.extra={max_logprobs: 30}"],
+                            ("every token's log-probability (-1), more than vLLM's max_logprobs "
+                             "(30): ask for fewer, or raise engine.extra.max_logprobs (-1: no "
+                             "cap) @ $.generation.logprobs")),
+    "logprobs>cap-launched": (["generation.logprobs=21", "engine.backend=server",
+                               "engine.launch=true"],
+                              ("logprobs asks for 21 log-probabilities, more than vLLM's "
+                               "max_logprobs (20, its default): ask for fewer, or raise "
+                               "engine.extra.max_logprobs (-1: no cap) @ $.generation.logprobs")),
     "stop-empty": (['generation.stop=[""]'],
                    "stop must not hold an empty string @ $.generation.stop"),
     # engine, with vllm.config's bounds and our own
@@ -141,6 +154,7 @@ def test_bad_value_is_refused_at_load(given: dict[str, Any] | list[str], expecte
         load()
     assert len(info.value.problems) == 1, info.value.problems
     assert expected in info.value.problems[0], info.value.problems
+    assert " @ $" in expected, "every row names its path"
     assert info.value.problems[0].endswith(expected.rpartition(" @ ")[2])
 
 
@@ -157,7 +171,13 @@ GOOD: dict[str, tuple[list[str], str, Any]] = {
     "max_tokens=1": (["generation.max_tokens=1"], "generation.max_tokens", 1),
     "whole-float-is-int": (["generation.max_tokens=12.0"], "generation.max_tokens", 12),
     "logprobs=0": (["generation.logprobs=0"], "generation.logprobs", 0),
-    "logprobs=-1": (["generation.logprobs=-1"], "generation.logprobs", -1),
+    "logprobs=-1-uncapped": (["generation.logprobs=-1", "engine.extra={max_logprobs: -1}"],
+                             "generation.logprobs", -1),
+    "logprobs-at-cap": (["generation.logprobs=20"], "generation.logprobs", 20),
+    "logprobs-raised-cap": (["generation.logprobs=25", "engine.extra={max_logprobs: 30}"],
+                            "generation.logprobs", 25),
+    "logprobs-other-server": (["generation.logprobs=25", "engine.backend=server"],
+                              "generation.logprobs", 25),
     "seed-negative": (["generation.seed=-1"], "generation.seed", -1),
     "stop-wrapped": (["generation.stop=</s>"], "generation.stop", ("</s>",)),
     "stop-list": (["generation.stop=[a, b]"], "generation.stop", ("a", "b")),

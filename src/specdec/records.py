@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from attrs import field, frozen
 
+from specdec.errors import InvalidOptionError
 from specdec.validators import above_zero, non_empty_strings, number, positive
 
 SCHEMA_VERSION = 1
@@ -149,13 +150,38 @@ class BenchmarkConfig:
     categories: tuple[str, ...] | None = None
 
 
+VLLM_MAX_LOGPROBS = 20
+"""vLLM's default ``max_logprobs``: the most log-probabilities a request may ask for."""
+
+
+def _logprobs_fit(instance: ExperimentConfig, _attribute: Any, engine: EngineConfig) -> None:
+    # vLLM refuses each request asking for more log-probabilities than the engine's
+    # max_logprobs: check it once here where we start the engine (offline, or a
+    # launched server, which gets engine.extra as flags); another server's is unknown.
+    asked = instance.generation.logprobs
+    if asked is None or (engine.backend == "server" and not engine.launch):
+        return
+    cap = engine.extra.get("max_logprobs", VLLM_MAX_LOGPROBS)
+    if not isinstance(cap, int) or cap == -1 or 0 <= asked <= cap:
+        return
+    what = "every token's log-probability (-1)" if asked == -1 else f"{asked} log-probabilities"
+    msg = (f"logprobs asks for {what}, more than vLLM's max_logprobs ({cap}"
+           f"{', its default' if 'max_logprobs' not in engine.extra else ''}): ask for fewer, "
+           f"or raise engine.extra.max_logprobs (-1: no cap)")
+    raise InvalidOptionError(msg, field="generation.logprobs")
+
+
 @frozen
 class ExperimentConfig:
-    """One experiment: a model, a strategy, a benchmark and how to run it."""
+    """One experiment: a model, a strategy, a benchmark and how to run it.
+
+    ``generation.logprobs`` must fit the engine's ``max_logprobs`` (vLLM's
+    default 20, or ``engine.extra.max_logprobs``) where specdec starts the engine.
+    """
 
     model: str = "smollm2-135m"
     generation: GenerationConfig = field(factory=GenerationConfig)
-    engine: EngineConfig = field(factory=EngineConfig)
+    engine: EngineConfig = field(factory=EngineConfig, validator=_logprobs_fit)
     strategy: StrategyConfig = field(factory=StrategyConfig)
     benchmark: BenchmarkConfig = field(factory=BenchmarkConfig)
     mode: Mode = "sequential"
