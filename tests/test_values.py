@@ -139,6 +139,9 @@ BAD: dict[str, Case] = {
     "misspelt-top-level": ({"warmpu": False},
                            "extra fields found (warmpu); did you mean 'warmup'? @ $"),
     "unknown-no-match": ({"zzz": 1}, "extra fields found (zzz) @ $"),
+    "misspelt-choice": (["mode=batc"], ("must be one of 'batch', 'sequential', got the string "
+                                        "'batc'; did you mean 'batch'? @ $.mode")),
+    "number-as-choice": ({"mode": 1}, "must be one of 'batch', 'sequential', got 1 @ $.mode"),
 }
 
 

@@ -114,6 +114,26 @@ def _structure_str(value: Any, _type: Any) -> str:
     raise InvalidOptionError(msg)
 
 
+def _is_literal(type_: Any) -> bool:
+    return typing.get_origin(type_) is Literal
+
+
+def _literal_hook(type_: Any) -> Any:
+    # cattrs' literal check says "batc not in literal ...", and takes True for 1.
+    allowed = typing.get_args(type_)
+    names = [a for a in allowed if isinstance(a, str)]
+
+    def structure_literal(value: Any, _type: Any) -> Any:
+        if any(value == a and type(value) is type(a) for a in allowed):
+            return value
+        close = _did_you_mean(value, names) if isinstance(value, str) else None
+        msg = (f"must be one of {', '.join(repr(a) for a in allowed)}, got {_kind(value)}"
+               + (f"; did you mean {close!r}?" if close else ""))
+        raise InvalidOptionError(msg)
+
+    return structure_literal
+
+
 def _record_hook(type_: Any, made: cattrs.Converter) -> Any:
     # cattrs reads a record from anything with keys: a string's characters became
     # "extra fields found (a, b, c)".
@@ -220,6 +240,7 @@ def _build_converter() -> OrjsonConverter:
     """
     made = make_converter(forbid_extra_keys=True, detailed_validation=True)
     made.register_structure_hook_factory(attrs.has, _record_hook)
+    made.register_structure_hook_factory(_is_literal, _literal_hook)
     made.register_structure_hook(bool, _structure_bool)
     made.register_structure_hook(int, _structure_int)
     made.register_structure_hook(float, _structure_float)
@@ -265,8 +286,6 @@ def _describe(exc: BaseException, type_: type | None) -> str:
         return str(exc)
     if isinstance(exc, cattrs.ForbiddenExtraKeysError):
         return _describe_extra(exc)
-    if type_ is not None and typing.get_origin(type_) is Literal:
-        return "must be one of " + ", ".join(repr(a) for a in typing.get_args(type_))
     return format_exception(exc, type_)
 
 
