@@ -315,7 +315,10 @@ def _lines(exc: BaseException, path: str, type_: Any = None) -> list[str]:
 
 def problems(exc: BaseException, path: str = "$") -> list[str]:
     """Turn a structuring error into ``message @ $.path`` lines."""
-    return _lines(exc, path)
+    if isinstance(exc, cattrs.BaseValidationError | cattrs.ForbiddenExtraKeysError
+                  | InvalidOptionError):
+        return _lines(exc, path)
+    return [f"{exc} @ {path}"]
 
 
 def structure(data: Any, cls: type[T]) -> T:
