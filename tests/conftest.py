@@ -17,6 +17,12 @@ SHARED = ROOT.parent / "shared"
 SPEC_BENCH = SHARED / "data" / "spec_bench" / "question.jsonl"
 BIN = Path(sys.executable).parent
 
+# The CLI turns an unexpected exception (a bug) into one line and a saved traceback file,
+# for users. Tests must fail on bugs instead, so specdec.cli.invoke re-raises while this is
+# set: for every test and, through os.environ, for every process a test starts. Only the
+# test of that handler itself unsets it (tests/test_user_errors.py).
+os.environ["SPECDEC_TRACEBACK"] = "1"
+
 
 @pytest.fixture(autouse=True)
 def _fresh_registries() -> Iterator[None]:

@@ -164,7 +164,7 @@ def test_config_error_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_run_passes_output_flags_and_other_errors_exit_1(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
-    """--output-dir, --overwrite and --resume reach the runner; a SpecdecError exits 1."""
+    """--output-dir, --resume and --retry-failed reach the runner; a SpecdecError exits 1."""
     seen: dict[str, Any] = {}
 
     def fake_run(config: ExperimentConfig, output_dir: Path | None, **kwargs: Any) -> None:
@@ -172,10 +172,13 @@ def test_run_passes_output_flags_and_other_errors_exit_1(
         raise EngineError("the engine is on strike")
 
     monkeypatch.setattr("specdec.runner.run_experiment", fake_run)
-    code = cli.main(["run", "--output-dir", str(tmp_path), "--resume", "--overwrite"])
+    code = cli.main(["run", "--output-dir", str(tmp_path), "--resume", "--retry-failed"])
     assert code == cli.EXIT_FAILED
     assert capsys.readouterr().err == "specdec: error: the engine is on strike\n"
-    assert (seen["output_dir"], seen["resume"], seen["overwrite"]) == (tmp_path, True, True)
+    assert (seen["output_dir"], seen["resume"], seen["retry_failed"], seen["overwrite"]) == (
+        tmp_path, True, True, False)
+    cli.main(["run", "--output-dir", str(tmp_path), "--overwrite"])
+    assert (seen["resume"], seen["overwrite"]) == (False, True)
 
 
 def test_ctrl_c_exits_130(monkeypatch: pytest.MonkeyPatch,

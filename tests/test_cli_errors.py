@@ -1,38 +1,15 @@
-"""Bad input to specdec-run: a clear message, a non-zero exit, no traceback.
+"""Bad input to specdec-run, as a user types it into the installed script.
 
-Most run in-process, through ``run_main`` (an exception escaping it fails the
-test, as a traceback would); the unknown-strategy and help tests run the
-installed script, as a user does.
+These two run the console script in a process of its own (the unknown-strategy
+message and the help page, as a user sees them). Every in-process case of bad
+input is a row of the table in tests/test_user_errors.py.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from specdec.cli import run_main
-
 from .conftest import run_cli
-
-
-def _fails(capsys: pytest.CaptureFixture[str], result_args: tuple[str, ...], expected: str,
-           code: int = 1) -> str:
-    returncode = run_main(list(result_args))
-    stderr = capsys.readouterr().err
-    assert returncode == code, stderr
-    assert "Traceback" not in stderr
-    assert expected in stderr, stderr
-    return stderr
-
-
-def test_bad_benchmark_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A malformed line names the file and the line."""
-    bench = tmp_path / "bad.jsonl"
-    bench.write_text('{"prompt": "ok"}\n{"prompt": \n')
-    _fails(capsys, ("--benchmark", str(bench), "--output-dir", str(tmp_path / "o")),
-           f"{bench}:2: not valid JSON")
-    assert not (tmp_path / "o").exists()
 
 
 def test_unknown_strategy(tmp_path: Path) -> None:
@@ -44,29 +21,6 @@ def test_unknown_strategy(tmp_path: Path) -> None:
     assert "unknown strategy 'ngarm'" in stderr, stderr
     assert "Did you mean 'ngram'?" in stderr
     assert "draft_model" in stderr
-
-
-def test_invalid_strategy_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A bad option value names its config path."""
-    stderr = _fails(capsys, ("--strategy", "ngram", "--set", "strategy.prompt_lookup_min=6",
-                             "--set", "strategy.prompt_lookup_max=3",
-                             "--output-dir", str(tmp_path / "o")),
-                    "prompt_lookup_min (6) must be <= prompt_lookup_max (3)", code=2)
-    assert "@ $.strategy" in stderr
-
-
-def test_misspelt_strategy_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """An unknown option of a strategy is refused with its path."""
-    _fails(capsys, ("--strategy", "ngram", "--set", "strategy.num_speculative_token=3",
-                    "--output-dir", str(tmp_path / "o")),
-           "extra fields found (num_speculative_token); did you mean 'num_speculative_tokens'? "
-           "@ $.strategy", code=2)
-
-
-def test_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A model that does not exist is named."""
-    _fails(capsys, ("--model", "/nonexistent/model", "--output-dir", str(tmp_path / "o")),
-           "model '/nonexistent/model' not found")
 
 
 def test_help_explains() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
 from specdec import models
 from specdec.errors import ModelError
@@ -68,8 +69,10 @@ def test_alias_resolves_anywhere(base_model: Path) -> None:
 
 def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
     """A path that does not exist, or a folder without config.json, is a ModelError."""
-    with pytest.raises(ModelError, match="not an existing folder and not a bundled alias"):
+    with pytest.raises(ModelError, match="not found: it is a path and nothing is there"):
         models.resolve_model(str(tmp_path / "nope"))
+    with pytest.raises(ModelError, match="not an existing folder, a bundled alias or a hub id"):
+        models.resolve_model("nope")
     with pytest.raises(ModelError, match=r"has no config\.json"):
         models.resolve_model(str(tmp_path))
 
@@ -160,3 +163,38 @@ def test_models_list_command() -> None:
     assert result.returncode == 0
     assert models.BASE_ALIAS in result.stdout
     assert models.DRAFT_ALIAS in result.stdout
+
+
+def test_broken_config_json_is_a_model_error(tmp_path: Path) -> None:
+    """A model folder whose config.json is not JSON: named, and what to do."""
+    (tmp_path / "config.json").write_text('{"architectures": [')
+    with pytest.raises(ModelError, match=r"config\.json is not valid JSON .*damaged"):
+        models.resolve_model(str(tmp_path))
+    (tmp_path / "config.json").write_text("[1]")
+    with pytest.raises(ModelError, match="not a JSON object"):
+        models.model_config(tmp_path)
+
+
+def test_what_is_a_path_and_what_is_a_hub_id(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """owner/name goes to the hub unless owner/ is a folder here; ./, /, ~ and a/b/c are paths."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with capture_logs() as logs:
+        assert models.resolve_model("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
+    assert [e["model"] for e in logs if e["log_level"] == "warning"] == [
+        "HuggingFaceTB/SmolLM2-135M"]
+    (tmp_path / "hub" / "models--HuggingFaceTB--SmolLM2-135M").mkdir(parents=True)
+    with capture_logs() as logs:
+        models.resolve_model("HuggingFaceTB/SmolLM2-135M")
+    assert logs == []  # downloaded already: nothing to say
+    (tmp_path / "models").mkdir()
+    for spec in ("models/smollm2", "./smollm2", "/no/smollm2", "~/no-such/smollm2", "a/b/c"):
+        with pytest.raises(ModelError, match=f"model '{spec}' not found"):
+            models.resolve_model(spec)
+    with pytest.raises(ModelError, match="models/ is a local folder, so this is a path"):
+        models.resolve_model("models/smollm2")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="HF_HUB_OFFLINE is set"):
+        models.resolve_model("someone/else")

@@ -167,6 +167,35 @@ def test_env_filter_resolves_duplicates(fake_module: str,
     assert isinstance(reg.create("good"), GoodStrategy)
 
 
+def test_env_filter_names_that_match_nothing_warn(fake_module: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name in SPECDEC_PLUGINS that is no plugin or package: a warning, with close matches."""
+    strategies = _registry(_ep("good", f"{fake_module}:GoodStrategy", package="alpha-sink"))
+    sinks = Registry(registry.SINK, lambda _group: [])
+    monkeypatch.delenv("SPECDEC_PLUGINS", raising=False)
+    assert registry.unmatched_filter([strategies, sinks]) == []
+    monkeypatch.setenv("SPECDEC_PLUGINS", "good, alpha-snik ,nothing")
+    assert registry.unmatched_filter([strategies, sinks]) == [
+        ("alpha-snik", ["alpha-sink"]), ("nothing", [])]
+    with capture_logs() as logs:
+        registry.warn_unmatched_filter([strategies, sinks])
+    assert [(e["log_level"], e["name"], e["did_you_mean"]) for e in logs] == [
+        ("warning", "alpha-snik", ["alpha-sink"]), ("warning", "nothing", None)]
+    assert "SPECDEC_PLUGINS names no installed plugin or package" in logs[0]["event"]
+
+
+def test_strategy_options_are_structured_strictly() -> None:
+    """The options check a study runs before any item: its options_type, strictly."""
+    from specdec.errors import ConfigError
+
+    _strategy, options = registry.strategy_options("ngram", {"num_speculative_tokens": 3})
+    assert options.num_speculative_tokens == 3
+    with pytest.raises(ConfigError, match=r"extra fields found \(k\).*@ \$\.strategy"):
+        registry.strategy_options("ngram", {"k": 3})
+    with pytest.raises(UnknownPluginError):
+        registry.strategy_options("ngarm", {})
+
+
 def test_builtins_load_through_entry_points() -> None:
     """Every built-in is declared as an entry point of specdec-study and loads."""
     expected = {

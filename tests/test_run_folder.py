@@ -13,6 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 import yaml
+from structlog.testing import capture_logs
 
 from specdec import run_folder
 from specdec.config import load_config
@@ -21,6 +22,7 @@ from specdec.metrics import summarise
 from specdec.records import RequestRecord, SpecStats, TurnRecord
 from specdec.report import build_report
 from specdec.runner import run_experiment
+from specdec.serialization import unstructure
 from specdec.study import _item_error
 from tests.test_runner import StandInEngine
 
@@ -274,3 +276,91 @@ def test_columns_are_read_from_the_end_without_the_requests(tmp_path: Path) -> N
     assert [r.id for r in outputs.requests] == ["real", "same", "tie", "failed"]
     assert outputs.requests[3].error == "EngineError: boom"
     assert list(outputs.requests[0].turns[0].output_token_ids) == [9, 8, 6]
+
+
+def _record(request_id: str, error: str | None = None) -> RequestRecord:
+    turn = TurnRecord(prompt="q", output="a", prompt_tokens=1, output_tokens=1, ttft_s=0.1,
+                      decode_s=0.1)
+    return RequestRecord(request_id, "c", () if error else (turn,), error=error)
+
+
+def test_the_last_line_of_a_request_wins(tmp_path: Path) -> None:
+    """A request retried after it failed: its new line replaces the failed one."""
+    responses = tmp_path / "run" / "responses.jsonl"
+    responses.parent.mkdir()
+    lines = [_record("a"), _record("b", "too long"), _record("c"), _record("b")]
+    responses.write_bytes(b"".join(orjson.dumps(unstructure(r)) + b"\n"
+                                   for r in lines))
+    records = run_folder.read_records(tmp_path / "run")
+    assert [(r.id, r.error) for r in records] == [("a", None), ("c", None), ("b", None)]
+
+
+def test_overwrite_says_how_many_finished_requests_it_deletes(tmp_path: Path) -> None:
+    """--overwrite of an unfinished run: a warning naming the folder and the count."""
+    StandInEngine.stop_after = 3
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "run")
+    StandInEngine.stop_after = None
+    with capture_logs() as logs:
+        _run(tmp_path / "run", overwrite=True)
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert [(w["folder"], w["requests"]) for w in warnings] == [(str(tmp_path / "run"), 3)]
+    assert "--overwrite deletes the finished requests" in warnings[0]["event"]
+    assert len(run_folder.read_records(tmp_path / "run")) == 5
+
+
+def test_overwrite_and_resume_together_are_refused(tmp_path: Path) -> None:
+    """The library refuses them too, before anything is deleted."""
+    StandInEngine.stop_after = 2
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "run")
+    with pytest.raises(SpecdecError, match="contradict"):
+        run_folder.RunWriter(tmp_path / "run").claim(
+            load_config(None, LOG_ONLY), overwrite=True, resume=True)
+    assert run_folder.count_records(tmp_path / "run") == 2
+
+
+def test_output_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    """A file where the run folder should be: one clear error, the file untouched."""
+    (tmp_path / "taken").write_text("mine")
+    with pytest.raises(SpecdecError, match="is a file, not a folder"):
+        _run(tmp_path / "taken")
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_damaged_metrics_json_is_rewritten_as_its_message_says(tmp_path: Path) -> None:
+    """The message's remedy works: delete it, resume with the run's config.yaml."""
+    _run(tmp_path / "run")
+    metrics = tmp_path / "run" / "metrics.json"
+    expected = run_folder.read_summary(tmp_path / "run")
+    metrics.write_bytes(metrics.read_bytes()[:100])
+    with pytest.raises(SpecdecError, match=r"is damaged .*delete .*metrics\.json and run "
+                                           r"`specdec-run --resume --output-dir "):
+        run_folder.read_run(tmp_path / "run")
+    metrics.unlink()
+    StandInEngine.runs = []
+    # What `specdec-run --resume --output-dir run` does: the folder's config.yaml, resumed.
+    run_experiment(load_config(tmp_path / "run" / "config.yaml"), tmp_path / "run",
+                   resume=True, engine_factory=StandInEngine)
+    assert StandInEngine.runs == [[]]  # no request ran again
+    assert run_folder.read_summary(tmp_path / "run").overall == expected.overall
+
+
+def test_latest_unfinished_run(tmp_path: Path) -> None:
+    """The unfinished run changed last; finished runs and stray files are not candidates."""
+    assert run_folder.latest_unfinished(tmp_path / "missing") is None
+    for name, files in (("old", ["responses.jsonl"]), ("new", ["config.yaml"]),
+                        ("done", ["responses.jsonl", "metrics.json"])):
+        (tmp_path / name).mkdir()
+        for file in files:
+            (tmp_path / name / file).write_text("")
+    (tmp_path / "stray.txt").write_text("")
+    os.utime(tmp_path / "old" / "responses.jsonl", (1, 1))
+    assert run_folder.latest_unfinished(tmp_path) == tmp_path / "new"
+
+
+def test_missing_folder_is_said_plainly(tmp_path: Path) -> None:
+    """Reading a folder that does not exist says so, not 'holds no metrics.json'."""
+    for read in (run_folder.read_records, run_folder.read_summary, run_folder.read_config):
+        with pytest.raises(SpecdecError, match="does not exist"):
+            read(tmp_path / "nowhere")

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import types
 from pathlib import Path
+from typing import Any, ClassVar
 
+import attrs
 import pytest
 
+from specdec import run_folder
 from specdec.config import load_config
-from specdec.errors import ConfigError
+from specdec.errors import ConfigError, SpecdecError
 from specdec.lossless import check
 from specdec.records import RequestRecord, TurnRecord
 from specdec.report import build_report
@@ -16,10 +21,16 @@ from specdec.runner import run_experiment
 from specdec.serialization import write_json
 from specdec.study import (
     BatchIndex,
+    BatchItem,
     ItemStatus,
+    _item_error,
+    check_item,
     expand_study,
     items_from_configs,
     load_study,
+    read_index,
+    root_cause,
+    run_batch,
 )
 
 from .test_runner import StandInEngine
@@ -40,7 +51,7 @@ models: [smollm2-135m]
 base: {generation: {max_tokens: 16}, engine: {enforce_eager: true}}
 strategies:
   - name: ngram
-    prompt_lookup_max: 4
+    prompt_lookup_max: 6
     sweep: {num_speculative_tokens: [2, 4]}
 sweep: {engine.max_num_seqs: [1, 8]}
 repeats: 2
@@ -58,7 +69,7 @@ repeats: 2
     assert len(items) == 12
     assert items[0].experiment["strategy"] == {"name": "none"}
     ngram = next(i for i in items if i.setting.endswith("tokens=4__max_num_seqs=8"))
-    assert ngram.experiment["strategy"] == {"name": "ngram", "prompt_lookup_max": 4,
+    assert ngram.experiment["strategy"] == {"name": "ngram", "prompt_lookup_max": 6,
                                             "num_speculative_tokens": 4}
     assert ngram.experiment["engine"] == {"enforce_eager": True, "max_num_seqs": 8}
     assert ngram.experiment["generation"] == {"max_tokens": 16, "logprobs": 2}
@@ -200,3 +211,180 @@ def test_best_setting_prefers_the_simpler_within_the_noise(tmp_path: Path) -> No
     assert best["setting"].startswith("m__ngram__num_speculative_tokens=2")
     files = write_report(report, base / "report")
     assert base / "report" / "throughput_vs_batch_size.png" in files
+
+
+ENGINE_START_LOG = """\
+# 2026-12-01T09:00:00Z python -m specdec run --config a.yaml --output-dir x --resume
+(EngineCore_DP0 pid=11) ERROR 12-01 09:00:01 [core.py:1510] EngineCore failed to start.
+Traceback (most recent call last):
+  File "core.py", line 1501, in run_engine_core
+ValueError: an older start, not this one
+# 2026-12-01T10:00:00Z python -m specdec run --config a.yaml --output-dir x --resume
+{"event": "starting vLLM", "level": "info", "timestamp": "2026-12-01T10:00:01Z"}
+(EngineCore_DP0 pid=4242) ERROR 12-01 10:00:05 [core.py:1510] EngineCore failed to start.
+(EngineCore_DP0 pid=4242) ERROR 12-01 10:00:05 [core.py:1510] Traceback (most recent call last):
+(EngineCore_DP0 pid=4242) ERROR 12-01 10:00:05 [core.py:1510]   File "core.py", line 1501, in x
+(EngineCore_DP0 pid=4242) ERROR 12-01 10:00:05 [core.py:1510] KeyError: 'not the last one'
+(EngineCore_DP0 pid=4242) ERROR 12-01 10:00:05 [core.py:1510] During handling of the above ...
+(EngineCore_DP0 pid=4242) ERROR 12-01 10:00:05 [core.py:1510] pydantic_core._pydantic_core.\
+ValidationError: 1 validation error for SpeculativeConfig
+  Value error, the draft's num_attention_heads (3) must divide the target's (9)
+Traceback (most recent call last):
+  File "llm.py", line 300, in __init__
+RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}
+specdec: error: vLLM could not start with this configuration: RuntimeError: Engine core \
+initialization failed. See root cause above. Failed core proc(s): {}
+"""
+
+JSON_ENGINE_LOG = (
+    '# 2026-12-01T10:00:00Z python -m specdec run\n'
+    '{"event": "EngineCore failed to start.", "level": "error", "exception": '
+    '"Traceback (most recent call last):\\n  File \\"core.py\\", line 1\\n'
+    'AssertionError: heads do not divide"}\n'
+    'RuntimeError: Engine core initialization failed. See root cause above.\n')
+
+
+def test_root_cause_is_found_before_the_wrapper() -> None:
+    """The last exception line of the last start, before vLLM's 'see root cause above'."""
+    assert root_cause(ENGINE_START_LOG) == (
+        "pydantic_core._pydantic_core.ValidationError: 1 validation error for "
+        "SpeculativeConfig")
+    assert root_cause(JSON_ENGINE_LOG) == "AssertionError: heads do not divide"
+    assert root_cause("# start\nnothing failed here\n") is None
+
+
+def test_failed_item_records_its_root_cause(tmp_path: Path) -> None:
+    """An engine that failed to start: the item's error is the cause from run.log."""
+    folder = tmp_path / "item"
+    folder.mkdir()
+    (folder / "run.log").write_text(ENGINE_START_LOG)
+    run_folder.write_outcome(folder, run_folder.Outcome(
+        "failed", "EngineError", "vLLM could not start with this configuration: RuntimeError: "
+        "Engine core initialization failed. See root cause above. Failed core proc(s): {}"))
+    error = _item_error(folder, 1)
+    assert error.startswith("pydantic_core._pydantic_core.ValidationError: 1 validation error")
+    assert f"root cause, from {folder / 'run.log'}" in error
+    assert "the run ended with EngineError: vLLM could not start" in error
+
+
+def test_failed_item_keeps_a_config_error_whole(tmp_path: Path) -> None:
+    """A run that failed before writing an outcome: the CLI's whole message, every line."""
+    folder = tmp_path / "item"
+    folder.mkdir()
+    (folder / "run.log").write_text(
+        "# 2026-12-01T10:00:00Z python -m specdec run\n"
+        "specdec: invalid configuration in strategy 'ngram':\n"
+        "  extra fields found (num_speculativ_tokens) @ $.strategy\n"
+        "  prompt_lookup_min (6) must be <= prompt_lookup_max (3) @ $.strategy\n")
+    assert _item_error(folder, 2) == (
+        "invalid configuration in strategy 'ngram':\n"
+        "  extra fields found (num_speculativ_tokens) @ $.strategy\n"
+        "  prompt_lookup_min (6) must be <= prompt_lookup_max (3) @ $.strategy"
+        f" (exit code 2; see {folder / 'run.log'})")
+    (tmp_path / "bare").mkdir()
+    assert "without recording an outcome" in _item_error(tmp_path / "bare", -9)
+
+
+def test_sweep_typo_fails_before_any_item(tmp_path: Path) -> None:
+    """Every expanded item's strategy options are checked at expansion, all at once."""
+    study = load_study(_study(tmp_path, """
+strategies:
+  - name: ngram
+    sweep: {num_speculativ_tokens: [2, 4]}
+  - name: draft_model
+    num_speculative_tokens: 0
+"""))
+    with pytest.raises(ConfigError) as caught:
+        expand_study(study)
+    problems = caught.value.problems
+    assert [p.split(":")[0] for p in problems] == [
+        "study item smollm2-135m__ngram__num_speculativ_tokens=2",
+        "study item smollm2-135m__ngram__num_speculativ_tokens=4",
+        "study item smollm2-135m__draft_model",
+    ]
+    assert "extra fields found (num_speculativ_tokens)" in problems[0]
+    assert check_item({"strategy": {"name": "ngram", "num_speculative_tokens": 3}}) == []
+    assert "unknown strategy 'ngarm'" in check_item({"strategy": {"name": "ngarm"}})[0]
+
+
+def test_batch_configs_are_checked_with_their_strategy_options(tmp_path: Path) -> None:
+    """A config file's strategy option typo fails the batch before its first item."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("strategy: {name: ngram, num_speculativ_tokens: 3}\n")
+    with pytest.raises(ConfigError, match=r"batch item bad: extra fields found"):
+        items_from_configs([bad], {})
+
+
+def test_damaged_batch_index_says_what_to_do(tmp_path: Path) -> None:
+    """A cut batch.json names the file and how to write it again."""
+    (tmp_path / "batch.json").write_text('{"name": "b", "items": [')
+    with pytest.raises(SpecdecError, match=r"batch\.json is damaged .*run the same"):
+        read_index(tmp_path)
+    (tmp_path / "batch.json").write_text('{"name": "b", "items": 3}')
+    with pytest.raises(SpecdecError, match=r"batch\.json is damaged"):
+        read_index(tmp_path)
+
+
+class _FakeProcess:
+    """Stands in for an item's process: records its command, 'exits' with a code."""
+
+    commands: ClassVar[list[list[str]]] = []
+    code = 0
+
+    def __init__(self, command: list[str], **_: Any) -> None:
+        _FakeProcess.commands.append(command)
+        self.returncode = _FakeProcess.code
+
+    def poll(self) -> int:
+        return self.returncode
+
+
+def _subprocess(popen: Any) -> Any:
+    # study.py's own view of the subprocess module (git, run by provenance, keeps the real one).
+    return types.SimpleNamespace(Popen=popen, STDOUT=subprocess.STDOUT)
+
+
+def test_batch_items_resume_and_never_overwrite(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Items run with --resume, never --overwrite; a finished item is not run at all."""
+    base = tmp_path / "batch"
+    run_experiment(load_config(None, ["benchmark.limit=2", "sinks=[log]"]), base / "done",
+                   engine_factory=StandInEngine)
+    before = (base / "done" / "responses.jsonl").read_bytes()
+    _FakeProcess.commands = []
+    monkeypatch.setattr("specdec.study.subprocess", _subprocess(_FakeProcess))
+    items = [BatchItem(name, name, {"strategy": {"name": "none"},
+                                    "benchmark": {"limit": 2}}) for name in ("done", "todo")]
+    index = run_batch(items, base, poll_s=0)
+    assert [c[c.index("--output-dir") + 1] for c in _FakeProcess.commands] == [
+        str(base / "todo")]
+    assert "--resume" in _FakeProcess.commands[0]
+    assert "--overwrite" not in _FakeProcess.commands[0]
+    assert (base / "done" / "responses.jsonl").read_bytes() == before
+    assert [i.status for i in index.items] == ["done", "done"]
+
+
+def test_item_with_failed_requests_is_done_with_a_note(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that finished with failed requests exits 1: the item is done, its note says so."""
+    base = tmp_path / "batch"
+
+    def finished_with_failures(command: list[str], **kwargs: Any) -> _FakeProcess:
+        folder = Path(command[command.index("--output-dir") + 1])
+        result = run_experiment(load_config(None, ["benchmark.limit=2", "sinks=[log]"]),
+                                folder, engine_factory=StandInEngine, overwrite=True)
+        summary = attrs.evolve(result.summary, failed_requests=1)
+        # The stand-in engine never fails a request: give the summary one failure.
+        metrics = folder / "metrics.json"
+        metrics.write_bytes(metrics.read_bytes().replace(
+            b'"failed_requests": 0', b'"failed_requests": 1'))
+        assert run_folder.read_summary(folder).failed_requests == summary.failed_requests
+        process = _FakeProcess(command, **kwargs)
+        process.returncode = 1
+        return process
+
+    monkeypatch.setattr("specdec.study.subprocess", _subprocess(finished_with_failures))
+    index = run_batch([BatchItem("a", "a", {"strategy": {"name": "none"}})], base, poll_s=0)
+    (item,) = index.items
+    assert item.status == "done"
+    assert item.error == f"1 requests failed; their errors are in {base / 'a' / 'responses.jsonl'}"

@@ -10,13 +10,21 @@ through :mod:`specdec.commands`.
 
 Errors meant for the user print one message and exit without a traceback: 2 for
 bad input (a :class:`~specdec.errors.ConfigError`, a value an option's validator
-refuses with :class:`~specdec.errors.InvalidOptionError`, or a command line that
-does not parse: an unknown flag, a wrong type), 1 for any other
-:class:`~specdec.errors.SpecdecError`, 130 on Ctrl-C.
+refuses with :class:`~specdec.errors.InvalidOptionError`, contradictory flags (a
+:class:`~specdec.errors.UsageError`), or a command line that does not parse: an
+unknown flag, a wrong type), 1 for any other :class:`~specdec.errors.SpecdecError`,
+130 on Ctrl-C.
+
+Any other exception is a bug.  A user still sees one line, not a wall of Python:
+:func:`invoke` saves the traceback in a file (``$SPECDEC_HOME/crashes/``, else the
+system's temporary folder) and prints its path, exit 1.  With ``SPECDEC_TRACEBACK=1``
+it re-raises instead; the test suite sets it for every test, so a bug still fails
+the test that meets it instead of turning into an exit code.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,7 +33,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from attrs import frozen
 from cyclopts import App, CycloptsError, Group, Parameter
 
-from specdec.errors import ConfigError, InvalidOptionError, SpecdecError
+from specdec.errors import ConfigError, InvalidOptionError, SpecdecError, UsageError
 from specdec.logs import LogFormat
 from specdec.records import ExperimentConfig, Mode
 
@@ -35,6 +43,10 @@ if TYPE_CHECKING:
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+TRACEBACK_ENV = "SPECDEC_TRACEBACK"
+"""Set (to anything but ``0`` or empty), :func:`invoke` re-raises an unexpected
+exception instead of saving its traceback: for developers and the test suite."""
 
 _DEFAULTS = ExperimentConfig()
 # The defaults a help page shows come from the config record itself, so they cannot drift.
@@ -189,11 +201,48 @@ class OutputFlags:
     """replace a run already in --output-dir"""
 
     resume: bool = False
-    """continue an interrupted run in --output-dir; requests in its responses.jsonl are kept"""
+    """continue an interrupted run in --output-dir (with its config.yaml unless --config is
+    given); requests in its responses.jsonl are kept"""
+
+    retry_failed: bool = False
+    """on --resume, run again the requests that failed"""
 
     def settings(self) -> dict[str, Any]:
         """The top-level config keys these flags set."""
         return {"sinks": _split(self.sinks)} if self.sinks else {}
+
+    def check(self, results: Path = Path("results")) -> None:
+        """Refuse flags that contradict each other or miss what they need.
+
+        ``results`` is where runs go by default: ``--resume`` without
+        ``--output-dir`` names the latest unfinished run there.
+
+        Raises:
+            UsageError: the flags cannot be honoured as given.
+        """
+        from specdec.run_folder import latest_unfinished  # noqa: PLC0415
+
+        if self.overwrite and self.resume:
+            msg = ("--overwrite and --resume contradict each other: --resume continues the run "
+                   "in --output-dir and keeps its finished requests, --overwrite deletes them; "
+                   "pass one of them")
+            raise UsageError(msg)
+        if self.retry_failed and not self.resume:
+            msg = ("--retry-failed runs again the failed requests of a run being resumed: "
+                   "pass it with --resume --output-dir DIR")
+            raise UsageError(msg)
+        if self.resume and self.output_dir is None:
+            latest = latest_unfinished(results)
+            hint = (f"the latest unfinished run is {latest}: pass --output-dir {latest} to "
+                    "resume it" if latest is not None
+                    else f"there is no unfinished run under {results}/")
+            msg = f"--resume needs --output-dir, the folder of the run to continue; {hint}"
+            raise UsageError(msg)
+        if self.output_dir is not None and self.output_dir.exists() \
+                and not self.output_dir.is_dir():
+            msg = (f"--output-dir {self.output_dir} is a file, not a folder: choose a folder "
+                   "(it is created if missing)")
+            raise UsageError(msg)
 
 
 LogFormatFlag = Annotated[LogFormat | None, Parameter(
@@ -251,12 +300,21 @@ def run(experiment: ExperimentFlags = _NO_EXPERIMENT, benchmark: BenchmarkFlags 
 
     Precedence: built-in defaults < --config file < flags < --set overrides.
     """
+    import attrs  # noqa: PLC0415
+
     from specdec import logs  # noqa: PLC0415
     from specdec.display import print_summary, progress  # noqa: PLC0415
+    from specdec.run_folder import CONFIG_FILE as RUN_CONFIG_FILE  # noqa: PLC0415
     from specdec.runner import run_experiment  # noqa: PLC0415
 
     if log_format is not None:
         logs.configure(log_format)
+    output.check()
+    if output.resume and experiment.config is None and output.output_dir is not None:
+        # The run being continued says what it is: --resume --output-dir DIR is enough.
+        saved = output.output_dir / RUN_CONFIG_FILE
+        if saved.is_file():
+            experiment = attrs.evolve(experiment, config=saved)
     config = build_config(experiment, benchmark, requests, output)
     with progress() as bar:
         result = run_experiment(
@@ -264,15 +322,24 @@ def run(experiment: ExperimentFlags = _NO_EXPERIMENT, benchmark: BenchmarkFlags 
             output.output_dir,
             overwrite=output.overwrite,
             resume=output.resume,
+            retry_failed=output.retry_failed,
             on_start=bar.start,
             on_record=lambda _record: bar.advance(),
         )
     print_summary(result)
-    if result.sink_errors:
-        for error in result.sink_errors:
-            sys.stderr.write(f"specdec: {error}\n")
-        return EXIT_FAILED
-    return 0
+    code = 0
+    for error in result.sink_errors:
+        sys.stderr.write(f"specdec: {error}\n")
+        code = EXIT_FAILED
+    failed = result.summary.failed_requests
+    if failed:
+        total = failed + result.summary.overall.requests
+        sys.stderr.write(
+            f"specdec: {failed} of {total} requests failed; each one's error is recorded in "
+            f"{result.output_dir / 'responses.jsonl'} (`--resume --retry-failed --output-dir "
+            f"{result.output_dir}` runs them again)\n")
+        code = EXIT_FAILED
+    return code
 
 
 def serve(experiment: ExperimentFlags = _NO_EXPERIMENT, *,
@@ -564,7 +631,63 @@ def _failure(program: str, exc: _Failure) -> tuple[str, int]:
         return "specdec: interrupted; finished requests are in responses.jsonl\n", EXIT_INTERRUPTED
     if isinstance(exc, ConfigError):
         return f"specdec: {exc}\n", EXIT_USAGE
+    if isinstance(exc, UsageError):
+        return f"{program}: error: {exc}\n", EXIT_USAGE
     return f"specdec: error: {exc}\n", EXIT_FAILED
+
+
+def _reraise() -> bool:
+    return os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
+
+
+def save_traceback(exc: BaseException, argv: Sequence[str]) -> Path:
+    """Write ``exc``'s traceback (and the command line) to a new file; its path.
+
+    Under ``$SPECDEC_HOME/crashes/`` (where specdec keeps its other files), else,
+    if that cannot be written, the system's temporary folder.
+    """
+    import tempfile  # noqa: PLC0415
+    import traceback  # noqa: PLC0415
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    from specdec.models import home  # noqa: PLC0415
+
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    try:
+        version = _version()
+    except Exception:  # noqa: BLE001 - a crash report must not crash
+        version = "?"
+    text = (f"specdec {version}, Python {sys.version.split()[0]}\n"
+            f"command: {' '.join(argv)}\n\n"
+            + "".join(traceback.format_exception(exc)))
+    for folder in (home() / "crashes", Path(tempfile.gettempdir())):
+        path = folder / f"specdec-crash-{stamp}-{os.getpid()}.txt"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        except OSError:
+            continue
+        return path
+    msg = "no folder to save the traceback in"
+    raise OSError(msg) from exc
+
+
+def _crash(exc: Exception, argv: Sequence[str]) -> str:
+    """The one line a user sees for a bug, after its traceback is saved."""
+    message = " ".join(str(exc).split())
+    try:
+        where = f"the traceback is saved in {save_traceback(exc, argv)}"
+    except OSError as error:
+        where = f"the traceback could not be saved ({error})"
+    return (f"specdec: unexpected error: {type(exc).__name__}: {message}; {where}; "
+            "please report it\n")
+
+
+def _warn_plugin_filter() -> None:
+    from specdec.commands import command_plugins  # noqa: PLC0415
+    from specdec.registry import all_registries, warn_unmatched_filter  # noqa: PLC0415
+
+    warn_unmatched_filter((*all_registries(), command_plugins))
 
 
 def invoke(build: Callable[[], App], argv: Sequence[str] | None = None) -> int:
@@ -574,13 +697,24 @@ def invoke(build: Callable[[], App], argv: Sequence[str] | None = None) -> int:
     # Before anything can log (a command plugin that fails to load while the app is built),
     # so log lines go to stderr and never into a command's output on stdout.
     logs.configure()
-    app = build()
+    tokens = sys.argv[1:] if argv is None else list(argv)
+    program = "specdec"
     try:
-        return _call(app, sys.argv[1:] if argv is None else list(argv))
+        _warn_plugin_filter()
+        app = build()
+        program = app.name[0]
+        return _call(app, tokens)
     except (CycloptsError, InvalidOptionError, SpecdecError, KeyboardInterrupt) as exc:
-        message, code = _failure(app.name[0], exc)
+        message, code = _failure(program, exc)
         sys.stderr.write(message)
         return code
+    except Exception as exc:
+        # The last resort, for users: a bug is one line and a saved traceback. Developers
+        # and the tests (tests/conftest.py sets SPECDEC_TRACEBACK) get the exception itself.
+        if _reraise():
+            raise
+        sys.stderr.write(_crash(exc, [program, *tokens]))
+        return EXIT_FAILED
 
 
 def run_main(argv: Sequence[str] | None = None) -> int:

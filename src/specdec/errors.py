@@ -2,7 +2,8 @@
 
 Every error says what went wrong, where (file, line, config path) and what to do
 next.  The command line prints :class:`SpecdecError` messages without a traceback
-and exits non-zero; anything else is a bug and keeps its traceback.
+and exits non-zero; anything else is a bug: the command line saves its traceback
+in a file and prints one line naming it (``SPECDEC_TRACEBACK=1`` re-raises it).
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ class ModelError(SpecdecError):
 
 class EngineError(SpecdecError):
     """The inference engine is missing or failed in a way the user can act on."""
+
+
+class UsageError(SpecdecError):
+    """A command line asks for something contradictory or incomplete (exit 2)."""
 
 
 class OutputExistsError(SpecdecError):

@@ -217,7 +217,7 @@ def verify(path: Path, expected_layers: int | None = None) -> dict[str, Any]:
     if not (path / "tokenizer.json").is_file():
         raise ModelError(f"{path}: no tokenizer.json")
     template = path / "chat_template.jinja"
-    tok_config = orjson.loads((path / "tokenizer_config.json").read_bytes())
+    tok_config = _read_json(path / "tokenizer_config.json")
     if not template.is_file() and not tok_config.get("chat_template"):
         raise ModelError(f"{path}: the tokenizer has no chat template")
     weights = path / "model.safetensors"
@@ -280,9 +280,14 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 def resolve_model(spec: str) -> Path | str:
     """Turn a model argument into what vLLM loads.
 
-    A bundled alias becomes its prepared folder; an existing folder stays a path;
-    ``org/name`` that is not a local folder is passed on as a Hugging Face hub id
-    (for machines that can reach the hub).  Anything else is a ModelError.
+    A bundled alias becomes its prepared folder; an existing folder stays a path
+    (its ``config.json`` must be readable JSON).  What is neither is a hub id only
+    if it has the hub's form ``owner/name`` and ``owner`` is not a local folder:
+    then it is passed on as a Hugging Face hub id (for machines that can reach the
+    hub).  Anything else is a path that does not exist, a :class:`ModelError`
+    raised before any engine starts: ``./x``, ``/x``, ``~/x``, ``a/b/c``, and
+    ``models/x`` when ``models/`` is a folder here (so ``HuggingFaceTB/SmolLM2-135M``
+    goes to the hub unless a folder ``HuggingFaceTB/`` exists here).
     """
     if spec in BUNDLED:
         return prepare(spec)
@@ -291,20 +296,73 @@ def resolve_model(spec: str) -> Path | str:
         if not (path / "config.json").is_file():
             msg = f"model folder {path} has no config.json: is it a Hugging Face model folder?"
             raise ModelError(msg)
+        model_config(path)
         return path.resolve()
-    # "org/name" is a hub id unless "org" is a local folder: then it was a path.
     if _HUB_ID.match(spec) and not path.parent.is_dir():
-        return spec
-    msg = (
-        f"model {spec!r} not found: not an existing folder and not a bundled alias "
-        f"({', '.join(sorted(BUNDLED))}). Give a Hugging Face model folder or an alias."
-    )
+        return _hub_id(spec)
+    aliases = ", ".join(sorted(BUNDLED))
+    if _HUB_ID.match(spec):
+        why = (f"{path.parent}/ is a local folder, so this is a path, not a hub id "
+               f"(to load the hub's {spec}, run from another folder)")
+    elif os.sep in spec or spec.startswith((".", "~")) or (os.altsep and os.altsep in spec):
+        why = "it is a path and nothing is there"
+    else:
+        why = "not an existing folder, a bundled alias or a hub id (owner/name)"
+    msg = (f"model {spec!r} not found: {why}. Give a Hugging Face model folder, a bundled "
+           f"alias ({aliases}) or a hub id.")
     raise ModelError(msg)
 
 
+def _hub_cache() -> Path:
+    # Where huggingface_hub keeps downloads, found as it finds it (without importing it).
+    if cache := os.environ.get("HF_HUB_CACHE"):
+        return Path(cache).expanduser()
+    hf_home = os.environ.get("HF_HOME") or str(
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface")
+    return Path(hf_home).expanduser() / "hub"
+
+
+def _hub_id(spec: str) -> str:
+    """``spec`` as a hub id, said out loud when it is not downloaded yet.
+
+    So a mistyped local path (``models/x`` with no ``models/`` here) shows before
+    the engine starts; with ``HF_HUB_OFFLINE`` set it is a ModelError.
+    """
+    if (_hub_cache() / f"models--{spec.replace('/', '--')}").is_dir():
+        return spec
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        msg = (f"model {spec!r} not found: it is no local folder, and as a hub id it is not "
+               f"in the Hugging Face cache ({_hub_cache()}) while HF_HUB_OFFLINE is set. "
+               "Give a model folder or a bundled alias, or download it first.")
+        raise ModelError(msg)
+    log.warning("the model is no local folder: it is passed to vLLM as a Hugging Face hub id "
+                "and downloaded if the hub has it", model=spec)
+    return spec
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A model folder's JSON file, or a ModelError that names it and what to do."""
+    try:
+        data = orjson.loads(path.read_bytes())
+    except OSError as exc:
+        msg = f"{path} cannot be read ({exc.strerror or exc}): check the model folder"
+        raise ModelError(msg) from exc
+    except orjson.JSONDecodeError as exc:
+        msg = (f"{path} is not valid JSON ({exc}): the model folder is damaged; download it "
+               "again (`specdec models prepare --force NAME` rebuilds a bundled model)")
+        raise ModelError(msg) from exc
+    if not isinstance(data, dict):
+        msg = f"{path} is not a JSON object: is this a Hugging Face model folder?"
+        raise ModelError(msg)
+    return data
+
+
 def model_config(model: Path | str) -> dict[str, Any]:
-    """The ``config.json`` of a local model folder (empty for a hub id)."""
+    """The ``config.json`` of a local model folder (empty for a hub id).
+
+    Raises:
+        ModelError: the file cannot be read or is not a JSON object.
+    """
     if isinstance(model, Path):
-        config: dict[str, Any] = orjson.loads((model / "config.json").read_bytes())
-        return config
+        return _read_json(model / "config.json")
     return {}

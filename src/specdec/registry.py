@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
@@ -17,8 +17,9 @@ import structlog
 from attrs import frozen
 from typing_extensions import get_protocol_members
 
-from specdec.errors import PluginError, UnknownPluginError
+from specdec.errors import ConfigError, PluginError, UnknownPluginError
 from specdec.interfaces import Benchmark, EngineBackend, MetricsSink, SpeculationStrategy
+from specdec.serialization import problems, structure
 
 PLUGIN_API_VERSION = 1
 """The plugin interface version this specdec offers; plugins declare the one they target."""
@@ -266,3 +267,52 @@ engines = Registry(ENGINE)
 def all_registries() -> tuple[Registry, ...]:
     """The registry of every plugin kind."""
     return (strategies, benchmarks, sinks, engines)
+
+
+def unmatched_filter(registries: Iterable[Registry]) -> list[tuple[str, list[str]]]:
+    """The names in ``SPECDEC_PLUGINS`` that match no installed plugin or package.
+
+    Each comes with its close matches among the plugin and package names of
+    ``registries``.  Empty when the variable is not set.
+    """
+    allowed = _enabled_names()
+    if not allowed:
+        return []
+    known: set[str] = set()
+    for reg in registries:
+        for name, cands in reg._discover().items():  # noqa: SLF001 - one module's registries
+            known.add(name)
+            known.update(c.package for c in cands)
+    return [(name, difflib.get_close_matches(name, sorted(known), n=3))
+            for name in sorted(allowed - known)]
+
+
+def warn_unmatched_filter(registries: Iterable[Registry]) -> None:
+    """Warn once per name of ``SPECDEC_PLUGINS`` that enables nothing (a typo, say).
+
+    Such a name would silently leave the plugin it meant disabled.
+    """
+    for name, close in unmatched_filter(registries):
+        log.warning("SPECDEC_PLUGINS names no installed plugin or package: it enables "
+                    "nothing (`specdec plugins` lists what is installed)", name=name,
+                    did_you_mean=close or None)
+
+
+def strategy_options(name: str, options: Mapping[str, Any],
+                     path: str = "$.strategy") -> tuple[Any, Any]:
+    """The strategy plugin called ``name`` and ``options`` structured as its ``options_type``.
+
+    Strict, as a run structures them (unknown keys and values its validators refuse
+    are errors), and without starting anything: a study checks every item's
+    options this way before the first runs.
+
+    Raises:
+        UnknownPluginError: no strategy is called ``name``.
+        ConfigError: the options do not fit (one ``message @ path`` per problem).
+    """
+    strategy = strategies.create(name)
+    try:
+        structured = structure(dict(options), strategy.options_type)
+    except Exception as exc:  # every structuring failure is a config problem
+        raise ConfigError(f"strategy {name!r}", problems(exc, path)) from exc
+    return strategy, structured

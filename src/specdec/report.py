@@ -189,6 +189,7 @@ def collect_runs(folders: Sequence[Path]) -> tuple[list[Run], list[str], float]:
     failed: list[str] = []
     threshold = NEAR_TIE_THRESHOLD
     for folder in folders:
+        run_folder.check_folder(folder)
         if (folder / INDEX_FILE).is_file():
             index = read_index(folder)
             threshold = index.near_tie_threshold

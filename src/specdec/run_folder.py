@@ -130,9 +130,37 @@ class StoredRun:
 # -- reading -----------------------------------------------------------------
 
 
+def check_folder(folder: Path) -> None:
+    """Raise a SpecdecError unless ``folder`` is an existing folder (said plainly)."""
+    if not folder.exists():
+        msg = f"{folder} does not exist: give the output folder of a specdec run or batch"
+        raise SpecdecError(msg)
+    if not folder.is_dir():
+        msg = f"{folder} is a file, not a folder: give the output folder of a specdec run or batch"
+        raise SpecdecError(msg)
+
+
 def is_finished(folder: Path) -> bool:
     """Whether ``folder`` holds a finished run (its ``metrics.json``)."""
     return (folder / METRICS_FILE).is_file()
+
+
+def latest_unfinished(base: Path) -> Path | None:
+    """The run folder directly under ``base`` that holds an unfinished run, changed last.
+
+    Unfinished: a ``config.yaml`` or ``responses.jsonl`` and no ``metrics.json``.
+    None if there is none (or no ``base``).
+    """
+    found: list[tuple[float, Path]] = []
+    try:
+        folders = [f for f in base.iterdir() if f.is_dir()]
+    except OSError:
+        return None
+    for folder in folders:
+        files = [folder / n for n in (RESPONSES_FILE, CONFIG_FILE) if (folder / n).is_file()]
+        if files and not is_finished(folder):
+            found.append((max(f.stat().st_mtime for f in files), folder))
+    return max(found)[1] if found else None
 
 
 def count_records(folder: Path) -> int:
@@ -146,6 +174,7 @@ def count_records(folder: Path) -> int:
 
 def read_config(folder: Path) -> ExperimentConfig:
     """The resolved configuration of the run in ``folder``."""
+    check_folder(folder)
     path = folder / CONFIG_FILE
     if not path.is_file():
         msg = f"{folder} holds no run ({CONFIG_FILE} is missing)"
@@ -192,7 +221,13 @@ def _read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
 
 
 def _records_from_responses(path: Path) -> list[RequestRecord]:
-    records: list[RequestRecord] = []
+    """The records of ``responses.jsonl``: the last line of each request id.
+
+    A request run again (``--resume --retry-failed`` after it failed) appends a
+    new line; that line replaces the old one, and the request takes the place
+    of its last line in the order.
+    """
+    records: dict[str, RequestRecord] = {}
     with _bulk():
         for number, line in _read_lines(path):
             where = f"{path}, line {number}"
@@ -202,8 +237,24 @@ def _records_from_responses(path: Path) -> list[RequestRecord]:
                 raise SpecdecError(f"{where} is not valid JSON: {exc}") from exc
             if not isinstance(item, dict):
                 raise SpecdecError(f"{where} is not a JSON object")
-            records.append(_structure_record(item, where))
-    return records
+            record = _structure_record(item, where)
+            records.pop(record.id, None)
+            records[record.id] = record
+    return list(records.values())
+
+
+def _damaged(path: Path, problem: str) -> SpecdecError:
+    """The error for a damaged ``metrics.json``, with the way to write it again."""
+    folder = path.parent
+    if (folder / RESPONSES_FILE).is_file() and (folder / CONFIG_FILE).is_file():
+        remedy = (f"its requests are safe in {RESPONSES_FILE}: delete {path} and run "
+                  f"`specdec-run --resume --output-dir {folder}`, which writes it again from "
+                  f"them (it starts the engine, but runs no request again)")
+    else:
+        remedy = (f"there is no {RESPONSES_FILE} beside it to rebuild it from: run the "
+                  f"experiment again (`specdec-run --config {folder / CONFIG_FILE} "
+                  f"--overwrite --output-dir {folder}`)")
+    return SpecdecError(f"{path} is damaged ({problem}); {remedy}")
 
 
 def _load_metrics(path: Path) -> dict[str, Any]:
@@ -211,7 +262,7 @@ def _load_metrics(path: Path) -> dict[str, Any]:
         with _bulk():
             payload = orjson.loads(path.read_bytes())
     except orjson.JSONDecodeError as exc:
-        raise SpecdecError(f"{path} is not valid JSON: {exc}") from exc
+        raise _damaged(path, f"not valid JSON: {exc}") from exc
     if not isinstance(payload, dict):
         raise SpecdecError(f"{path} is not a JSON object; is it a specdec metrics.json?")
     return payload
@@ -238,6 +289,7 @@ def read_records(folder: Path) -> list[RequestRecord]:
         SpecdecError: the folder holds neither file, or a record is invalid
             (the message names the file and the line or JSON path).
     """
+    check_folder(folder)
     responses = folder / RESPONSES_FILE
     metrics = folder / METRICS_FILE
     if metrics.is_file():
@@ -279,6 +331,7 @@ def _written_by_run_folder(path: Path) -> bool:
 
 
 def _header(folder: Path) -> dict[str, Any]:
+    check_folder(folder)
     path = folder / METRICS_FILE
     if not path.is_file():
         msg = f"{folder} holds no finished run (no {METRICS_FILE})"
@@ -653,17 +706,28 @@ class RunWriter:
         """Make the folder ready for ``config``; return the records of a run being resumed.
 
         A finished run is refused unless ``overwrite``; an unfinished one needs
-        ``resume`` (and the same configuration) or ``overwrite``.  Resuming
-        drops a cut last line of ``responses.jsonl`` so appending continues
-        cleanly, and keeps the run's id.
+        ``resume`` (and the same configuration) or ``overwrite``; both at once
+        are refused.  ``overwrite`` deletes the run's files and says, as a
+        warning, how many finished requests it deletes; it asks no confirmation
+        (it was asked for, and it must work unattended).  Resuming drops a cut
+        last line of ``responses.jsonl`` so appending continues cleanly, and
+        keeps the run's id.
 
         Raises:
-            OutputExistsError: the folder holds a run that may not be replaced.
+            OutputExistsError: the folder holds a run that may not be replaced,
+                or is a file.
+            SpecdecError: ``overwrite`` and ``resume`` together.
         """
         folder = self.folder
+        if folder.exists() and not folder.is_dir():
+            msg = f"{folder} is a file, not a folder: choose another --output-dir"
+            raise OutputExistsError(msg)
+        if overwrite and resume:
+            msg = (f"resuming and overwriting {folder} contradict each other: resuming keeps "
+                   "its finished requests, overwriting deletes them")
+            raise SpecdecError(msg)
         if overwrite:
-            for name in RUN_FILES:
-                (folder / name).unlink(missing_ok=True)
+            _delete_run(folder)
         if is_finished(folder):
             msg = (
                 f"{folder} already holds a finished run ({METRICS_FILE}): choose another "
@@ -761,6 +825,18 @@ def _metrics_bytes(head: dict[str, Any], records: Sequence[RequestRecord]) -> by
     lines = [orjson.dumps(unstructure(r)) for r in records]
     parts += [b",\n".join(lines), b"\n  ],\n  ", _COLUMNS_KEY, columns, _COLUMNS_END]
     return b"".join(parts)
+
+
+def _delete_run(folder: Path) -> None:
+    """Delete a run's files for ``--overwrite``, saying how many finished requests go."""
+    responses = folder / RESPONSES_FILE
+    if responses.is_file():
+        finished = sum(1 for _ in _read_lines(responses))
+        if finished:
+            log.warning("--overwrite deletes the finished requests of the run in this folder",
+                        folder=str(folder), requests=finished)
+    for name in RUN_FILES:
+        (folder / name).unlink(missing_ok=True)
 
 
 def _repair(path: Path) -> None:

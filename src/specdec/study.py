@@ -11,6 +11,7 @@ one from its ``responses.jsonl``.
 from __future__ import annotations
 
 import itertools
+import re
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ import structlog
 import yaml
 from attrs import field, frozen
 
-from specdec import run_folder
+from specdec import registry, run_folder
 from specdec.config import apply_overrides, config_from_mapping, read_mapping
 from specdec.errors import ConfigError, SpecdecError
 from specdec.provenance import collect, now
@@ -139,8 +140,43 @@ def _with_logprobs(experiment: dict[str, Any]) -> dict[str, Any]:
     return experiment
 
 
+def check_item(experiment: Mapping[str, Any]) -> list[str]:
+    """What is wrong with one batch item's experiment, checked without starting anything.
+
+    Its whole config, and its strategy's options structured with the strategy
+    plugin's ``options_type`` as a run does (unknown options, values the
+    strategy's validators refuse); vLLM is not imported.  Empty if nothing is.
+    """
+    try:
+        config = config_from_mapping(experiment)
+        registry.strategy_options(config.strategy.name, config.strategy.options)
+    except ConfigError as exc:
+        return list(exc.problems)
+    except SpecdecError as exc:  # an unknown or broken strategy plugin
+        return [str(exc)]
+    return []
+
+
+def _check_items(items: Sequence[BatchItem], source: str, kind: str = "study") -> None:
+    """Raise one ConfigError naming every bad item (each setting checked once)."""
+    found: list[str] = []
+    seen: set[str] = set()
+    for item in items:
+        if item.setting in seen:
+            continue
+        seen.add(item.setting)
+        found += [f"{kind} item {item.setting}: {p}" for p in check_item(item.experiment)]
+    if found:
+        raise ConfigError(source, found)
+
+
 def expand_study(study: StudyConfig) -> list[BatchItem]:
-    """Every run of a study, baseline first, each checked as an experiment config."""
+    """Every run of a study, baseline first, each checked as an experiment config.
+
+    Every item's config and strategy options are checked (:func:`check_item`)
+    before this returns, so a typo in a ``sweep:`` option fails ``--dry-run``
+    and the run before its first item, with every bad item named at once.
+    """
     specs = list(study.strategies)
     if not any(s.name == BASELINE for s in specs):
         specs.insert(0, StrategySpec(BASELINE))
@@ -161,12 +197,12 @@ def expand_study(study: StudyConfig) -> list[BatchItem]:
             parts = [_slug(model.rstrip("/").split("/")[-1]), spec.name]
             parts += [f"{k.split('.')[-1]}={_slug(v)}" for k, v in labels.items()]
             setting = "__".join(parts)
-            config_from_mapping(experiment, f"study item {setting}")
             items += [
                 BatchItem(f"{setting}__r{r}" if study.repeats > 1 else setting, setting,
                           experiment, labels, r)
                 for r in range(study.repeats)
             ]
+    _check_items(items, f"study {study.name!r}")
     return items
 
 
@@ -197,11 +233,13 @@ def items_from_configs(paths: Sequence[Path], benchmark: Mapping[str, Any],
                 name += "_"
             seen.add(name)
             experiments.insert(0, (name, baseline))
-    return [
+    items = [
         BatchItem(f"{name}__r{r}" if repeats > 1 else name, name, experiment, {}, r)
         for name, experiment in experiments
         for r in range(repeats)
     ]
+    _check_items(items, "batch", "batch")
+    return items
 
 
 Progress = Callable[[str, int, int], None]
@@ -267,6 +305,12 @@ def run_batch(
         code = _run_item(config_file, folder, total, on_progress, poll_s)
         if code == 0:
             status = attrs.evolve(status, status="done", finished_at=now())
+        elif run_folder.is_finished(folder):
+            # A run with failed requests still finishes (and exits 1): done, with a note.
+            status = attrs.evolve(status, status="done", finished_at=now(),
+                                  error=_failed_requests(folder))
+            log.warning("batch item finished with failed requests", item=item.name,
+                        error=status.error)
         else:
             error = _item_error(folder, code)
             status = attrs.evolve(status, status="failed", finished_at=now(), error=error)
@@ -278,20 +322,115 @@ def run_batch(
     return save()
 
 
+def _failed_requests(folder: Path) -> str:
+    try:
+        failed = run_folder.read_summary(folder).failed_requests
+    except SpecdecError as exc:
+        return str(exc)
+    return (f"{failed} requests failed; their errors are in "
+            f"{folder / run_folder.RESPONSES_FILE}")
+
+
+RUN_LOG = "run.log"
+"""Each item's process output (stdout and stderr), in its folder."""
+
+_WRAPPER = re.compile(r"see (the )?root cause above", re.IGNORECASE)
+"""How an error that only points at an earlier one says so (vLLM's engine start)."""
+_EXCEPTION_LINE = re.compile(
+    r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt): \S.*$")
+"""The last line of a Python traceback: ``SomeError: message``."""
+_LOG_PREFIX = re.compile(
+    r"^(?:\([\w.-]+ pid=\d+\) )?"
+    r"(?:(?:DEBUG|INFO|WARNING|ERROR|CRITICAL) \d\d-\d\d \d\d:\d\d:\d\d \[[^\]]*\] )?")
+"""vLLM's own log prefix, ``(EngineCore_DP0 pid=123) ERROR 12-01 10:00:05 [core.py:1510] ``
+(where its engine-core process logs in vLLM's format rather than through specdec's)."""
+
+
+def _log_lines(text: str) -> list[str]:
+    """The lines of an item's ``run.log`` since its last start, as printed.
+
+    A JSON log line gives its event and its ``exception`` (the traceback text);
+    vLLM's log prefixes are taken off.
+    """
+    header = text.rfind("\n# ")
+    lines: list[str] = []
+    for raw in text[header + 1 if header >= 0 else 0:].splitlines():
+        line = _LOG_PREFIX.sub("", raw.rstrip(), count=1)
+        if line.startswith("{"):
+            try:
+                item = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                item = None
+            if isinstance(item, dict):
+                lines += [str(item.get("event", ""))]
+                lines += str(item.get("exception") or "").splitlines()
+                continue
+        lines.append(line)
+    return lines
+
+
+def root_cause(log_text: str) -> str | None:
+    """The exception that a wrapper error in ``log_text`` points at ("see root cause above").
+
+    The last ``SomeError: message`` line before the first line that says to see
+    the root cause above (vLLM's engine core prints its traceback in its own
+    process, before the front end's ``RuntimeError`` that only points at it);
+    None if there is no such line.
+    """
+    lines = _log_lines(log_text)
+    wrapper = next((i for i, line in enumerate(lines) if _WRAPPER.search(line)), len(lines))
+    causes = [line.strip() for line in lines[:wrapper]
+              if _EXCEPTION_LINE.match(line.strip()) and not _WRAPPER.search(line)]
+    return causes[-1] if causes else None
+
+
+def _last_message(log_text: str) -> str | None:
+    """The CLI's last error message in ``log_text``, whole.
+
+    Its ``specdec: ...`` line and the indented lines after it (a config error's problems).
+    """
+    lines = _log_lines(log_text)
+    starts = [i for i, line in enumerate(lines) if line.startswith("specdec: ")]
+    if not starts:
+        return None
+    first = starts[-1]
+    end = first + 1
+    while end < len(lines) and lines[end].startswith("  "):
+        end += 1
+    return "\n".join(lines[first:end]).removeprefix("specdec: ")
+
+
 def _item_error(folder: Path, code: int) -> str:
-    """Why an item's process failed, from the outcome its run wrote into its folder."""
+    """Why an item's process failed: its root cause, as fully as its folder tells.
+
+    From the outcome its run wrote (the whole message); where that message only
+    points at an earlier error ("see root cause above"), the root cause found in
+    the item's ``run.log``; with no outcome (the process failed before its run
+    began, or was killed), the CLI's last message in ``run.log``.
+    """
+    log_path = folder / RUN_LOG
+    try:
+        log_text = log_path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        log_text = ""
     outcome = run_folder.read_outcome(folder)
     if outcome is not None and outcome.error is not None:
-        return f"{outcome.error_type}: {outcome.error}"
+        error = f"{outcome.error_type}: {outcome.error}"
+        if _WRAPPER.search(error) and (cause := root_cause(log_text)):
+            return f"{cause} (root cause, from {log_path}; the run ended with {error})"
+        return error
+    message = _last_message(log_text)
+    if message is not None:
+        return f"{message} (exit code {code}; see {log_path})"
     return (f"the run exited with code {code} without recording an outcome (killed?); "
-            f"see {folder / 'run.log'}")
+            f"see {log_path}")
 
 
 def _run_item(config_file: Path, folder: Path, total: int, on_progress: Progress | None,
               poll_s: float) -> int:
     command = [sys.executable, "-m", "specdec", "run", "--config", str(config_file),
                "--output-dir", str(folder), "--resume", "--log-format", "json"]
-    with (folder / "run.log").open("ab") as run_log:
+    with (folder / RUN_LOG).open("ab") as run_log:
         run_log.write(f"\n# {now()} {' '.join(command)}\n".encode())
         run_log.flush()
         process = subprocess.Popen(command, stdout=run_log, stderr=subprocess.STDOUT)  # noqa: S603
@@ -313,7 +452,20 @@ def read_index(folder: Path) -> BatchIndex:
     """The ``batch.json`` of a batch folder."""
     path = folder / INDEX_FILE
     try:
-        return structure(orjson.loads(path.read_bytes()), BatchIndex)
+        data = orjson.loads(path.read_bytes())
     except FileNotFoundError:
         msg = f"{folder} is not a batch folder (no {INDEX_FILE})"
         raise SpecdecError(msg) from None
+    except orjson.JSONDecodeError as exc:
+        raise _damaged_index(path, f"not valid JSON: {exc}") from exc
+    try:
+        return structure(data, BatchIndex)
+    except Exception as exc:  # every structuring failure means the file is not what we wrote
+        raise _damaged_index(path, "; ".join(problems(exc))) from exc
+
+
+def _damaged_index(path: Path, problem: str) -> SpecdecError:
+    # run_batch writes the index afresh from its items and skips finished ones.
+    return SpecdecError(
+        f"{path} is damaged ({problem}); run the same `specdec batch` or `specdec study` "
+        "command again: it writes the index anew and skips the items already finished")
