@@ -60,6 +60,9 @@ BAD: dict[str, Case] = {
     "stop-empty": (['generation.stop=[""]'],
                    "stop must not hold an empty string @ $.generation.stop"),
     # engine, with vllm.config's bounds and our own
+    "dtype": (["engine.dtype=flaot16"], ("dtype must be one of 'auto', 'half', 'float16', "
+                                         "'bfloat16', 'float', 'float32', got 'flaot16'; "
+                                         "did you mean 'float16'? @ $.engine.dtype")),
     "max_model_len=0": (["engine.max_model_len=0"],
                         ("max_model_len must be >= 1 or -1 (-1: fit to memory; null: the model's "
                         "own), got 0 @ $.engine.max_model_len")),
@@ -186,6 +189,7 @@ GOOD: dict[str, tuple[list[str], str, Any]] = {
     "stop-list": (["generation.stop=[a, b]"], "generation.stop", ("a", "b")),
     "sinks-wrapped": (["sinks=json"], "sinks", ("json",)),
     "categories-wrapped": (["benchmark.categories=math"], "benchmark.categories", ("math",)),
+    "dtype-any-case": (["engine.dtype=BFloat16"], "engine.dtype", "BFloat16"),
     "max_model_len=-1": (["engine.max_model_len=-1"], "engine.max_model_len", -1),
     "max_model_len=1": (["engine.max_model_len=1"], "engine.max_model_len", 1),
     "max_model_len-null": (["engine.max_model_len=null"], "engine.max_model_len", None),

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from attrs import field, frozen
 
 from specdec.errors import InvalidOptionError
-from specdec.validators import above_zero, non_empty_strings, number, positive
+from specdec.validators import above_zero, non_empty_strings, number, one_of, positive
 
 SCHEMA_VERSION = 1
 """Version of every file specdec writes; bumped when a field changes meaning."""
@@ -68,6 +68,10 @@ class GenerationConfig:
     margin between the top two (used by the lossless check)."""
 
 
+VLLM_DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
+"""The ``dtype`` names vLLM takes (``vllm.config.model.ModelDType``)."""
+
+
 @frozen
 class EngineConfig:
     """Engine settings, passed to ``vllm.LLM`` (or to a vLLM server's command line).
@@ -86,13 +90,14 @@ class EngineConfig:
     by ``timeout_s``.
 
     Values are checked when a config is loaded, with vLLM's bounds where vLLM
-    takes them (``vllm.config``): ``max_model_len`` at least 1, or -1 (vLLM fits
-    it to the memory; unset takes the model's own), parallel sizes and
-    ``max_num_seqs`` at least 1, ``gpu_memory_utilization`` in (0, 1]; ``port``
-    in 1..65535, ``concurrency`` at least 1, times and ``request_rate`` above 0.
+    takes them (``vllm.config``): ``dtype`` one of vLLM's names (any case),
+    ``max_model_len`` at least 1, or -1 (vLLM fits it to the memory; unset takes
+    the model's own), parallel sizes and ``max_num_seqs`` at least 1,
+    ``gpu_memory_utilization`` in (0, 1]; ``port`` in 1..65535, ``concurrency``
+    at least 1, times and ``request_rate`` above 0.
     """
 
-    dtype: str = "auto"
+    dtype: str = field(default="auto", validator=one_of(*VLLM_DTYPES))
     max_model_len: int | None = field(default=2048, validator=number(
         ge=1, also=(-1,), note="-1: fit to memory; null: the model's own"))
     seed: int = 0

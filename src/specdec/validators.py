@@ -9,6 +9,7 @@ refuse it after.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -73,3 +74,18 @@ def non_empty_strings(_instance: object, attribute: Any, value: Iterable[str] | 
     if value is not None and any(not item for item in value):
         msg = f"{attribute.name} must not hold an empty string"
         raise InvalidOptionError(msg, field=attribute.name)
+
+
+def one_of(*allowed: str) -> Validator:
+    """A validator: the string, in any case, is one of ``allowed`` (the closest is offered)."""
+
+    def check(_instance: object, attribute: Any, value: str) -> None:
+        if value.lower() in allowed:
+            return
+        close = difflib.get_close_matches(value.lower(), allowed, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        msg = (f"{attribute.name} must be one of {', '.join(map(repr, allowed))}, "
+               f"got {value!r}{hint}")
+        raise InvalidOptionError(msg, field=attribute.name)
+
+    return check
