@@ -54,6 +54,10 @@ def _finished_run(folder: Path) -> None:
                    folder, engine_factory=StandInEngine)
 
 
+def _finished_run_in(name: str) -> Callable[[Path], None]:
+    return lambda tmp: _finished_run(tmp / name)
+
+
 def _run_with_cut_metrics(tmp: Path) -> None:
     _finished_run(tmp / "run")
     metrics = tmp / "run" / "metrics.json"
@@ -150,6 +154,15 @@ RUN_FOLDERS = [
         fragments=["batch/batch.json is damaged", "run the same `specdec batch`"]),
     row("export-folder-missing", "export", "spec-bench", "nowhere", "-o", "a.jsonl", code=1,
         fragments=["nowhere does not exist"], absent=("a.jsonl",)),
+    row("export-to-a-folder", "export", "spec-bench", "run", "-o", "answers", code=1,
+        files={"answers/keep": ""}, setup=_finished_run_in("run"),
+        fragments=["answers is a folder: give the answer file to write"]),
+    row("report-output-is-a-file", "report", "run", "--output", "taken", code=1,
+        files={"taken": "mine"}, setup=_finished_run_in("run"),
+        fragments=["taken is a file, not a folder"]),
+    row("batch-output-base-is-a-file", "batch", "--configs", "a.yaml", "--output-base", "taken",
+        code=1, files={"taken": "mine", "a.yaml": "strategy: {name: ngram}\n"},
+        fragments=["taken is a file, not a folder: choose another batch folder"]),
 ]
 
 STUDIES = [

@@ -82,10 +82,14 @@ def export_spec_bench(run_dir: Path, out: Path, *, model_id: str | None = None) 
     The parent folder of ``out`` is created; an existing ``out`` is replaced.
 
     Raises:
-        SpecdecError: if the run folder has no records file, a record is invalid,
+        SpecdecError: if ``out`` is a folder, the run folder has no records file, a
+            record is invalid,
             two records share a question id, or a turn's speculative counts do
             not list its draft steps.
     """
+    if out.is_dir():
+        msg = f"{out} is a folder: give the answer file to write (-o FILE.jsonl)"
+        raise SpecdecError(msg)
     records = load_run_records(run_dir)
     name = model_id if model_id is not None else run_dir.resolve().name
     answers: dict[int | str, dict[str, Any]] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from specdec.errors import SpecdecError
 from specdec.formatting import MISSING, median_spread, number
 from specdec.report import OVERALL, Comparison, Report, Spread
 from specdec.serialization import unstructure, write_json
@@ -99,9 +100,16 @@ def render_markdown(report: Report, plots: Sequence[Path]) -> str:
 
 
 def write_report(report: Report, out: Path) -> list[Path]:
-    """Write ``report.md``, ``report.json`` and the plots into ``out``."""
+    """Write ``report.md``, ``report.json`` and the plots into ``out``.
+
+    Raises:
+        SpecdecError: ``out`` is a file.
+    """
     from specdec.plots import draw_all  # noqa: PLC0415 - matplotlib only when writing
 
+    if out.exists() and not out.is_dir():
+        msg = f"{out} is a file, not a folder: choose another report folder (--output DIR)"
+        raise SpecdecError(msg)
     out.mkdir(parents=True, exist_ok=True)
     plots = draw_all(report, out)
     (out / "report.md").write_text(render_markdown(report, plots), encoding="utf-8")

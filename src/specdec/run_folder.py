@@ -164,7 +164,10 @@ def latest_unfinished(base: Path) -> Path | None:
 
 
 def count_records(folder: Path) -> int:
-    """Requests finished so far (lines of ``responses.jsonl``), for progress displays."""
+    """Requests finished so far (lines of ``responses.jsonl``), for progress displays.
+
+    Lines, not requests: a request run again by ``--retry-failed`` counts twice.
+    """
     try:
         with (folder / RESPONSES_FILE).open("rb") as handle:
             return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))

@@ -266,6 +266,9 @@ def run_batch(
         load_benchmark,
     )
 
+    if output_base.exists() and not output_base.is_dir():
+        msg = f"{output_base} is a file, not a folder: choose another batch folder"
+        raise SpecdecError(msg)
     output_base.mkdir(parents=True, exist_ok=True)
     (output_base / "configs").mkdir(exist_ok=True)
     provenance = collect()
