@@ -120,6 +120,8 @@ FLAGS = [
                    "pass --output-dir results/20261201-000000-ngram to resume it"]),
     row("resume-without-output-dir-and-nothing-to-resume", "run", "--resume", code=2,
         fragments=["--resume needs --output-dir", "there is no unfinished run under results/"]),
+    row("model-flag-empty", "run", "--model", "", "--output-dir", "o", code=2,
+        fragments=["--model is empty"], absent=("o",)),
     row("output-dir-is-a-file", "run", "--output-dir", "taken", code=2,
         files={"taken": "a file"}, fragments=["--output-dir taken is a file, not a folder"]),
 ]
@@ -171,6 +173,9 @@ STUDIES = [
         fragments=["study item smollm2-135m__ngram__num_speculativ_tokens=2:",
                    "study item smollm2-135m__ngram__num_speculativ_tokens=4:",
                    "extra fields found (num_speculativ_tokens)"]),
+    row("study-missing-model-fails-dry-run", "study", "s.yaml", "--dry-run", code=2,
+        files={"s.yaml": "models: [./nope, smollm2-135m]\n"},
+        fragments=["study item nope__none: model './nope' not found"]),
 ]
 
 PLUGINS = [

@@ -97,6 +97,11 @@ class ExperimentFlags:
     def settings(self, current_strategy: Any) -> dict[str, Any]:
         """The top-level config keys these flags set, over a config file's ``strategy``."""
         flags: dict[str, Any] = {}
+        for flag, value in (("--model", self.model), ("--strategy", self.strategy)):
+            if value is not None and not value.strip():
+                # An empty value (an unset shell variable, say) must not mean the default.
+                msg = f"{flag} is empty: give a value, or leave the flag out for the default"
+                raise UsageError(msg)
         if self.model:
             flags["model"] = self.model
         if self.strategy:

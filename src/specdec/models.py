@@ -291,15 +291,30 @@ def resolve_model(spec: str) -> Path | str:
     """
     if spec in BUNDLED:
         return prepare(spec)
+    check_model(spec)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    return _hub_id(spec)
+
+
+def check_model(spec: str) -> None:
+    """Raise the :class:`ModelError` :func:`resolve_model` would, preparing nothing.
+
+    For checks that must not start anything (a study's ``--dry-run``): a bundled
+    alias is not prepared, a hub id not looked up.
+    """
+    if spec in BUNDLED:
+        return
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             msg = f"model folder {path} has no config.json: is it a Hugging Face model folder?"
             raise ModelError(msg)
         model_config(path)
-        return path.resolve()
+        return
     if _HUB_ID.match(spec) and not path.parent.is_dir():
-        return _hub_id(spec)
+        return
     aliases = ", ".join(sorted(BUNDLED))
     if _HUB_ID.match(spec):
         why = (f"{path.parent}/ is a local folder, so this is a path, not a hub id "

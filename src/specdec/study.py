@@ -28,6 +28,7 @@ from attrs import field, frozen
 from specdec import registry, run_folder
 from specdec.config import apply_overrides, config_from_mapping, read_mapping
 from specdec.errors import ConfigError, SpecdecError
+from specdec.models import check_model
 from specdec.provenance import collect, now
 from specdec.records import SCHEMA_VERSION, BenchmarkConfig, StrategySpec
 from specdec.serialization import problems, structure, unstructure, write_json
@@ -143,12 +144,14 @@ def _with_logprobs(experiment: dict[str, Any]) -> dict[str, Any]:
 def check_item(experiment: Mapping[str, Any]) -> list[str]:
     """What is wrong with one batch item's experiment, checked without starting anything.
 
-    Its whole config, and its strategy's options structured with the strategy
-    plugin's ``options_type`` as a run does (unknown options, values the
-    strategy's validators refuse); vLLM is not imported.  Empty if nothing is.
+    Its whole config, its model (a local path must exist; a bundled alias is not
+    prepared, a hub id not looked up) and its strategy's options structured with
+    the strategy plugin's ``options_type`` as a run does (unknown options, values
+    the strategy's validators refuse); vLLM is not imported.  Empty if nothing is.
     """
     try:
         config = config_from_mapping(experiment)
+        check_model(config.model)
         registry.strategy_options(config.strategy.name, config.strategy.options)
     except ConfigError as exc:
         return list(exc.problems)
