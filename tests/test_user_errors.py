@@ -141,9 +141,6 @@ MODELS = [
     row("model-config-json-broken", "run", "--model", "m", "--output-dir", "o", code=1,
         files={"m/config.json": '{"architectures": ['},
         fragments=["m/config.json is not valid JSON", "the model folder is damaged"]),
-    row("model-hub-id-offline", "run", "--model", "nobody-here/no-such-model",
-        "--output-dir", "o", code=1, env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": "{tmp}/hub"},
-        fragments=["model 'nobody-here/no-such-model' not found", "HF_HUB_OFFLINE"]),
 ]
 
 RUN_FOLDERS = [

@@ -338,20 +338,14 @@ def _hub_cache() -> Path:
 
 
 def _hub_id(spec: str) -> str:
-    """``spec`` as a hub id, said out loud when it is not downloaded yet.
+    """``spec`` as a hub id, said out loud when it is not downloaded here.
 
     So a mistyped local path (``models/x`` with no ``models/`` here) shows before
-    the engine starts; with ``HF_HUB_OFFLINE`` set it is a ModelError.
+    the engine starts.  Not an error: a server may serve it, or the hub have it.
     """
-    if (_hub_cache() / f"models--{spec.replace('/', '--')}").is_dir():
-        return spec
-    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
-        msg = (f"model {spec!r} not found: it is no local folder, and as a hub id it is not "
-               f"in the Hugging Face cache ({_hub_cache()}) while HF_HUB_OFFLINE is set. "
-               "Give a model folder or a bundled alias, or download it first.")
-        raise ModelError(msg)
-    log.warning("the model is no local folder: it is passed to vLLM as a Hugging Face hub id "
-                "and downloaded if the hub has it", model=spec)
+    if not (_hub_cache() / f"models--{spec.replace('/', '--')}").is_dir():
+        log.warning("the model is no local folder or bundled alias: it is taken as a "
+                    "Hugging Face hub id (check the path if you meant a folder)", model=spec)
     return spec
 
 
