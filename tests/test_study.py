@@ -236,12 +236,27 @@ specdec: error: vLLM could not start with this configuration: RuntimeError: Engi
 initialization failed. See root cause above. Failed core proc(s): {}
 """
 
+# The shape of a real item's run.log (vLLM 0.32 on CPU, kv_cache_memory_bytes=4096), trimmed:
+# the engine core logs through specdec's JSON handler, multiprocessing prints the traceback
+# again, then specdec's own message and a warning at exit.
 JSON_ENGINE_LOG = (
-    '# 2026-12-01T10:00:00Z python -m specdec run\n'
-    '{"event": "EngineCore failed to start.", "level": "error", "exception": '
-    '"Traceback (most recent call last):\\n  File \\"core.py\\", line 1\\n'
-    'AssertionError: heads do not divide"}\n'
-    'RuntimeError: Engine core initialization failed. See root cause above.\n')
+    "# 2026-12-02T01:18:57+00:00 python -m specdec run --config kv.yaml --output-dir kv "
+    "--resume --log-format json\n"
+    '{"event": "EngineCore failed to start.", "level": "error", "process": "EngineCore", '
+    '"exception": "Traceback (most recent call last):\\n  File \\"core.py\\", line 1482\\n'
+    'ValueError: No available memory for the cache blocks."}\n'
+    '{"event": "Worker proc VllmWorker-0 died unexpectedly", "level": "error"}\n'
+    "Process EngineCore:\n"
+    "Traceback (most recent call last):\n"
+    '  File "kv_cache_utils.py", line 1010, in _check_enough_kv_cache_memory\n'
+    "    raise ValueError(\n"
+    "ValueError: No available memory for the cache blocks. Try increasing "
+    "`gpu_memory_utilization`.\n"
+    '{"event": "run ended without a summary", "level": "warning"}\n'
+    "specdec: error: vLLM could not start with this configuration: RuntimeError: Engine core "
+    "initialization failed. See root cause above. Failed core proc(s): {}\n"
+    "/lib/python3.11/multiprocessing/resource_tracker.py:254: UserWarning: resource_tracker: "
+    "There appear to be 1 leaked shared_memory objects\n")
 
 
 def test_root_cause_is_found_before_the_wrapper() -> None:
@@ -249,7 +264,9 @@ def test_root_cause_is_found_before_the_wrapper() -> None:
     assert root_cause(ENGINE_START_LOG) == (
         "pydantic_core._pydantic_core.ValidationError: 1 validation error for "
         "SpeculativeConfig")
-    assert root_cause(JSON_ENGINE_LOG) == "AssertionError: heads do not divide"
+    assert root_cause(JSON_ENGINE_LOG) == (
+        "ValueError: No available memory for the cache blocks. Try increasing "
+        "`gpu_memory_utilization`.")
     assert root_cause("# start\nnothing failed here\n") is None
 
 
