@@ -36,6 +36,15 @@ from specdec.study import (
 from .test_runner import StandInEngine
 
 
+@pytest.fixture(autouse=True)
+def _reset_engine() -> None:
+    """The stand-in engine's settings are class state: each test starts from none."""
+    StandInEngine.stop_after = None
+    StandInEngine.failing = {}
+    StandInEngine.runs = []
+    StandInEngine.speed_by_tokens = {}
+
+
 def _study(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "study.yaml"
     path.write_text(text, encoding="utf-8")

@@ -29,6 +29,15 @@ from specdec.study import BatchIndex, ItemStatus
 
 from .test_runner import StandInEngine
 
+
+@pytest.fixture(autouse=True)
+def _reset_engine() -> None:
+    """The stand-in engine's settings are class state: each test starts from none."""
+    StandInEngine.stop_after = None
+    StandInEngine.failing = {}
+    StandInEngine.runs = []
+    StandInEngine.speed_by_tokens = {}
+
 Entry = Callable[[Sequence[str] | None], int]
 
 
@@ -120,6 +129,14 @@ FLAGS = [
                    "pass --output-dir results/20261201-000000-ngram to resume it"]),
     row("resume-without-output-dir-and-nothing-to-resume", "run", "--resume", code=2,
         fragments=["--resume needs --output-dir", "there is no unfinished run under results/"]),
+    row("resume-a-folder-with-no-run-says-a-new-one-starts", "run", "--resume",
+        "--output-dir", "fresh", "--model", "./nope", code=1,
+        fragments=["--resume: no run in this folder yet, so a new one starts",
+                   "model './nope' not found"]),
+    row("resume-a-finished-run", "run", "--resume", "--output-dir", "run", code=1,
+        setup=_finished_run_in("run"),
+        fragments=["run already holds a finished run (metrics.json): there is nothing",
+                   "pass --overwrite instead of --resume to replace it"]),
     row("model-flag-empty", "run", "--model", "", "--output-dir", "o", code=2,
         fragments=["--model is empty"], absent=("o",)),
     row("output-dir-is-a-file", "run", "--output-dir", "taken", code=2,

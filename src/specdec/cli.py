@@ -306,6 +306,7 @@ def run(experiment: ExperimentFlags = _NO_EXPERIMENT, benchmark: BenchmarkFlags 
     Precedence: built-in defaults < --config file < flags < --set overrides.
     """
     import attrs  # noqa: PLC0415
+    import structlog  # noqa: PLC0415
 
     from specdec import logs  # noqa: PLC0415
     from specdec.display import print_summary, progress  # noqa: PLC0415
@@ -315,10 +316,15 @@ def run(experiment: ExperimentFlags = _NO_EXPERIMENT, benchmark: BenchmarkFlags 
     if log_format is not None:
         logs.configure(log_format)
     output.check()
-    if output.resume and experiment.config is None and output.output_dir is not None:
-        # The run being continued says what it is: --resume --output-dir DIR is enough.
+    if output.resume and output.output_dir is not None:
         saved = output.output_dir / RUN_CONFIG_FILE
-        if saved.is_file():
+        if not saved.is_file():
+            # A mistyped folder must not pass for a resumed run unnoticed.
+            structlog.get_logger("specdec.cli").warning(
+                "--resume: no run in this folder yet, so a new one starts",
+                folder=str(output.output_dir))
+        elif experiment.config is None:
+            # The run being continued says what it is: --resume --output-dir DIR is enough.
             experiment = attrs.evolve(experiment, config=saved)
     config = build_config(experiment, benchmark, requests, output)
     with progress() as bar:

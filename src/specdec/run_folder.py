@@ -733,8 +733,10 @@ class RunWriter:
             _delete_run(folder)
         if is_finished(folder):
             msg = (
-                f"{folder} already holds a finished run ({METRICS_FILE}): choose another "
-                "--output-dir, or pass --overwrite to replace it"
+                f"{folder} already holds a finished run ({METRICS_FILE})"
+                + (": there is nothing to resume; choose another --output-dir, or pass "
+                   "--overwrite instead of --resume to replace it" if resume else
+                   ": choose another --output-dir, or pass --overwrite to replace it")
             )
             raise OutputExistsError(msg)
         responses = folder / RESPONSES_FILE
