@@ -705,12 +705,17 @@ class RunWriter:
         self._config: ExperimentConfig | None = None
 
     def claim(self, config: ExperimentConfig, *, overwrite: bool = False,
-              resume: bool = False) -> list[RequestRecord]:
+              resume: bool = False, retry_failed: bool = False) -> list[RequestRecord]:
         """Make the folder ready for ``config``; return the records of a run being resumed.
 
         A finished run is refused unless ``overwrite``; an unfinished one needs
         ``resume`` (and the same configuration) or ``overwrite``; both at once
-        are refused.  ``overwrite`` deletes the run's files and says, as a
+        are refused.  ``retry_failed`` with ``resume`` leaves the failed
+        requests out of the returned records, so they run again (their new
+        lines in ``responses.jsonl`` replace the old ones); a finished run in
+        which requests failed is reopened for it (its ``metrics.json`` is
+        removed once the configuration is known to match, and written again
+        when the retry finishes).  ``overwrite`` deletes the run's files and says, as a
         warning, how many finished requests it deletes; it asks no confirmation
         (it was asked for, and it must work unattended).  Resuming drops a cut
         last line of ``responses.jsonl`` so appending continues cleanly, and
@@ -731,7 +736,7 @@ class RunWriter:
             raise SpecdecError(msg)
         if overwrite:
             _delete_run(folder)
-        if is_finished(folder):
+        if is_finished(folder) and not (resume and self._reopen(config, retry_failed=retry_failed)):
             msg = (
                 f"{folder} already holds a finished run ({METRICS_FILE})"
                 + (": there is nothing to resume; choose another --output-dir, or pass "
@@ -760,7 +765,41 @@ class RunWriter:
             _repair(responses)
         (folder / OUTCOME_FILE).unlink(missing_ok=True)
         folder.mkdir(parents=True, exist_ok=True)
+        if retry_failed:
+            return [r for r in previous if r.error is None]
         return previous
+
+    def _reopen(self, config: ExperimentConfig, *, retry_failed: bool) -> bool:
+        """Reopen a finished run with failed requests to retry them; False if it has none.
+
+        Raises:
+            OutputExistsError: it has failed requests but ``retry_failed`` is off,
+                or it ran another configuration.
+        """
+        folder = self.folder
+        summary = read_summary(folder)
+        failed = summary.failed_requests
+        if not failed:
+            return False
+        if not retry_failed:
+            total = failed + summary.overall.requests
+            msg = (
+                f"{folder} holds a finished run in which {failed} of {total} requests failed "
+                f"(their errors are in {RESPONSES_FILE}): pass --retry-failed with "
+                "--resume to run them again, or choose another --output-dir"
+            )
+            raise OutputExistsError(msg)
+        if read_config(folder) != config:
+            msg = (
+                f"{folder} holds a run of a different configuration: retry its failed "
+                f"requests with --config {folder / CONFIG_FILE}, or choose another --output-dir"
+            )
+            raise OutputExistsError(msg)
+        log.info("retrying the failed requests of a finished run", folder=str(folder),
+                 failed=failed)
+        # Written again when the retry finishes; until then the run is unfinished.
+        (folder / METRICS_FILE).unlink()
+        return True
 
     def start(self, config: ExperimentConfig, provenance: dict[str, Any]) -> dict[str, Any]:
         """Write ``config.yaml`` and open the record for appending; return the provenance.

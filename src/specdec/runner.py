@@ -19,7 +19,7 @@ from attrs import frozen
 from specdec import registry, run_folder
 from specdec.benchmarks.loader import default_benchmark_path, load_benchmark
 from specdec.engines import engine_for
-from specdec.errors import ConfigError, EngineError, OutputExistsError
+from specdec.errors import EngineError, OutputExistsError
 from specdec.interfaces import (
     Capabilities,
     Engine,
@@ -34,7 +34,7 @@ from specdec.models import model_config, resolve_model
 from specdec.provenance import collect
 from specdec.records import Conversation, ExperimentConfig, RequestRecord, RunSummary
 from specdec.run_folder import RECORD_SINK_NAMES, RunWriter
-from specdec.serialization import problems, structure, unstructure
+from specdec.serialization import unstructure
 
 log = structlog.get_logger("specdec.runner")
 
@@ -72,12 +72,7 @@ def prepare_run(config: ExperimentConfig) -> PreparedRun:
     the strategy's pre-flight check against them and writes its options out in
     full (defaults included) into the returned config.
     """
-    strategy = registry.strategies.create(config.strategy.name)
-    try:
-        options = structure(dict(config.strategy.options), strategy.options_type)
-    except Exception as exc:
-        raise ConfigError(f"strategy {config.strategy.name!r}",
-                          problems(exc, "$.strategy")) from exc
+    strategy, options = registry.strategy_options(config.strategy.name, config.strategy.options)
     bench = config.benchmark
     path = Path(bench.path) if bench.path else default_benchmark_path()
     conversations = load_benchmark(
@@ -207,12 +202,9 @@ def run_experiment(
     try:
         prepared = prepare_run(config)
         resolved = prepared.config
-        if resume and not overwrite and run_folder.is_finished(out):
-            _reopen_failed(out, resolved, retry_failed=retry_failed)
-        previous = writer.claim(resolved, overwrite=overwrite, resume=resume)
+        previous = writer.claim(resolved, overwrite=overwrite, resume=resume,
+                                retry_failed=retry_failed)
         claimed = True
-        if retry_failed:
-            previous = [r for r in previous if r.error is None]
         result = _execute(prepared, writer, previous, extra_sinks=extra_sinks,
                           engine_factory=engine_factory, on_record=on_record,
                           on_start=on_start)
@@ -225,38 +217,6 @@ def run_experiment(
             writer.fail(exc)
         raise
     return result
-
-
-def _reopen_failed(folder: Path, config: ExperimentConfig, *, retry_failed: bool) -> None:
-    """Make a run that finished with failed requests resumable to retry them.
-
-    A finished run without failures is left for :meth:`RunWriter.claim` to
-    refuse.  Its ``metrics.json`` is removed only once the configuration is
-    known to match; ``responses.jsonl`` keeps every record, so an interrupted
-    retry is resumed like any run.
-    """
-    summary = run_folder.read_summary(folder)
-    failed = summary.failed_requests
-    if not failed:
-        return
-    if not retry_failed:
-        total = failed + summary.overall.requests
-        msg = (
-            f"{folder} holds a finished run in which {failed} of {total} requests failed "
-            f"(their errors are in {run_folder.METRICS_FILE}): pass --retry-failed with "
-            "--resume to run them again, or choose another --output-dir"
-        )
-        raise OutputExistsError(msg)
-    if run_folder.read_config(folder) != config:
-        msg = (
-            f"{folder} holds a run of a different configuration: retry its failed requests "
-            f"with --config {folder / run_folder.CONFIG_FILE}, or choose another --output-dir"
-        )
-        raise OutputExistsError(msg)
-    log.info("retrying the failed requests of a finished run", folder=str(folder),
-             failed=failed)
-    # The summary is rewritten when the retry finishes; until then the run is unfinished.
-    (folder / run_folder.METRICS_FILE).unlink()
 
 
 def _execute(prepared: PreparedRun, writer: RunWriter, previous: list[RequestRecord], *,
