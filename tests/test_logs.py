@@ -30,11 +30,14 @@ def _isolated_logging(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterat
     monkeypatch.setattr(logs, "_configured", None)
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    # Put structlog back as it was, not to its defaults (which print to stdout): the
+    # restored logs._configured tells later tests' configure() that it is set up.
+    saved = structlog.get_config()
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
     logging.captureWarnings(capture=False)
-    structlog.reset_defaults()
+    structlog.configure(**saved)
 
 
 def _json_lines(text: str) -> list[dict[str, object]]:

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import attrs
 import pytest
+import yaml
 
 from specdec import cli
 from specdec.config import load_config
@@ -28,6 +29,7 @@ from specdec.serialization import write_json
 from specdec.study import BatchIndex, ItemStatus
 
 from .test_runner import StandInEngine
+from .test_values import BAD, LATIN1
 
 
 @pytest.fixture(autouse=True)
@@ -190,6 +192,18 @@ STUDIES = [
     row("study-missing-model-fails-dry-run", "study", "s.yaml", "--dry-run", code=2,
         files={"s.yaml": "models: [./nope, smollm2-135m]\n"},
         fragments=["study item nope__none: model './nope' not found"]),
+    row("study-repeats-0", "study", "s.yaml", "--dry-run", code=2,
+        files={"s.yaml": "repeats: 0\n"}, fragments=["repeats must be >= 1, got 0 @ $.repeats"]),
+    row("study-near-tie-negative", "study", "s.yaml", "--dry-run", code=2,
+        files={"s.yaml": "near_tie_threshold: -0.1\n"},
+        fragments=["near_tie_threshold must be >= 0, got -0.1 @ $.near_tie_threshold"]),
+    row("study-flag-repeats-0", "study", "s.yaml", "--repeats", "0", "--dry-run", code=2,
+        files={"s.yaml": "name: s\n"}, fragments=['Invalid value "0" for --repeats']),
+    row("batch-flag-repeats-0", "batch", "--configs", "e.yaml", "--output-base", "b",
+        "--repeats", "0", code=2, files={"e.yaml": "strategy: ngram\n"},
+        fragments=['Invalid value "0" for --repeats'], absent=("b",)),
+    row("report-flag-near-tie-negative", "report", "r", "--near-tie", "-1", code=2,
+        fragments=['Invalid value "-1.0" for --near-tie']),
 ]
 
 PLUGINS = [
@@ -199,9 +213,53 @@ PLUGINS = [
                    "specdec-sqlite-snik"]),
 ]
 
-VALUES: list[Any] = []
-"""Rows for values refused at load time (temperature, top_p, strict types, concurrency...):
-tests/test_values.py holds them for now; they belong here, in the same ``row(...)`` form."""
+def _value_rows() -> list[Any]:
+    """Every value tests/test_values.py refuses at load time, typed at the command line.
+
+    A row of ``--set`` overrides becomes ``--set`` flags; a config mapping becomes
+    an experiment file given with ``--config``.  Each must exit 2 with its one
+    located line before anything runs (no output folder).
+    """
+    rows = []
+    for case_id, (given, expected) in BAD.items():
+        if isinstance(given, list):
+            argv = [arg for item in given for arg in ("--set", item)]
+            files: dict[str, str | bytes] = {}
+        else:
+            argv = ["--config", "exp.yaml"]
+            files = {"exp.yaml": yaml.safe_dump(given)}
+        rows.append(row(f"value-{case_id}", *argv, "--output-dir", "o", code=2,
+                        fragments=[expected], files=files, entry=cli.run_main,
+                        absent=("o",)))
+    return rows
+
+
+VALUES = [
+    *_value_rows(),
+    row("flag-concurrency-0", "--concurrency", "0", "--output-dir", "o", code=2,
+        fragments=["concurrency must be >= 1, got 0 @ $.engine.concurrency"],
+        entry=cli.run_main, absent=("o",)),
+    row("flag-concurrency-negative", "--concurrency", "-1", "--output-dir", "o", code=2,
+        fragments=["concurrency must be >= 1, got -1 @ $.engine.concurrency"],
+        entry=cli.run_main, absent=("o",)),
+    row("flag-request-rate-0", "--request-rate", "0", "--output-dir", "o", code=2,
+        fragments=["request_rate must be > 0, got 0"], entry=cli.run_main, absent=("o",)),
+    row("flag-limit-0", "--limit", "0", "--output-dir", "o", code=2,
+        fragments=["limit must be >= 1, got 0 @ $.benchmark.limit"], entry=cli.run_main,
+        absent=("o",)),
+    row("set-fraction-as-integer", "--set", "generation.max_tokens=12.7", "--output-dir", "o",
+        code=2, fragments=["expected an integer, got 12.7 (an integer has no fraction)"],
+        entry=cli.run_main, absent=("o",)),
+    row("set-quoted-boolean", "--set", 'engine.enforce_eager="false"', "--output-dir", "o",
+        code=2, fragments=["write true or false"], entry=cli.run_main, absent=("o",)),
+    row("set-misspelt-key", "--set", "generation.max_token=3", "--output-dir", "o", code=2,
+        fragments=["did you mean 'max_tokens'?"], entry=cli.run_main, absent=("o",)),
+    row("config-not-utf8", "--config", "exp.yaml", "--output-dir", "o", code=2,
+        fragments=["invalid configuration in exp.yaml",
+                   "not UTF-8 text (byte 0xe9 at offset 10); save it as UTF-8 @ $"],
+        files={"exp.yaml": LATIN1}, entry=cli.run_main, absent=("o",)),
+]
+"""Values refused at load time (vLLM's bounds, strict types, unknown keys), before any engine."""
 
 CASES = [*INPUT_FILES, *FLAGS, *MODELS, *RUN_FOLDERS, *STUDIES, *PLUGINS, *VALUES]
 

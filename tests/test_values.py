@@ -14,7 +14,6 @@ from typing import Any
 import cattrs
 import pytest
 
-from specdec.cli import EXIT_USAGE, run_main
 from specdec.config import config_from_mapping, load_config, read_provenance
 from specdec.errors import ConfigError
 from specdec.records import ExperimentConfig, TurnRecord
@@ -318,50 +317,3 @@ def test_broken_yaml_provenance_is_located(tmp_path: Path) -> None:
     path.write_text("schema_version: 1\nprovenance: {run_id: [x\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"broken YAML at line 3"):
         read_provenance(path)
-
-
-CLI: dict[str, tuple[list[str], str]] = {
-    "temperature": (["--set", "generation.temperature=-1"],
-                    "temperature must be >= 0, got -1 @ $.generation.temperature"),
-    "concurrency=0": (["--concurrency", "0"],
-                      "concurrency must be >= 1, got 0 @ $.engine.concurrency"),
-    "concurrency=-1": (["--concurrency", "-1"],
-                       "concurrency must be >= 1, got -1 @ $.engine.concurrency"),
-    "request-rate": (["--request-rate", "0"], "request_rate must be > 0, got 0"),
-    "limit": (["--limit", "0"], "limit must be >= 1, got 0 @ $.benchmark.limit"),
-    "fraction": (["--set", "generation.max_tokens=12.7"],
-                 "expected an integer, got 12.7 (an integer has no fraction)"),
-    "quoted-bool": (["--set", 'engine.enforce_eager="false"'], "write true or false"),
-    "misspelt": (["--set", "generation.max_token=3"], "did you mean 'max_tokens'?"),
-}
-
-
-@pytest.mark.parametrize(("args", "expected"), CLI.values(), ids=CLI.keys())
-def test_cli_refuses_before_any_engine(args: list[str], expected: str, tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
-    """specdec-run: exit 2, the message on stderr, no traceback, nothing run or written."""
-    def no_run(*_args: Any, **_kwargs: Any) -> None:
-        pytest.fail("the run started although its config is invalid")
-
-    monkeypatch.setattr("specdec.runner.run_experiment", no_run)
-    code = run_main([*args, "--output-dir", str(tmp_path / "out")])
-    stderr = capsys.readouterr().err
-    assert code == EXIT_USAGE, stderr
-    assert expected in stderr, stderr
-    assert "Traceback" not in stderr
-    assert not (tmp_path / "out").exists()
-
-
-def test_cli_non_utf8_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                             capsys: pytest.CaptureFixture[str]) -> None:
-    """--config naming a file in another encoding: exit 2 and the one line."""
-    monkeypatch.setattr("specdec.runner.run_experiment",
-                        lambda *_a, **_k: pytest.fail("the run started"))
-    path = tmp_path / "exp.yaml"
-    path.write_bytes(LATIN1)
-    assert run_main(["--config", str(path), "--output-dir", str(tmp_path / "o")]) == EXIT_USAGE
-    stderr = capsys.readouterr().err
-    assert f"invalid configuration in {path}" in stderr
-    assert "not UTF-8 text (byte 0xe9 at offset 10); save it as UTF-8 @ $" in stderr
-    assert "Traceback" not in stderr

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from attrs import frozen
 from cyclopts import App, CycloptsError, Group, Parameter
+from cyclopts.validators import Number
 
 from specdec.errors import ConfigError, InvalidOptionError, SpecdecError, UsageError
 from specdec.logs import LogFormat
@@ -254,8 +255,11 @@ LogFormatFlag = Annotated[LogFormat | None, Parameter(
     group=OUTPUT, help="structured log lines as console text or JSON (also SPECDEC_LOG_FORMAT)")]
 """``--log-format`` of ``run`` and ``serve``."""
 
-NearTieFlag = Annotated[float | None, Parameter(metavar="NATS")]
+NearTieFlag = Annotated[float | None, Parameter(metavar="NATS", validator=Number(gte=0))]
 """``--near-tie``: the lossless check's near-tie threshold; each command says its default."""
+
+RepeatsFlag = Annotated[int, Parameter(validator=Number(gte=1))]
+"""``--repeats`` of ``batch`` and ``study``: runs of each configuration, at least one."""
 
 # The defaults of the flattened flag classes: frozen, so one shared instance is safe.
 _NO_EXPERIMENT = ExperimentFlags()
@@ -459,7 +463,7 @@ def _execute_batch(items: Sequence[BatchItem], output_base: Path, name: str,
 
 def batch(*, configs: Annotated[list[Path], Parameter(consume_multiple=True, metavar="FILE")],
           output_base: Annotated[Path, Parameter(metavar="DIR")],
-          benchmark: BenchmarkFlags = _NO_BENCHMARK, repeats: int = 1,
+          benchmark: BenchmarkFlags = _NO_BENCHMARK, repeats: RepeatsFlag = 1,
           near_tie: NearTieFlag = None) -> int:
     """Run several experiment files on one benchmark, each in its own process.
 
@@ -484,7 +488,7 @@ def batch(*, configs: Annotated[list[Path], Parameter(consume_multiple=True, met
 
 
 def study(study: Path, /, *, output_base: Annotated[Path | None, Parameter(metavar="DIR")] = None,
-          repeats: int | None = None, dry_run: bool = False) -> int:
+          repeats: RepeatsFlag | None = None, dry_run: bool = False) -> int:
     """Expand a study file (models x strategies x sweeps) and run it as a batch.
 
     Run a study file: every model x strategy x swept setting x repeat as a

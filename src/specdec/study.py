@@ -32,6 +32,7 @@ from specdec.models import check_model
 from specdec.provenance import collect, now
 from specdec.records import SCHEMA_VERSION, BenchmarkConfig, StrategySpec
 from specdec.serialization import problems, structure, unstructure, write_json
+from specdec.validators import number, positive
 
 log = structlog.get_logger("specdec.study")
 
@@ -57,8 +58,8 @@ class StudyConfig:
     strategies: tuple[StrategySpec, ...] = (StrategySpec(BASELINE),)
     base: Mapping[str, Any] = field(factory=dict)
     sweep: Mapping[str, tuple[Any, ...]] = field(factory=dict)
-    repeats: int = 1
-    near_tie_threshold: float = NEAR_TIE_THRESHOLD
+    repeats: int = field(default=1, validator=positive)
+    near_tie_threshold: float = field(default=NEAR_TIE_THRESHOLD, validator=number(ge=0))
 
 
 @frozen
