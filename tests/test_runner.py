@@ -9,6 +9,8 @@ from typing import Any, ClassVar
 
 import orjson
 import pytest
+import structlog
+import structlog.testing
 from rich.console import Console
 
 from specdec import display, registry
@@ -214,6 +216,20 @@ def test_failed_requests_are_counted_and_metrics_written(tmp_path: Path) -> None
     metrics = orjson.loads((tmp_path / "run" / "metrics.json").read_bytes())
     assert metrics["summary"]["failed_requests"] == 2
     assert metrics["summary"]["overall"]["requests"] == 3
+
+
+def test_log_sink_says_which_requests_failed(tmp_path: Path) -> None:
+    """The log shows a failed request as a warning with its error, and the run's count."""
+    StandInEngine.failing = {"code-02": TOO_LONG}
+    config = load_config(None, [*CONFIG, "sinks=[log]"])
+    with structlog.testing.capture_logs() as logged:
+        run_experiment(config, tmp_path / "run", engine_factory=StandInEngine)
+    failed = [e for e in logged if e["event"] == "request failed"]
+    assert [(e["id"], e["error"], e["log_level"]) for e in failed] == [
+        ("code-02", TOO_LONG, "warning")]
+    assert not [e for e in logged if e["event"] == "request finished" and e["id"] == "code-02"]
+    finished = next(e for e in logged if e["event"] == "run finished")
+    assert finished["failed_requests"] == 1
 
 
 def test_every_request_failed_is_an_error(tmp_path: Path) -> None:

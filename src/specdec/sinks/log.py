@@ -27,7 +27,11 @@ class LogSink:
         self._log.info("run started", model=run.config.model, mode=run.config.mode)
 
     def record(self, record: RequestRecord) -> None:
-        """Log one finished request."""
+        """Log one finished request, or one that failed (a warning with its error)."""
+        if record.error is not None:
+            self._log.warning("request failed", id=record.id, category=record.category,
+                              finished_turns=len(record.turns), error=record.error)
+            return
         drafted = [t.spec for t in record.turns if t.spec is not None]
         accepted = sum(s.num_accepted_tokens for s in drafted)
         draft_tokens = sum(s.num_draft_tokens for s in drafted)
@@ -51,6 +55,7 @@ class LogSink:
         self._log.info(
             "run finished",
             requests=summary.overall.requests,
+            failed_requests=summary.failed_requests,
             output_tokens=summary.overall.output_tokens,
             elapsed_s=round(summary.elapsed_s, 3),
             throughput_tokens_per_s=round(summary.throughput_tokens_per_s, 2),
