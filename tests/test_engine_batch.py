@@ -32,7 +32,9 @@ CONFIGS = {
     "ngram": "strategy: {name: ngram, num_speculative_tokens: 3, prompt_lookup_min: 2, "
              "prompt_lookup_max: 4}",
     "draft": f"strategy: {{name: draft_model, model: {models.DRAFT_ALIAS}}}",
-    "broken": "model: /nonexistent/model\nstrategy: {name: ngram}",
+    # Passes the checks made before the first item starts (config, strategy options,
+    # the item's own model); fails when its run checks the draft against the target.
+    "broken": "strategy: {name: draft_model, model: /nonexistent/draft}",
 }
 
 
@@ -95,7 +97,7 @@ def test_batch_runs_records_failure_and_exits_nonzero(batch: tuple[Path, Any]) -
     index = _index(base)
     assert [index[n]["status"] for n in ("baseline", "ngram", "draft")] == ["done"] * 3
     assert index["broken"]["status"] == "failed"
-    assert "model '/nonexistent/model' not found" in index["broken"]["error"]
+    assert "model '/nonexistent/draft' not found" in index["broken"]["error"]
 
 
 def test_resume_does_not_redo_finished_work(batch: tuple[Path, Any]) -> None:
