@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import math
+import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -17,13 +19,25 @@ from structlog.testing import capture_logs
 from specdec import registry
 from specdec.config import load_config
 from specdec.engines.launch import free_port, server_command
-from specdec.engines.openai_server import OpenAIServerEngine, counter_delta, parse_counters
+from specdec.engines.openai_server import (
+    IDS_BY_TEXT,
+    IDS_FROM_LOGPROBS,
+    IDS_RETURNED,
+    OpenAIServerEngine,
+    counter_delta,
+    gamma_intervals,
+    parse_counters,
+    send_offsets,
+)
 from specdec.errors import EngineError
 from specdec.interfaces import ScoreRequest, TokenScore
-from specdec.records import SpecStats
+from specdec.records import Conversation, Message, SpecStats
 from specdec.runner import run_experiment
 
-STAND_IN_VERSION = "0.0.1-stand-in"
+STAND_IN_VERSION = "0.32.0+stand-in"
+OLD_VERSION = "0.10.1"
+"""A vLLM before ``return_token_ids``."""
+WORDS = ["Hello", " there", " friend"]
 
 METRICS = """# TYPE vllm:spec_decode_num_drafts counter
 vllm:spec_decode_num_drafts_total{{engine="0",model_name="m"}} {d0}
@@ -43,6 +57,9 @@ class StandIn(BaseHTTPRequestHandler):
     """Answers like vLLM's server; the prompt's first word picks a misbehaviour."""
 
     requests: ClassVar[int] = 0
+    version: ClassVar[str] = STAND_IN_VERSION
+    bodies: ClassVar[list[dict[str, Any]]] = []
+    """Every generation request's body, as sent."""
 
     def log_message(self, *args: Any) -> None:
         return None
@@ -58,7 +75,7 @@ class StandIn(BaseHTTPRequestHandler):
         if self.path == "/v1/models":
             self._send(200, orjson.dumps({"data": [{"id": "stand-in", "max_model_len": 64}]}))
         elif self.path == "/version":
-            self._send(200, orjson.dumps({"version": STAND_IN_VERSION}))
+            self._send(200, orjson.dumps({"version": StandIn.version}))
         elif self.path == "/metrics":
             n = StandIn.requests
             text = METRICS.format(d0=10 * n, d1=n, t0=30 * n, a0=12 * n, p0=8 * n, p1=4 * n)
@@ -74,10 +91,15 @@ class StandIn(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = orjson.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path == "/tokenize":
+            self._tokenize(body)
+            return
         if "prompt_logprobs" in body:
             self._prompt_logprobs(body)
             return
-        prompt = body["messages"][-1]["content"]
+        StandIn.bodies.append(body)
+        chat = "messages" in body
+        prompt = body["messages"][-1]["content"] if chat else body["prompt"]
         StandIn.requests += 1
         if prompt.startswith("http500"):
             self._send(500, b'{"error": "boom"}')
@@ -88,18 +110,14 @@ class StandIn(BaseHTTPRequestHandler):
         self.end_headers()
         if prompt.startswith("slow"):
             time.sleep(3)
-        for i, word in enumerate(["Hello", " there", " friend"]):
+        if prompt.startswith("wait"):
+            time.sleep(0.3)
+        for i, word in enumerate(WORDS):
             if prompt.startswith("cut") and i == 2:
                 self.wfile.write(b"0\r\n\r\n")
                 self.close_connection = True
                 return
-            top = [{"token": "token_id:7", "logprob": -0.1}, {"token": "token_id:8",
-                                                              "logprob": -2.1}]
-            self._chunk({"choices": [{"index": 0, "delta": {"content": word},
-                                      "logprobs": {"content": [{"token": f"token_id:{i + 1}",
-                                                                "logprob": -0.1,
-                                                                "top_logprobs": top}]},
-                                      "finish_reason": "length" if i == 2 else None}]})
+            self._chunk({"choices": [self._choice(body, prompt, i, word)]})
         self._chunk({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 3},
                      "metrics": {"speculative_decoding": {
                          "acceptance_histogram": [1, 0, 1], "num_draft_tokens": 4,
@@ -107,6 +125,36 @@ class StandIn(BaseHTTPRequestHandler):
         self._chunk("[DONE]")
         self.wfile.write(b"0\r\n\r\n")
 
+
+    @staticmethod
+    def _choice(body: dict[str, Any], prompt: str, i: int, word: str) -> dict[str, Any]:
+        # As vLLM streams: token_ids only with return_token_ids (a parser may hold some
+        # back: prompt "partial"), log-probs only when asked, ids as text unless asked.
+        chat = "messages" in body
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "length" if i == 2 else None}
+        choice |= {"delta": {"content": word}} if chat else {"text": word}
+        if body.get("return_token_ids") and not (prompt.startswith("partial") and i == 2):
+            choice["token_ids"] = [i + 1]
+        name = (lambda t: f"token_id:{t}") if body.get("return_tokens_as_token_ids") else str
+        if chat and body.get("logprobs"):
+            top = [{"token": name(7), "logprob": -0.1}, {"token": name(8), "logprob": -2.1}]
+            choice["logprobs"] = {"content": [{"token": name(i + 1), "logprob": -0.1,
+                                               "top_logprobs": top}]}
+        elif not chat and body.get("logprobs") is not None:
+            choice["logprobs"] = {"tokens": [name(i + 1)], "token_logprobs": [-0.1],
+                                  "top_logprobs": [{name(7): -0.1, name(8): -2.6}]}
+        return choice
+
+    def _tokenize(self, body: dict[str, Any]) -> None:
+        # Each message is its length, then 0 for the generation prompt; raw text: 1, then
+        # its characters (a BOS, then the text).
+        if "messages" in body:
+            tokens = [len(m["content"]) for m in body["messages"]]
+            tokens += [0] if body.get("add_generation_prompt") else []
+        else:
+            tokens = [1, *(ord(c) for c in body["prompt"])]
+        self._send(200, orjson.dumps({"count": len(tokens), "max_model_len": 64,
+                                      "tokens": tokens}))
 
     def _prompt_logprobs(self, body: dict[str, Any]) -> None:
         # vLLM's shape: null at position 0, then token id (a string) -> {logprob, rank, ...};
@@ -127,6 +175,8 @@ class StandIn(BaseHTTPRequestHandler):
 def stand_in() -> Iterator[str]:
     """A stand-in server on a loopback port."""
     StandIn.requests = 0
+    StandIn.version = STAND_IN_VERSION
+    StandIn.bodies = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), StandIn)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -174,7 +224,8 @@ def test_failures_are_recorded_and_the_run_goes_on(stand_in: str, tmp_path: Path
 
 def test_turn_fields_from_the_stream(stand_in: str, tmp_path: Path) -> None:
     """Text, token ids, margins, usage and per-request speculative metrics are read."""
-    result = run_experiment(_config(tmp_path, stand_in, ["fine"]), tmp_path / "out")
+    result = run_experiment(_config(tmp_path, stand_in, ["fine"], "generation.logprobs=2"),
+                            tmp_path / "out")
     turn = result.records[0].turns[0]
     assert turn.output == "Hello there friend"
     assert turn.output_token_ids == (1, 2, 3)
@@ -260,3 +311,177 @@ def test_score_reads_the_completions_prompt_logprobs(stand_in: str, tmp_path: Pa
          TokenScore(2, 9, -4.0, (7, 8), (-0.25, -1.5))),
         (TokenScore(3, 4, -0.25, (4, 5), (-0.25, -1.5)),),
     ]
+
+
+def _sent(kind: str = "messages") -> list[dict[str, Any]]:
+    """The timed generation requests' bodies (the warm-up's is the first)."""
+    return [b for b in StandIn.bodies[1:] if kind in b]
+
+
+UNASKED = ("logprobs", "top_logprobs", "return_tokens_as_token_ids")
+
+
+def test_timed_requests_carry_no_logprobs_unless_configured(stand_in: str,
+                                                            tmp_path: Path) -> None:
+    """A server that returns token ids is asked for them, and for nothing else unasked."""
+    result = run_experiment(_config(tmp_path, stand_in, ["fine", "fine 2"]), tmp_path / "out")
+    bodies = _sent()
+    assert len(bodies) == 2
+    for body in bodies:
+        assert body["return_token_ids"] is True
+        assert not set(UNASKED) & set(body), body
+    turn = result.records[0].turns[0]
+    assert turn.output_token_ids == (1, 2, 3)
+    assert turn.logprob_margins == ()
+    metrics = orjson.loads((tmp_path / "out" / "metrics.json").read_bytes())
+    assert metrics["provenance"]["server"]["token_ids"] == IDS_RETURNED
+
+
+def test_logprobs_are_asked_only_when_configured(stand_in: str, tmp_path: Path) -> None:
+    """generation.logprobs=2 adds vLLM's log-prob fields; ids still come from token_ids."""
+    result = run_experiment(_config(tmp_path, stand_in, ["fine"], "generation.logprobs=2"),
+                            tmp_path / "out")
+    [body] = _sent()
+    assert (body["logprobs"], body["top_logprobs"], body["return_token_ids"]) == (True, 2, True)
+    assert "return_tokens_as_token_ids" not in body
+    assert result.records[0].turns[0].output_token_ids == (1, 2, 3)
+
+
+def test_an_older_server_compares_by_text(stand_in: str, tmp_path: Path) -> None:
+    """Before vLLM 0.10.2 and without logprobs: nothing extra is sent, and the run says so."""
+    StandIn.version = OLD_VERSION
+    with capture_logs() as logs:
+        result = run_experiment(_config(tmp_path, stand_in, ["fine"]), tmp_path / "out")
+    [body] = _sent()
+    assert not {*UNASKED, "return_token_ids"} & set(body), body
+    turn = result.records[0].turns[0]
+    assert (turn.output, turn.output_token_ids, turn.output_tokens) == (
+        "Hello there friend", (), 3)
+    metrics = orjson.loads((tmp_path / "out" / "metrics.json").read_bytes())
+    assert metrics["provenance"]["server"]["token_ids"] == IDS_BY_TEXT
+    assert any("outputs compare by text" in entry["event"] for entry in logs)
+
+
+def test_an_older_server_gives_ids_with_configured_logprobs(stand_in: str,
+                                                            tmp_path: Path) -> None:
+    """Before 0.10.2 with generation.logprobs: the ids come from the log-probs' token_id:N."""
+    StandIn.version = OLD_VERSION
+    result = run_experiment(_config(tmp_path, stand_in, ["fine"], "generation.logprobs=2"),
+                            tmp_path / "out")
+    [body] = _sent()
+    assert body["return_tokens_as_token_ids"] is True
+    assert "return_token_ids" not in body
+    turn = result.records[0].turns[0]
+    assert turn.output_token_ids == (1, 2, 3)
+    assert turn.logprob_margins == pytest.approx((2.0, 2.0, 2.0))
+    metrics = orjson.loads((tmp_path / "out" / "metrics.json").read_bytes())
+    assert metrics["provenance"]["server"]["token_ids"] == IDS_FROM_LOGPROBS
+
+
+def test_raw_prompts_read_completions_ids_and_margins(stand_in: str, tmp_path: Path) -> None:
+    """/v1/completions: no logprobs unless configured; its top_logprobs maps give margins."""
+    plain = run_experiment(_config(tmp_path, stand_in, ["fine"], "chat_template=false"),
+                           tmp_path / "plain")
+    [body] = _sent("prompt")
+    assert body["return_token_ids"] is True
+    assert not set(UNASKED) & set(body), body
+    assert plain.records[0].turns[0].output_token_ids == (1, 2, 3)
+    StandIn.bodies = []
+    asked = run_experiment(_config(tmp_path, stand_in, ["fine"], "chat_template=false",
+                                   "generation.logprobs=2"), tmp_path / "asked")
+    [body] = _sent("prompt")
+    assert body["logprobs"] == 2
+    assert asked.records[0].turns[0].logprob_margins == pytest.approx((2.5, 2.5, 2.5))
+
+
+def test_incomplete_token_ids_are_left_empty(stand_in: str, tmp_path: Path) -> None:
+    """Fewer ids than the usage's output tokens: the turn keeps none (compares by text)."""
+    with capture_logs() as logs:
+        result = run_experiment(_config(tmp_path, stand_in, ["partial", "fine"]),
+                                tmp_path / "out")
+    by_id = {r.id: r.turns[0] for r in result.records}
+    assert by_id["r0"].output_token_ids == ()
+    assert by_id["r1"].output_token_ids == (1, 2, 3)
+    [warning] = [e for e in logs if "fewer token ids" in e["event"]]
+    assert warning["turns"] == 1
+
+
+def test_prompt_token_ids_by_tokenize(stand_in: str, tmp_path: Path) -> None:
+    """/tokenize gets the turn's chat messages with the generation prompt, or the raw text."""
+    conv = Conversation("c", ("first?", "second question?"),
+                        context=(Message("system", "be brief"),))
+    chat = OpenAIServerEngine(_config(tmp_path, stand_in, ["fine"], "warmup=false"), "m", None)
+    chat.start()
+    # system, user 1, the engine's answer, user 2, then the generation prompt
+    assert chat.prompt_token_ids(conv, ["an answer"]) == (8, 6, 9, 16, 0)
+    raw = OpenAIServerEngine(_config(tmp_path, stand_in, ["fine"], "warmup=false",
+                                     "chat_template=false"), "m", None)
+    raw.start()
+    assert raw.prompt_token_ids(Conversation("r", ("Hi",)), []) == (1, ord("H"), ord("i"))
+    with pytest.raises(EngineError, match="not started"):
+        OpenAIServerEngine(_config(tmp_path, stand_in, ["fine"]), "m", None).prompt_token_ids(
+            conv, [])
+
+
+def test_poisson_gaps_have_the_rate_and_gammas_variance() -> None:
+    """Gamma gaps (shape = burstiness, mean 1/R): the mean is 1/R, the variance 1/(R^2 b)."""
+    rate = 4.0
+    for burstiness in (0.25, 1.0, 4.0):
+        for seed in range(3):
+            gaps = gamma_intervals(5000, rate, burstiness, seed)
+            assert statistics.fmean(gaps) == pytest.approx(1 / rate, rel=0.05 / burstiness**0.5)
+            assert statistics.variance(gaps) == pytest.approx(1 / (rate**2 * burstiness),
+                                                              rel=0.15)
+    # burstiness 1 is exponential: P(gap < mean) = 1 - 1/e
+    gaps = gamma_intervals(5000, rate, 1.0, 7)
+    below = sum(g < 1 / rate for g in gaps) / len(gaps)
+    assert below == pytest.approx(1 - math.exp(-1), abs=0.02)
+
+
+def test_send_offsets_are_seeded_and_span_the_fixed_schedule() -> None:
+    """The same seed gives the same schedule, another seed another; the span is (N-1)/R."""
+    first = send_offsets(2000, 5.0, seed=1)
+    assert first == send_offsets(2000, 5.0, seed=1)
+    assert first != send_offsets(2000, 5.0, seed=2)
+    assert first[0] == 0.0
+    assert first[-1] == pytest.approx(1999 / 5.0)
+    gaps = [b - a for a, b in itertools.pairwise(first)]
+    assert min(gaps) > 0
+    # a Poisson process's gaps vary as much as their mean; a fixed schedule's do not vary
+    assert statistics.stdev(gaps) == pytest.approx(0.2, rel=0.1)
+    assert send_offsets(4, 2.0, schedule="fixed") == (0.0, 0.5, 1.0, 1.5)
+    assert send_offsets(3, None) == (0.0, 0.0, 0.0)
+    assert send_offsets(1, 2.0) == (0.0,)
+    burst = [b - a for a, b in itertools.pairwise(send_offsets(2000, 5.0, burstiness=0.25))]
+    assert statistics.stdev(burst) == pytest.approx(0.4, rel=0.15)
+
+
+def test_queue_wait_is_recorded_apart_from_latency(stand_in: str, tmp_path: Path) -> None:
+    """At concurrency 1, a request due while another runs waits for the slot, not the server."""
+    config = _config(tmp_path, stand_in, ["wait a", "wait b", "wait c"], "engine.concurrency=1",
+                     "engine.request_rate=100", "engine.request_schedule=fixed")
+    result = run_experiment(config, tmp_path / "out")
+    records = {r.id: r for r in result.records}
+    assert [records[f"r{i}"].scheduled_s for i in range(3)] == pytest.approx([0, 0.01, 0.02])
+    assert records["r0"].queue_wait_s == pytest.approx(0, abs=0.1)
+    waits = [records[f"r{i}"].queue_wait_s or 0.0 for i in range(3)]
+    for later in (1, 2):
+        assert waits[later] > waits[later - 1] + 0.25
+        assert records[f"r{later}"].walltime_s < waits[later] + 0.25
+    line = orjson.loads((tmp_path / "out" / "responses.jsonl").read_bytes().splitlines()[-1])
+    assert line["queue_wait_s"] > 0
+    server = orjson.loads((tmp_path / "out" / "metrics.json").read_bytes())["provenance"]
+    assert server["server"]["arrivals"] == {"request_rate": 100.0, "schedule": "fixed",
+                                            "burstiness": 1.0, "seed": 0}
+
+
+def test_poisson_arrivals_follow_the_seeded_schedule(stand_in: str, tmp_path: Path) -> None:
+    """Each request is due when send_offsets says, for engine.request_seed (else engine.seed)."""
+    prompts = [f"fine {i}" for i in range(6)]
+    config = _config(tmp_path, stand_in, prompts, "engine.request_rate=50",
+                     "engine.request_seed=3", "engine.burstiness=2", "mode=batch")
+    result = run_experiment(config, tmp_path / "out")
+    due = send_offsets(6, 50.0, burstiness=2.0, seed=3)
+    assert [r.scheduled_s for r in sorted(result.records, key=lambda r: r.id)] == (
+        pytest.approx(list(due)))
+    assert all(r.queue_wait_s is not None and r.queue_wait_s < 0.5 for r in result.records)

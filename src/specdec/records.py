@@ -20,6 +20,7 @@ SCHEMA_VERSION = 1
 
 Role = Literal["system", "user", "assistant"]
 Mode = Literal["batch", "sequential"]
+RequestSchedule = Literal["poisson", "fixed"]
 
 
 @frozen
@@ -86,15 +87,20 @@ class EngineConfig:
     server`` sends the benchmark to an OpenAI-compatible vLLM server
     at ``url`` (``launch: true`` starts one on the loopback interface first), with
     ``concurrency`` requests in flight (default 1 in sequential mode, all in
-    batch mode) or a fixed ``request_rate`` per second; each request is bounded
-    by ``timeout_s``.
+    batch mode) or a ``request_rate`` per second; each request is bounded by
+    ``timeout_s``.  With a rate, requests arrive as ``vllm bench serve`` sends
+    them: ``request_schedule: poisson`` (the default) draws the gaps between
+    them from a gamma distribution of shape ``burstiness`` (1: a Poisson
+    process; below 1 burstier, above 1 more even) and mean ``1 / request_rate``,
+    seeded by ``request_seed`` (default: ``seed``); ``fixed`` sends request i at
+    ``i / request_rate`` seconds.
 
     Values are checked when a config is loaded, with vLLM's bounds where vLLM
     takes them (``vllm.config``): ``dtype`` one of vLLM's names (any case),
     ``max_model_len`` at least 1, or -1 (vLLM fits it to the memory; unset takes
     the model's own), parallel sizes and ``max_num_seqs`` at least 1,
     ``gpu_memory_utilization`` in (0, 1]; ``port`` in 1..65535, ``concurrency``
-    at least 1, times and ``request_rate`` above 0.
+    at least 1, times, ``request_rate`` and ``burstiness`` above 0.
     """
 
     dtype: str = field(default="auto", validator=one_of(*VLLM_DTYPES))
@@ -117,6 +123,9 @@ class EngineConfig:
     launch_timeout_s: float = field(default=600.0, validator=above_zero)
     concurrency: int | None = field(default=None, validator=positive)
     request_rate: float | None = field(default=None, validator=above_zero)
+    request_schedule: RequestSchedule = "poisson"
+    burstiness: float = field(default=1.0, validator=above_zero)
+    request_seed: int | None = None
     timeout_s: float = field(default=600.0, validator=above_zero)
 
 
@@ -262,6 +271,14 @@ class RequestRecord:
     turns: tuple[TurnRecord, ...]
     error: str | None = None
     """Why the request failed (its finished turns are kept); None if it succeeded."""
+    scheduled_s: float | None = None
+    """Server backend: when the request was due, in seconds after the run began
+    (its place in the arrival schedule of ``engine.request_rate``; 0 without a
+    rate, when every request is due at once).  None from other engines."""
+    queue_wait_s: float | None = None
+    """Server backend: seconds from when the request was due to when it was sent,
+    waiting for a concurrency slot; not part of its latency (``walltime_s``
+    starts when it is sent).  None from other engines."""
 
     @property
     def output_tokens(self) -> int:

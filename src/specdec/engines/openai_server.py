@@ -1,13 +1,18 @@
 """The server engine: the same benchmark against an OpenAI-compatible vLLM server.
 
 Requests are streamed (``/v1/chat/completions``, or ``/v1/completions`` for raw
-prompts) with a chosen concurrency or request rate.  Per request the client
-measures time to first token, decode time and end-to-end latency; output
-tokens come from the server's usage report and token ids from its log-probs
-(``return_tokens_as_token_ids``).  Speculative acceptance comes from the
-server's Prometheus ``/metrics`` counters (``vllm:spec_decode_*_total``, read
-before and after the run and summed over engines) and, where the server
-reports them, per-request speculative metrics.
+prompts) with a chosen concurrency, or arriving at a request rate as ``vllm
+bench serve`` sends them (:func:`send_offsets`; the wait for a concurrency slot
+is recorded apart from the latency).  Per request the client measures time to
+first token, decode time and end-to-end latency; output tokens come from the
+server's usage report.  A timed request carries only what the user configured
+plus vLLM's ``return_token_ids``, where the server's version offers it, for the
+output token ids; log-probabilities are asked for only when
+``generation.logprobs`` is set.  Without either the run states that its
+comparison is by text (:data:`IDS_BY_TEXT` in the provenance).
+Speculative acceptance comes from the server's Prometheus ``/metrics`` counters
+(``vllm:spec_decode_*_total``, read before and after the run and summed over
+engines) and, where the server reports them, per-request speculative metrics.
 
 Failures are per request: an unreachable server, a 4xx/5xx answer, a stream
 cut before ``[DONE]`` or a timeout are recorded in that request's ``error`` and
@@ -28,11 +33,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 import orjson
 import structlog
@@ -68,6 +76,71 @@ PREFIX = "vllm:spec_decode_"
 SCORE_CONCURRENCY = 8
 """Scoring requests in flight when engine.concurrency is unset: the server batches them."""
 NO_URL = "the server backend needs engine.url (or --endpoint URL), or engine.launch: true"
+
+IDS_RETURNED = "returned"
+"""``provenance.server.token_ids``: the server returned each turn's output token ids
+(vLLM's ``return_token_ids``) without log-probabilities."""
+IDS_FROM_LOGPROBS = "returned (from log-probabilities)"
+"""``provenance.server.token_ids``: an older server; the ids come with the
+log-probabilities ``generation.logprobs`` asked for (``return_tokens_as_token_ids``)."""
+IDS_BY_TEXT = "unavailable (comparison by text)"
+"""``provenance.server.token_ids``: the server cannot return token ids and no
+log-probabilities were asked for: turns carry no token ids, so outputs compare by text."""
+RETURN_TOKEN_IDS_SINCE = (0, 10, 2)
+"""The first vLLM release whose OpenAI server takes ``return_token_ids`` (vLLM PR #22587)."""
+
+
+def offers_token_ids(version: str | None) -> bool:
+    """Whether a vLLM server of this version returns output token ids on request.
+
+    vLLM's ``return_token_ids`` (since 0.10.2) adds ``token_ids`` to each
+    streamed choice: the tokens of that chunk.  An unknown or unreadable version
+    is taken as not offering it, so nothing unasked-for is sent to a server that
+    may not be vLLM.
+    """
+    found = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version or "")
+    if found is None:
+        return False
+    release = tuple(int(part or 0) for part in found.groups())
+    return release >= RETURN_TOKEN_IDS_SINCE
+
+
+def gamma_intervals(count: int, rate: float, burstiness: float, seed: int) -> list[float]:
+    """``count`` gaps between arrivals: gamma with shape ``burstiness``, mean ``1 / rate``.
+
+    As ``vllm bench serve`` draws them (``vllm/benchmarks/serve.py``,
+    ``get_request``: ``np.random.gamma(shape=burstiness, scale=1 / (rate *
+    burstiness))``): burstiness 1 is the exponential distribution (a Poisson
+    process); the variance is ``1 / (rate**2 * burstiness)``.
+    """
+    rng = random.Random(seed)  # noqa: S311 - a schedule, not a secret
+    scale = 1.0 / (rate * burstiness)
+    return [rng.gammavariate(burstiness, scale) for _ in range(count)]
+
+
+def send_offsets(count: int, rate: float | None, *, schedule: str = "poisson",
+                 burstiness: float = 1.0, seed: int = 0) -> tuple[float, ...]:
+    """When each of ``count`` requests is due, in seconds after the run begins.
+
+    Without a rate every request is due at once (each is sent when a concurrency
+    slot frees).  ``fixed``: request i at ``i / rate``.  ``poisson``: the gaps
+    between consecutive requests are :func:`gamma_intervals` seeded by ``seed``,
+    then rescaled so that they add up to the fixed schedule's span, as
+    ``get_request`` rescales its delays to ``count / rate`` "to close the gap for
+    stabilizing the throughput data from different random seeds".  Request 0 is
+    sent at once (vLLM's first request waits one gap, which only adds idle time
+    before the run).
+    """
+    if not rate:
+        return (0.0,) * count
+    if schedule == "fixed" or count < 2:  # noqa: PLR2004 - a gap needs two requests
+        return tuple(i / rate for i in range(count))
+    gaps = gamma_intervals(count - 1, rate, burstiness, seed)
+    scale = (count - 1) / rate / sum(gaps)
+    offsets = [0.0]
+    for gap in gaps:
+        offsets.append(offsets[-1] + gap * scale)
+    return tuple(offsets)
 
 
 class RequestFailedError(Exception):
@@ -123,12 +196,33 @@ def _token_id(token: str) -> int | None:
     return int(token[len(prefix):]) if token.startswith(prefix) else None
 
 
+def _logprob_entries(logprobs: Mapping[str, Any]) -> list[tuple[int | None, list[float]]]:
+    """Per token of a streamed chunk: its id (when given as ``token_id:N``) and top log-probs.
+
+    Chat answers list ``content`` entries with ``top_logprobs`` objects;
+    ``/v1/completions`` gives parallel lists, ``tokens`` and ``top_logprobs``
+    (one ``{token: logprob}`` map per token).
+    """
+    if logprobs.get("content"):
+        return [(_token_id(entry.get("token", "")),
+                 sorted((float(t["logprob"]) for t in entry.get("top_logprobs") or ()),
+                        reverse=True))
+                for entry in logprobs["content"]]
+    tokens = logprobs.get("tokens") or []
+    tops = logprobs.get("top_logprobs") or [None] * len(tokens)
+    return [(_token_id(token), sorted((float(v) for v in (top or {}).values()), reverse=True))
+            for token, top in zip(tokens, tops, strict=False)]
+
+
 class _Stream:
     """What one streamed answer delivered, and when."""
 
     def __init__(self) -> None:
         self.text: list[str] = []
         self.token_ids: list[int] = []
+        """Output token ids as the server returned them (``return_token_ids``)."""
+        self.logprob_token_ids: list[int] = []
+        """Output token ids read from log-probabilities (``return_tokens_as_token_ids``)."""
         self.margins: list[float] = []
         self.first: float | None = None
         self.last: float | None = None
@@ -144,20 +238,15 @@ class _Stream:
             self.metrics = chunk["metrics"]
         for choice in chunk.get("choices") or ():
             piece = (choice.get("delta") or {}).get("content") or choice.get("text") or ""
-            logprobs = choice.get("logprobs") or {}
-            entries = logprobs.get("content") or []
-            if not entries and logprobs.get("tokens"):
-                # /v1/completions reports log-probs as parallel lists.
-                entries = [{"token": t, "top_logprobs": []} for t in logprobs["tokens"]]
-            for entry in entries:
-                token = _token_id(entry.get("token", ""))
+            ids = [int(t) for t in choice.get("token_ids") or ()]
+            self.token_ids += ids
+            entries = _logprob_entries(choice.get("logprobs") or {})
+            for token, tops in entries:
                 if token is not None:
-                    self.token_ids.append(token)
-                tops = sorted((float(t["logprob"]) for t in entry.get("top_logprobs") or ()),
-                              reverse=True)
+                    self.logprob_token_ids.append(token)
                 if len(tops) > 1:
                     self.margins.append(tops[0] - tops[1])
-            if piece or entries:
+            if piece or entries or ids:
                 self.first = self.first if self.first is not None else now
                 self.last = now
             self.text.append(piece)
@@ -286,6 +375,9 @@ class OpenAIServerEngine:
         self._max_model_len: int | None = None
         """The served model's context length, when /v1/models tells it."""
         self._capped = 0
+        self._token_ids: str | None = None
+        """How turns get their output token ids: one of the ``IDS_*`` values."""
+        self._incomplete = 0
 
     def start(self) -> None:
         """Launch the server if asked, wait until it answers, and warm it up."""
@@ -293,6 +385,7 @@ class OpenAIServerEngine:
         if self.server is not None:
             self.base_url = self.server.start()
         self.model_name = self._served_model()
+        self.token_ids()
         if self.config.warmup:
             asyncio.run(self._warmup(warmup_conversation()))
 
@@ -302,9 +395,21 @@ class OpenAIServerEngine:
             self.server.stop()
 
     def describe(self) -> dict[str, Any]:
-        """What the outputs should record about the server."""
+        """What the outputs should record about the server.
+
+        ``token_ids`` says how turns got their output token ids (one of the
+        ``IDS_*`` values: with :data:`IDS_BY_TEXT` a comparison of
+        outputs is by text); ``arrivals`` is the request schedule, when a rate is set.
+        """
+        shared: dict[str, Any] = {"token_ids": self.token_ids()}
+        engine = self.config.engine
+        if engine.request_rate:
+            shared["arrivals"] = {"request_rate": engine.request_rate,
+                                  "schedule": engine.request_schedule,
+                                  "burstiness": engine.burstiness, "seed": self._request_seed()}
         if self.server is not None:
-            return {"launched": True, "url": self.base_url, "command": self.server.command}
+            return {"launched": True, "url": self.base_url, "command": self.server.command,
+                    **shared}
         return {
             "launched": False,
             "url": self.base_url,
@@ -312,7 +417,76 @@ class OpenAIServerEngine:
                          "speculative_config": self.speculative_config},
             "note": "an existing server: its strategy and settings are as declared by the "
                     "user, not seen by the client",
+            **shared,
         }
+
+    def token_ids(self) -> str:
+        """How this run's turns get their output token ids (an ``IDS_*`` value).
+
+        Decided once from the server's vLLM version (:func:`offers_token_ids`): an
+        existing server's ``/version``, or the installed vLLM a launched server
+        runs.  Without ``return_token_ids`` the ids come from log-probabilities
+        only when ``generation.logprobs`` asks for them; otherwise there are none.
+        """
+        if self._token_ids is None:
+            if self.server is not None:
+                installed = installed_vllm()
+                version = installed.version if installed is not None else None
+            else:
+                answer, _error = _ask(f"{self.base_url}/version", _auth_headers(self.config))
+                version = answer.get("version") if isinstance(answer, Mapping) else None
+            if offers_token_ids(version if isinstance(version, str) else None):
+                self._token_ids = IDS_RETURNED
+            elif self.config.generation.logprobs is not None:
+                self._token_ids = IDS_FROM_LOGPROBS
+            else:
+                self._token_ids = IDS_BY_TEXT
+                log.warning("the server cannot return token ids (vLLM before 0.10.2, or its "
+                            "version unknown) and generation.logprobs is unset: outputs "
+                            "compare by text", url=self.base_url, version=version)
+        return self._token_ids
+
+    def prompt_token_ids(self, conversation: Conversation,
+                         answers: Sequence[str]) -> tuple[int, ...]:
+        """The token ids of the prompt a timed request sent for this turn, by ``/tokenize``.
+
+        The turn is ``conversation.turns[len(answers)]``, after the engine's own
+        ``answers`` to the earlier ones.  vLLM's ``POST /tokenize`` renders chat
+        ``messages`` with ``add_generation_prompt`` (and no further special
+        tokens) as ``/v1/chat/completions`` does, and a raw ``prompt`` with the
+        special tokens ``/v1/completions`` adds.  A failure raises: a scoring
+        pass needs every prompt.
+        """
+        if not self.model_name:
+            msg = "the engine is not started: call start() first"
+            raise EngineError(msg)
+        body: dict[str, Any] = {"model": self.model_name}
+        if self.config.chat_template:
+            body |= {"messages": chat_messages(conversation, answers),
+                     "add_generation_prompt": True}
+        else:
+            body["prompt"] = raw_prompt(conversation, answers)
+        url = f"{self.base_url}/tokenize"
+        try:
+            response = httpx.post(url, json=body, headers=self._headers,
+                                  timeout=self.config.engine.timeout_s)
+        except httpx.HTTPError as exc:
+            msg = f"tokenizing conversation {conversation.id!r} at {url} failed: {exc}"
+            raise EngineError(msg) from exc
+        if response.status_code >= 400:  # noqa: PLR2004 - HTTP error statuses
+            msg = (f"tokenizing conversation {conversation.id!r} at {url} failed: HTTP "
+                   f"{response.status_code}: {response.text[:300]}")
+            raise EngineError(msg)
+        try:
+            return tuple(int(t) for t in response.json()["tokens"])
+        except (ValueError, KeyError, TypeError) as exc:
+            msg = (f"the server at {self.base_url} answered /tokenize without a token list "
+                   f"({type(exc).__name__}: {exc}): is it a vLLM server?")
+            raise EngineError(msg) from exc
+
+    def _request_seed(self) -> int:
+        engine = self.config.engine
+        return engine.seed if engine.request_seed is None else engine.request_seed
 
     def _served_model(self) -> str:
         try:
@@ -349,7 +523,7 @@ class OpenAIServerEngine:
     ) -> EngineRun:
         """Send every conversation, calling ``on_record`` as each one finishes."""
         before = self._read_counters()
-        self._capped = 0
+        self._capped = self._incomplete = 0
         start = time.perf_counter()
         asyncio.run(self._run_all(conversations, on_record))
         elapsed = time.perf_counter() - start
@@ -359,6 +533,10 @@ class OpenAIServerEngine:
                         "capped turn's budget is in its record's max_tokens", turns=self._capped,
                         max_tokens=self.config.generation.max_tokens,
                         max_model_len=self._max_model_len)
+        if self._incomplete:
+            log.warning("the server returned fewer token ids than it counted output tokens for "
+                        "some turns; their token ids are left empty, so they compare by text",
+                        turns=self._incomplete)
         return EngineRun(elapsed, counters if self.speculative_config else None)
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
@@ -422,21 +600,25 @@ class OpenAIServerEngine:
     async def _run_all(self, conversations: Sequence[Conversation],
                        on_record: Callable[[RequestRecord], None]) -> None:
         limit = asyncio.Semaphore(self._concurrency(len(conversations)))
-        rate = self.config.engine.request_rate
-        timeout = httpx.Timeout(self.config.engine.timeout_s, connect=10.0)
+        engine = self.config.engine
+        due = send_offsets(len(conversations), engine.request_rate,
+                           schedule=engine.request_schedule, burstiness=engine.burstiness,
+                           seed=self._request_seed())
+        timeout = httpx.Timeout(engine.timeout_s, connect=10.0)
         limits = httpx.Limits(max_connections=self._concurrency(len(conversations)) + 1)
         async with httpx.AsyncClient(timeout=timeout, limits=limits,
                                      headers=self._headers) as client:
             began = time.perf_counter()
 
-            async def one(index: int, conv: Conversation) -> None:
-                if rate:
-                    # A fixed arrival schedule: request i is sent at i / rate seconds.
-                    await asyncio.sleep(max(0.0, began + index / rate - time.perf_counter()))
+            async def one(conv: Conversation, offset: float) -> None:
+                await asyncio.sleep(max(0.0, began + offset - time.perf_counter()))
                 async with limit:
-                    on_record(await self._conversation(client, conv))
+                    # Sent now: the wait since it was due was for a slot, not the server.
+                    waited = max(0.0, time.perf_counter() - began - offset)
+                    record = await self._conversation(client, conv)
+                    on_record(attrs.evolve(record, scheduled_s=offset, queue_wait_s=waited))
 
-            await asyncio.gather(*(one(i, c) for i, c in enumerate(conversations)))
+            await asyncio.gather(*(one(c, o) for c, o in zip(conversations, due, strict=True)))
 
     async def _warmup(self, conv: Conversation) -> None:
         async with httpx.AsyncClient(timeout=httpx.Timeout(self.config.engine.timeout_s),
@@ -465,21 +647,27 @@ class OpenAIServerEngine:
             **sampling_settings(gen, max_tokens),
             "stream": True,
             "stream_options": {"include_usage": True},
-            # Token ids come from the log-probs, so they are always asked for.
-            "return_tokens_as_token_ids": True,
         }
-        top = gen.logprobs or 0
+        # Only what the user configured, plus the token ids where the server returns them.
+        how = self.token_ids()
+        if how == IDS_RETURNED:
+            payload["return_token_ids"] = True
+        elif how == IDS_FROM_LOGPROBS:
+            payload["return_tokens_as_token_ids"] = True
+        top = gen.logprobs
         # The turn asked is the one after the engine's earlier answers (question).
         answers = [turn.output for turn in earlier]
         if self.config.chat_template:
-            payload |= {"messages": chat_messages(conv, answers), "logprobs": True,
-                        "top_logprobs": top}
+            payload["messages"] = chat_messages(conv, answers)
+            if top is not None:
+                payload |= {"logprobs": True, "top_logprobs": top}
             return "/v1/chat/completions", payload
         try:
-            prompt = raw_prompt(conv, answers)
+            payload["prompt"] = raw_prompt(conv, answers)
         except RawPromptError as exc:
             raise RequestFailedError(str(exc)) from exc
-        payload |= {"prompt": prompt, "logprobs": max(top, 1)}
+        if top is not None:
+            payload["logprobs"] = top
         return "/v1/completions", payload
 
     async def _turn(self, client: httpx.AsyncClient, conv: Conversation, *,
@@ -517,8 +705,13 @@ class OpenAIServerEngine:
         first = stream.first if stream.first is not None else time.perf_counter()
         last = stream.last if stream.last is not None else first
         usage = stream.usage
-        output_tokens = int(usage.get("completion_tokens", len(stream.token_ids)))
+        ids = self._output_ids(stream)
+        output_tokens = int(usage.get("completion_tokens", len(ids)))
         prompt_tokens = int(usage.get("prompt_tokens", 0))
+        if self.token_ids() != IDS_BY_TEXT and len(ids) != output_tokens:
+            # Incomplete ids (a parser held some back) would misplace a divergence.
+            ids = ()
+            self._incomplete += 1
         return TurnRecord(
             prompt=question,
             output="".join(stream.text),
@@ -527,11 +720,19 @@ class OpenAIServerEngine:
             ttft_s=first - sent,
             decode_s=last - first,
             finish_reason=stream.finish_reason,
-            output_token_ids=tuple(stream.token_ids),
+            output_token_ids=ids,
             spec=_spec_from_response(stream.metrics),
             logprob_margins=tuple(stream.margins),
             max_tokens=self._budget(prompt_tokens, max_tokens),
         )
+
+    def _output_ids(self, stream: _Stream) -> tuple[int, ...]:
+        how = self.token_ids()
+        if how == IDS_RETURNED:
+            return tuple(stream.token_ids)
+        if how == IDS_FROM_LOGPROBS:
+            return tuple(stream.logprob_token_ids)
+        return ()
 
     def _budget(self, prompt_tokens: int, max_tokens: int | None) -> int | None:
         """The budget the server gave a measured turn, if smaller than asked; else None.
