@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -191,8 +192,16 @@ def print_plugins() -> int:
 
 
 def print_report(report: Report) -> None:
-    """The comparison table of ``specdec report``: every setting, overall and per category."""
-    table = Table(title="speedup over the baseline (Spec-Bench / throughput)")
+    """The comparison table of ``specdec report``: every setting, overall and per category.
+
+    Each cell holds the Spec-Bench speedup over the throughput speedup, each with its
+    confidence interval; A/A warnings come last, after the verdict they put in doubt.
+    """
+    from specdec.report_files import interval_kinds, speedup_cell  # noqa: PLC0415
+
+    kinds = ", ".join(interval_kinds(report)) or "no intervals"
+    table = Table(title=f"speedup over the baseline: Spec-Bench, then throughput "
+                        f"(95% intervals, {kinds})")
     table.add_column("setting")
     for category in report.categories:
         table.add_column(category, justify="right")
@@ -201,14 +210,15 @@ def print_report(report: Report) -> None:
         cells = []
         for category in report.categories:
             comp = index.get((setting.name, category))
-            cells.append("-" if comp is None else
-                         f"{number(comp.speedup_spec_bench)}/{number(comp.speedup_throughput)}")
-        table.add_row(setting.name, *cells)
+            cells.append("-" if comp is None else "\n".join(speedup_cell(comp)))
+        table.add_row(escape(setting.display_name()), *(escape(c) for c in cells))
     stdout.print(table)
     for name, result in report.lossless.items():
         stdout.print(f"lossless {name}: {result.verdict} ({result.equal} equal, {result.near_tie} "
                      f"near-tie flips, {result.mismatch} mismatches, {result.unclassified} "
                      f"unclassified of {result.turns} turns)")
     for category, best in report.best.items():
-        stdout.print(f"best for {category}: {best['setting']} (fastest {best['fastest']}, "
-                     f"margin {best['margin']})")
+        stdout.print(escape(f"best for {category}: {best['setting']} {best['speedup']} "
+                            f"(fastest {best['fastest']} {best['fastest_speedup']})"))
+    for warning in report.warnings:
+        stdout.print(f"[bold yellow]warning:[/] {escape(warning)}")

@@ -30,6 +30,19 @@ def percent(value: float | None, digits: int = 0) -> str:
     return MISSING if value is None else f"{value:.{digits}%}"
 
 
+def interval_text(estimate: float | None, low: float | None = None, high: float | None = None,
+                  digits: int = 2, suffix: str = "x") -> str:
+    """An estimate with its confidence interval, or the estimate alone without one.
+
+    >>> interval_text(1.594, 1.412, 1.771), interval_text(0.5, suffix=""), interval_text(None)
+    ('1.59x [1.41, 1.77]', '0.50', '-')
+    """
+    shown = number(estimate, digits, suffix)
+    if estimate is None or low is None or high is None:
+        return shown
+    return f"{shown} [{number(low, digits)}, {number(high, digits)}]"
+
+
 def median_spread(median: float, spread: float, n: int, digits: int = 1) -> str:
     """A median over ``n`` repeats with its relative spread (max - min) / median.
 

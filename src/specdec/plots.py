@@ -37,24 +37,30 @@ def _save(fig: Any, ax: Any, path: Path, title: str) -> Path:
 def _speedup_by_category(report: Report, path: Path) -> Path | None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    from specdec.study import BASELINE  # noqa: PLC0415
-
-    names = [s.name for s in report.settings if s.strategy != BASELINE]
+    shown = report.shown()
     index = {(c.setting, c.category): c for c in report.comparisons}
-    if not names:
+    if not shown:
         return None
     categories = list(report.categories)
-    width = 0.8 / len(names)
+    width = 0.8 / len(shown)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(categories) + 2), 4.5))
-    for i, name in enumerate(names):
-        values = [getattr(index.get((name, c)), "speedup_spec_bench", None) or 0.0
-                  for c in categories]
-        xs = [x + (i - (len(names) - 1) / 2) * width for x in range(len(categories))]
-        ax.bar(xs, values, width, label=name)
+    for i, setting in enumerate(shown):
+        values, below, above = [], [], []
+        for category in categories:
+            comp = index.get((setting.name, category))
+            value = (comp.speedup_spec_bench if comp else None) or 0.0
+            interval = comp.speedup_spec_bench_interval if comp else None
+            values.append(value)
+            # Error bars from the interval's ends; none where there is no interval.
+            below.append(value - interval.low if interval else 0.0)
+            above.append(interval.high - value if interval else 0.0)
+        xs = [x + (i - (len(shown) - 1) / 2) * width for x in range(len(categories))]
+        ax.bar(xs, values, width, yerr=[below, above], capsize=3,
+               error_kw={"linewidth": 0.8}, label=setting.display_name())
     ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
     ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
     ax.set_ylabel("speedup (ratio of mean per-request tokens/s)")
-    return _save(fig, ax, path, "Speedup over the baseline, by category")
+    return _save(fig, ax, path, "Speedup over the baseline, by category (95% intervals)")
 
 
 def _acceptance_by_position(report: Report, path: Path) -> Path | None:

@@ -5,8 +5,12 @@ single run folders.  Runs of one setting (model, strategy, swept values) are
 its repeats; each setting is compared with the baseline (strategy ``none``) of
 the same model and the same engine settings.  Speedups are reported two ways
 (``docs/metrics.md``): Spec-Bench's ratio of mean per-request token rates, and
-the ratio of total throughput.  Medians over repeats are shown with their
-spread, so a difference inside the noise is not taken for a win.
+the ratio of total throughput, each with a 95% confidence interval paired by
+prompt (:mod:`specdec.intervals`): "within-run only" from one run of each,
+"across runs" when both have repeats.  A setting beats its baseline only when
+its interval lies above 1 (:func:`best_settings`).  An A/A setting (a second
+baseline, ``aa_check`` in a study) is compared with the baseline like a
+candidate and warns when its interval excludes 1.
 :mod:`specdec.report_files` writes a report's files and :mod:`specdec.plots`
 draws its plots.
 """
@@ -23,7 +27,8 @@ from attrs import field, frozen
 
 from specdec import run_folder
 from specdec.errors import SpecdecError
-from specdec.formatting import percent
+from specdec.formatting import interval_text
+from specdec.intervals import WITHIN_RUN, Interval, RunSample, paired_speedup, request_ratio
 from specdec.lossless import LosslessResult, check
 from specdec.metrics import spec_bench_mean_accepted_tokens_by_category, speedup
 from specdec.records import ExperimentConfig, GroupMetrics, RequestRecord, RunSummary
@@ -31,8 +36,10 @@ from specdec.serialization import unstructure
 from specdec.study import BASELINE, INDEX_FILE, NEAR_TIE_THRESHOLD, read_index
 
 OVERALL = "overall"
-NOISE_FLOOR = 0.03
-"""Smallest relative margin within which two settings count as equally fast."""
+AA_LABEL = "aa_check"
+"""The label a study gives its A/A item (a second baseline run)."""
+AA_NAME = "A/A (baseline vs baseline)"
+AA_WARNING = "the machine was too noisy for this verdict: the A/A interval {} excludes 1.0"
 
 
 @frozen
@@ -58,6 +65,11 @@ class Run:
         Only the checks that compare outputs need them; the summary comes without.
         """
         return tuple(run_folder.read_records(self.folder))
+
+    @functools.cached_property
+    def sample(self) -> RunSample:
+        """The succeeded requests as columns, for the confidence intervals."""
+        return RunSample.of(self.records, self.summary.elapsed_s)
 
     @property
     def strategy(self) -> str:
@@ -105,11 +117,19 @@ class Comparison:
     tokens_per_s_mean: Spread | None
     throughput: Spread | None
     speedup_spec_bench: float | None
+    """The Spec-Bench speedup: its interval's estimate when there is one."""
     speedup_throughput: float | None
     acceptance_rate: float | None
     mean_acceptance_length: float | None
     spec_bench_accepted_tokens: float | None = None
     """Spec-Bench's "#Mean accepted tokens": output tokens per target forward step."""
+    speedup_spec_bench_interval: Interval | None = None
+    speedup_throughput_interval: Interval | None = None
+    acceptance_rate_interval: Interval | None = None
+    """Over the first repeat's requests (its counts, even where the figure is the engine's)."""
+    mean_acceptance_length_interval: Interval | None = None
+    aa: bool = False
+    """An A/A row: a second baseline run compared with the baseline."""
 
 
 @frozen
@@ -128,6 +148,20 @@ class Setting:
     def strategy(self) -> str:
         """The strategy's name."""
         return self.first.strategy
+
+    @property
+    def is_aa(self) -> bool:
+        """An A/A setting: a second baseline, compared with the baseline, never one itself."""
+        return self.first.labels.get(AA_LABEL) is True
+
+    @property
+    def is_baseline(self) -> bool:
+        """A real baseline (strategy ``none``, not an A/A run)."""
+        return self.strategy == BASELINE and not self.is_aa
+
+    def display_name(self) -> str:
+        """How tables name the setting: A/A rows as what they compare."""
+        return f"{AA_NAME}: {self.name}" if self.is_aa else self.name
 
     def family(self, without: str) -> str:
         """The setting's name for people with one swept key left out (a plot's line).
@@ -170,6 +204,12 @@ class Report:
     failed: tuple[str, ...] = ()
     threshold: float = NEAR_TIE_THRESHOLD
     files: tuple[Path, ...] = field(factory=tuple)
+    warnings: tuple[str, ...] = ()
+    """A/A intervals that exclude 1.0: the verdicts are not to be trusted."""
+
+    def shown(self) -> tuple[Setting, ...]:
+        """The settings a speedup table shows: candidates and A/A rows, not baselines."""
+        return tuple(s for s in self.settings if not s.is_baseline)
 
 
 def load_run(folder: Path, setting: str | None = None, repeat: int = 0,
@@ -226,7 +266,7 @@ def _baseline_for(setting: Setting, settings: Sequence[Setting]) -> Setting | No
     """The baseline run under the same settings, else the model's first baseline."""
     candidates = [
         s for s in settings
-        if s.strategy == BASELINE and s.first.config.model == setting.first.config.model
+        if s.is_baseline and s.first.config.model == setting.first.config.model
         and s.engine_labels() == setting.engine_labels()
     ]
     context = _context(setting)
@@ -239,34 +279,121 @@ def _simplicity(setting: Setting) -> tuple[int, float]:
     # The baseline is simplest; then fewer speculative tokens and smaller swept values.
     options = setting.first.config.strategy.options
     numbers = [v for v in options.values() if isinstance(v, int | float)]
-    numbers += [v for v in setting.first.labels.values() if isinstance(v, int | float)]
+    numbers += [v for v in setting.first.labels.values()
+                if isinstance(v, int | float) and not isinstance(v, bool)]
     return (0 if setting.strategy == BASELINE else 1, float(sum(numbers)))
 
 
-def best_settings(
-    settings: Sequence[Setting], categories: Sequence[str]
-) -> dict[str, dict[str, str]]:
-    """Per category, the fastest setting by median, preferring a simpler one within the noise.
+@frozen
+class Contender:
+    """One setting in the best-setting rule: its speedup interval and how simple it is."""
 
-    Two settings are within the noise when the slower's median is within
-    ``max(NOISE_FLOOR, spread of the fastest)`` of the fastest's.
+    name: str
+    simplicity: tuple[int, float]
+    """Smaller is simpler: the baseline first, then fewer speculative tokens, smaller values."""
+    interval: Interval | None
+    """The speedup over its baseline; None for a baseline itself (exactly 1)."""
+    baseline: bool = False
+
+    @property
+    def speedup(self) -> Interval:
+        """The interval, a baseline's being [1, 1]."""
+        if self.interval is None:
+            return Interval(1.0, 1.0, 1.0, WITHIN_RUN)
+        return self.interval
+
+
+def choose(contenders: Sequence[Contender]) -> tuple[Contender, Contender] | None:
+    """The best setting and the fastest one, by the rule of ``docs/studies.md``.
+
+    A setting beats its baseline only when its speedup interval lies above 1;
+    baselines (speedup exactly 1) and those settings are eligible.  The fastest
+    is the eligible one with the highest estimate; among the eligible whose
+    intervals overlap the fastest's, the simplest is named.  With no setting
+    above 1 that is a baseline.  None when there is no eligible setting.
     """
+    eligible = [c for c in contenders if c.baseline or (c.interval and c.interval.above(1.0))]
+    if not eligible:
+        return None
+    fastest = max(eligible, key=lambda c: (c.speedup.estimate, [-x for x in c.simplicity]))
+    within = [c for c in eligible if c.speedup.overlaps(fastest.speedup)]
+    return min(within, key=lambda c: c.simplicity), fastest
+
+
+def best_settings(
+    settings: Sequence[Setting], comparisons: Sequence[Comparison],
+) -> dict[str, dict[str, str]]:
+    """Per category, the best setting by :func:`choose` on the Spec-Bench speedup intervals.
+
+    A/A settings take no part: they are baselines run twice.
+    """
+    by_category: dict[str, dict[str, Comparison]] = {}
+    for comp in comparisons:
+        by_category.setdefault(comp.category, {})[comp.setting] = comp
     best: dict[str, dict[str, str]] = {}
-    for category in categories:
-        scored = [(s, Spread.of(s.values(category, "tokens_per_s_mean"))) for s in settings]
-        ranked = [(s, sp) for s, sp in scored if sp is not None]
-        if not ranked:
+    for category, index in by_category.items():
+        contenders = [
+            Contender(s.name, _simplicity(s), index[s.name].speedup_spec_bench_interval,
+                      baseline=s.is_baseline)
+            for s in settings if not s.is_aa and s.name in index
+        ]
+        picked = choose(contenders)
+        if picked is None:
             continue
-        top, top_spread = max(ranked, key=lambda x: x[1].median)
-        margin = max(NOISE_FLOOR, top_spread.spread)
-        within = [s for s, sp in ranked if sp.median >= top_spread.median * (1 - margin)]
-        chosen = min(within, key=_simplicity)
+        chosen, fastest = picked
         best[category] = {
             "setting": chosen.name,
-            "fastest": top.name,
-            "margin": percent(margin, 1),
+            "fastest": fastest.name,
+            "speedup": _interval_cell(chosen.speedup),
+            "fastest_speedup": _interval_cell(fastest.speedup),
         }
     return best
+
+
+def _interval_cell(interval: Interval) -> str:
+    return interval_text(interval.estimate, interval.low, interval.high)
+
+
+def _paired_repeats(setting: Setting, baseline: Setting) -> list[tuple[Run, Run]]:
+    """Repeat r of the setting with repeat r of its baseline (run next to it in a batch)."""
+    base = {run.repeat: run for run in baseline.runs}
+    return [(run, base[run.repeat]) for run in sorted(setting.runs, key=lambda r: r.repeat)
+            if run.repeat in base]
+
+
+def _speedups(setting: Setting, baseline: Setting | None,
+              category: str) -> tuple[Interval | None, Interval | None]:
+    if baseline is None or setting is baseline:
+        return None, None
+    pairs = _paired_repeats(setting, baseline)
+    name = None if category == OVERALL else category
+    cand = [c.sample.category(name) for c, _ in pairs]
+    base = [b.sample.category(name) for _, b in pairs]
+    return (paired_speedup(cand, base, "spec_bench"),
+            paired_speedup(cand, base, "throughput"))
+
+
+def _aa_warnings(comparisons: Sequence[Comparison]) -> list[str]:
+    """One warning per A/A setting and category (overall first) whose interval excludes 1.
+
+    The Spec-Bench interval is quoted when it excludes 1 (the best-setting rule reads
+    it), else the throughput one.
+    """
+    out = []
+    rows = sorted((c for c in comparisons if c.aa), key=lambda c: c.category != OVERALL)
+    for comp in rows:
+        for label, iv in (("Spec-Bench", comp.speedup_spec_bench_interval),
+                          ("throughput", comp.speedup_throughput_interval)):
+            if iv is not None and not iv.contains(1.0):
+                text = AA_WARNING.format(f"[{iv.low:.2f}, {iv.high:.2f}]")
+                out.append(f"{text} ({comp.setting}, {comp.category}, {label} speedup, "
+                           f"{iv.kind})")
+                break
+    return out
+
+
+def _median_ratio(rate: Spread | None, base: Spread | None) -> float | None:
+    return speedup(rate.median, base.median) if rate and base else None
 
 
 def build_report(folders: Sequence[Path], threshold: float | None = None) -> Report:
@@ -306,13 +433,20 @@ def build_report(folders: Sequence[Path], threshold: float | None = None) -> Rep
                 spec = (setting.first.summary.engine_spec
                         if category == OVERALL and setting.first.summary.engine_spec
                         else group.spec)
+            spec_bench, throughput = _speedups(setting, baseline, category)
+            own = setting.first.sample.category(None if category == OVERALL else category)
             comparisons.append(Comparison(
                 setting.name, category, rate, total,
-                speedup(rate.median, base_rate.median) if rate and base_rate else None,
-                speedup(total.median, base_total.median) if total and base_total else None,
+                spec_bench.estimate if spec_bench else _median_ratio(rate, base_rate),
+                throughput.estimate if throughput else _median_ratio(total, base_total),
                 spec.acceptance_rate if spec else None,
                 spec.mean_acceptance_length if spec else None,
                 accepted.get(category),
+                spec_bench, throughput,
+                request_ratio(own, "acceptance_rate") if spec else None,
+                request_ratio(own, "mean_acceptance_length") if spec else None,
+                aa=setting.is_aa,
             ))
     return Report(settings, baselines, all_categories, tuple(comparisons),
-                  best_settings(settings, all_categories), lossless, tuple(failed), threshold)
+                  best_settings(settings, comparisons), lossless, tuple(failed), threshold,
+                  warnings=tuple(_aa_warnings(comparisons)))

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from specdec.errors import SpecdecError
-from specdec.formatting import MISSING, median_spread, number
+from specdec.formatting import MISSING, interval_text, median_spread, number
+from specdec.intervals import CONFIDENCE, METHOD, RESAMPLES, SEED, Interval
 from specdec.report import OVERALL, Comparison, Report, Spread
 from specdec.serialization import unstructure, write_json
-from specdec.study import BASELINE
 
 
 def _rate(spread: Spread | None) -> str:
@@ -23,19 +23,44 @@ def _rate(spread: Spread | None) -> str:
     return median_spread(spread.median, spread.spread, spread.n)
 
 
+def with_interval(value: float | None, interval: Interval | None, digits: int = 2,
+                  suffix: str = "x") -> str:
+    """``1.59x [1.41, 1.77]``: a figure with its interval (the figure alone without one)."""
+    if interval is None:
+        return number(value, digits, suffix)
+    return interval_text(value, interval.low, interval.high, digits, suffix)
+
+
+def speedup_cell(comp: Comparison) -> tuple[str, str]:
+    """The Spec-Bench and throughput speedups of a comparison, each with its interval."""
+    return (with_interval(comp.speedup_spec_bench, comp.speedup_spec_bench_interval),
+            with_interval(comp.speedup_throughput, comp.speedup_throughput_interval))
+
+
+def interval_kinds(report: Report) -> list[str]:
+    """The kinds of the report's speedup intervals, in a stable order."""
+    return sorted({iv.kind for c in report.comparisons
+                   for iv in (c.speedup_spec_bench_interval, c.speedup_throughput_interval)
+                   if iv is not None})
+
+
 def _speedup_section(report: Report, index: dict[tuple[str, str], Comparison]) -> list[str]:
-    names = [s.name for s in report.settings if s.strategy != BASELINE]
+    shown = report.shown()
     lines = ["## Speedup by category", "",
-             "| category | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
+             "| category | " + " | ".join(s.display_name() for s in shown) + " |",
+             "| --- |" + " --- |" * len(shown)]
     for category in report.categories:
         cells = []
-        for name in names:
-            comp = index.get((name, category))
-            cells.append(MISSING if comp is None else
-                         f"{number(comp.speedup_spec_bench, suffix='x')} / "
-                         f"{number(comp.speedup_throughput, suffix='x')}")
+        for setting in shown:
+            comp = index.get((setting.name, category))
+            cells.append(MISSING if comp is None else " / ".join(speedup_cell(comp)))
         lines.append(f"| {category} | " + " | ".join(cells) + " |")
-    return [*lines, "", "Each cell: Spec-Bench speedup / throughput speedup.", ""]
+    kinds = ", ".join(f'"{k}"' for k in interval_kinds(report)) or "none"
+    return [*lines, "",
+            (f"Each cell: Spec-Bench speedup / throughput speedup, each with its "
+             f"{CONFIDENCE:.0%} confidence interval (paired bootstrap over prompts, {METHOD}, "
+             f'{RESAMPLES} resamples, seed {SEED}; kinds here: {kinds}). "within-run only" '
+             "intervals see one run of each setting and miss the drift between runs."), ""]
 
 
 def _settings_section(report: Report, index: dict[tuple[str, str], Comparison]) -> list[str]:
@@ -45,17 +70,23 @@ def _settings_section(report: Report, index: dict[tuple[str, str], Comparison]) 
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for setting in report.settings:
         comp = index[(setting.name, OVERALL)]
+        rate = with_interval(comp.acceptance_rate, comp.acceptance_rate_interval, suffix="")
+        length = with_interval(comp.mean_acceptance_length,
+                               comp.mean_acceptance_length_interval, suffix="")
         lines.append(
-            f"| {setting.name} | {report.baselines.get(setting.name, MISSING)} | "
-            f"{_rate(comp.tokens_per_s_mean)} | {_rate(comp.throughput)} | "
-            f"{number(comp.acceptance_rate)} | {number(comp.mean_acceptance_length)} | "
+            f"| {setting.display_name()} | {report.baselines.get(setting.name, MISSING)} | "
+            f"{_rate(comp.tokens_per_s_mean)} | {_rate(comp.throughput)} | {rate} | {length} | "
             f"{number(comp.spec_bench_accepted_tokens)} |"
         )
     lines += ["", "## Best setting per category", "",
-              ("Fastest median per-request tokens/s; within the noise margin the simpler "
-               "setting (baseline, then fewer speculative tokens) is preferred."), "",
-              "| category | best | fastest | margin |", "| --- | --- | --- | --- |"]
-    lines += [f"| {category} | {best['setting']} | {best['fastest']} | {best['margin']} |"
+              ("A setting beats its baseline only when its Spec-Bench speedup interval lies "
+               "above 1; among those (and the baselines) whose intervals overlap the fastest "
+               "one's, the simplest is named (baseline, then fewer speculative tokens, smaller "
+               "swept values). See docs/studies.md."), "",
+              "| category | best | its speedup | fastest | fastest's speedup |",
+              "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {category} | {best['setting']} | {best['speedup']} | {best['fastest']} | "
+              f"{best['fastest_speedup']} |"
               for category, best in report.best.items()]
     return [*lines, ""]
 
@@ -87,8 +118,11 @@ def render_markdown(report: Report, plots: Sequence[Path]) -> str:
     index = {(c.setting, c.category): c for c in report.comparisons}
     lines = ["# specdec report", "",
              ("Speedup is shown two ways: **Spec-Bench** (ratio of mean per-request tokens/s) "
-              "and **throughput** (ratio of total output tokens/s). Medians over repeats; "
-              "± is half the relative spread. Definitions: docs/metrics.md."), ""]
+              "and **throughput** (ratio of total output tokens/s), each with a confidence "
+              "interval; with repeats, the ratio of the repeats' means. Tokens/s are medians "
+              "over repeats; ± is half the relative spread. Definitions: docs/metrics.md."), ""]
+    if report.warnings:
+        lines += ["## Warnings", "", *(f"- **{w}**" for w in report.warnings), ""]
     lines += _speedup_section(report, index)
     lines += _settings_section(report, index)
     lines += _lossless_section(report)
@@ -121,5 +155,6 @@ def write_report(report: Report, out: Path) -> list[Path]:
                      for k, v in report.lossless.items()},
         "failed": list(report.failed),
         "near_tie_threshold": report.threshold,
+        "warnings": list(report.warnings),
     })
     return [out / "report.md", out / "report.json", *plots]
