@@ -133,6 +133,10 @@ class Recorder:
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         raise NotImplementedError
 
+    def prompt_token_ids(self, conversation: Conversation,
+                         answers: Sequence[str]) -> tuple[int, ...]:
+        raise NotImplementedError
+
     def run(self, conversations: Sequence[Conversation],
             on_record: Callable[[RequestRecord], None]) -> EngineRun:
         Recorder.asked.append([c.id for c in conversations])

@@ -65,6 +65,10 @@ class FakeEngine:
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         return [ScoreResult(()) for _ in requests]
 
+    def prompt_token_ids(self, conversation: Conversation,
+                         answers: Sequence[str]) -> tuple[int, ...]:
+        return (1,)
+
     def describe(self) -> dict[str, Any]:
         return {"fake": True, "spec": self.spec}
 

@@ -58,6 +58,11 @@ class StandInEngine:
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         raise NotImplementedError("the stand-in engine answers; it does not score")
 
+    def prompt_token_ids(self, conversation: Conversation,
+                         answers: Sequence[str]) -> tuple[int, ...]:
+        """One id per character of the turn's text: enough to tell prompts apart."""
+        return tuple(ord(c) for c in conversation.turns[len(answers)])
+
     def run(self, conversations: Sequence[Conversation],
             on_record: Callable[[RequestRecord], None]) -> EngineRun:
         StandInEngine.runs.append([c.id for c in conversations])

@@ -81,7 +81,8 @@ repeats: 2
     assert ngram.experiment["strategy"] == {"name": "ngram", "prompt_lookup_max": 6,
                                             "num_speculative_tokens": 4}
     assert ngram.experiment["engine"] == {"enforce_eager": True, "max_num_seqs": 8}
-    assert ngram.experiment["generation"] == {"max_tokens": 16, "logprobs": 2}
+    # Timed runs carry only what the study configured: no log-probabilities added.
+    assert ngram.experiment["generation"] == {"max_tokens": 16}
     assert {i.name for i in items if i.setting == ngram.setting} == {
         f"{ngram.setting}__r0", f"{ngram.setting}__r1"}
 
@@ -106,7 +107,7 @@ def test_batch_from_configs_adds_a_baseline(tmp_path: Path) -> None:
     assert [i.name for i in items] == ["baseline", "ngram", "draft"]
     assert items[0].experiment["strategy"] == {"name": "none"}
     assert all(i.experiment["benchmark"]["limit"] == 3 for i in items)
-    assert all(i.experiment["generation"]["logprobs"] == 2 for i in items)
+    assert all(i.experiment["generation"].get("logprobs") is None for i in items)
 
 
 def _turn(ids: list[int], margins: list[float] | None = None, text: str = "") -> TurnRecord:

@@ -432,7 +432,7 @@ def plugins() -> int:
 
 
 def _execute_batch(items: Sequence[BatchItem], output_base: Path, name: str,
-                   threshold: float) -> int:
+                   threshold: float, seed: int = 0) -> int:
     from specdec.display import print_report, progress_bar  # noqa: PLC0415
     from specdec.report import build_report  # noqa: PLC0415
     from specdec.report_files import write_report  # noqa: PLC0415
@@ -449,7 +449,7 @@ def _execute_batch(items: Sequence[BatchItem], output_base: Path, name: str,
             bar.advance(configs)
 
         index = run_batch(items, output_base, name=name, near_tie_threshold=threshold,
-                          on_item=on_item, on_progress=on_progress)
+                          on_item=on_item, on_progress=on_progress, seed=seed)
     failed = [i for i in index.items if i.status != "done"]
     for item in failed:
         sys.stderr.write(f"specdec: {item.name} {item.status}: {item.error}\n")
@@ -513,7 +513,28 @@ def study(study: Path, /, *, output_base: Annotated[Path | None, Parameter(metav
             sys.stdout.write(f"{item.name}\n")
         return 0
     return _execute_batch(items, output_base or Path("results") / loaded.name, loaded.name,
-                          loaded.near_tie_threshold)
+                          loaded.near_tie_threshold, loaded.seed)
+
+
+def score(batch_dir: Annotated[Path, Parameter(name="BATCH_DIR")], /, *,
+          log_format: LogFormatFlag = None) -> int:
+    """Score a batch's divergences from its baselines (the scoring pass).
+
+    `specdec batch` and `specdec study` run this themselves after their last
+    item, in its own process; running it again scores only what is missing.
+    Exit 1 if a baseline could not be scored (the reason is in its margins.json).
+
+    Args:
+        batch_dir: the batch folder.
+        log_format: how log lines look (json for machines).
+    """
+    from specdec import logs  # noqa: PLC0415
+    from specdec.scoring import score_batch  # noqa: PLC0415
+    from specdec.study import read_index  # noqa: PLC0415
+
+    if log_format is not None:
+        logs.configure(log_format)
+    return score_batch(batch_dir, read_index(batch_dir).items)
 
 
 def report(runs: Annotated[list[Path], Parameter(name="RUN_DIR")], /, *,
@@ -603,6 +624,8 @@ def build_app() -> App:
     app.command(models)
     for command in (plugins, serve, batch, study, report, export):
         app.command(command)
+    # Run by batches themselves; hidden from --help so users are not asked to.
+    app.command(score, show=False)
     register_commands(app)
     return app
 

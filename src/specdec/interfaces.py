@@ -268,7 +268,7 @@ SCORE_TOP = 2
 class Engine(Protocol):
     """One run's inference engine, built by an :class:`EngineBackend`.
 
-    ``start`` then any number of ``run``/``score`` calls, then ``close``.
+    ``start`` then any number of ``run``/``score``/``prompt_token_ids`` calls, then ``close``.
     """
 
     def start(self) -> None:
@@ -288,6 +288,16 @@ class Engine(Protocol):
         """Score token sequences (prefill only, nothing generated is used), in order.
 
         Not part of any timed run: a later pass (the lossless check) calls it.
+        """
+
+    def prompt_token_ids(self, conversation: Conversation,
+                         answers: Sequence[str]) -> tuple[int, ...]:
+        """The token ids of the prompt :meth:`run` sends for the next turn of ``conversation``.
+
+        ``answers`` are the texts of the earlier turns' outputs, so the turn is
+        ``conversation.turns[len(answers)]``.  Built exactly as a run builds it
+        (chat template or raw prompt), so the scoring pass can prefill a
+        baseline's own prompt and output.
         """
 
     def describe(self) -> dict[str, Any]:

@@ -9,16 +9,25 @@ top two log-probabilities decides: at or under the threshold it is a near-tie
 flip (counted and shown), above it a real mismatch (a failure, pointing at a
 bug).  Later turns of a conversation whose earlier turn diverged are not
 compared, since their prompts differ.
+
+The margin comes from the batch's scoring pass (:mod:`specdec.scoring`: the
+baseline's own prompt and output prefilled after every timed run, read back as
+:class:`ScoredMargins`) where there is one, else from the baseline's record (a
+run asked for ``generation.logprobs`` itself: decode-time margins).  Each
+comparison says which (``margin_source``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
 
-from attrs import frozen
+from attrs import field, frozen
 
 Status = Literal["equal", "near_tie", "mismatch", "unclassified", "not_compared", "missing"]
+MarginSource = Literal["scoring pass", "decode-time"]
+SCORING_PASS: MarginSource = "scoring pass"  # noqa: S105 - a label, not a password
+DECODE_TIME: MarginSource = "decode-time"
 
 class TurnOutput(Protocol):
     """What the check reads of one answered turn (a TurnRecord, or a run folder's columns)."""
@@ -57,6 +66,50 @@ SHOWN_CHARS = 80
 
 
 @frozen
+class ScoredMargin:
+    """The baseline's top-2 margin at one divergence, read by the scoring pass.
+
+    ``top_token_ids`` and ``top_logprobs`` are the baseline's two most likely
+    tokens there (most likely first); ``margin`` is the difference of their
+    log-probabilities.  ``candidates`` are the settings whose divergence asked
+    for it.
+    """
+
+    id: str
+    turn: int
+    position: int
+    margin: float
+    top_token_ids: tuple[int, ...]
+    top_logprobs: tuple[float, ...]
+    candidates: tuple[str, ...] = ()
+
+
+MarginKey = tuple[str, int, int]
+"""(request id, turn, position in the turn's output) of a baseline's token."""
+
+
+@frozen
+class ScoredMargins:
+    """A baseline run's margins from the scoring pass, and how they were obtained.
+
+    ``engine`` holds the engine settings the pass ran with (the baseline's own:
+    dtype, eager or compiled, ...).  ``error`` says why the pass did not finish
+    (its divergences without a margin are then unclassified, with this reason).
+    ``run_id`` is the baseline run scored.
+    """
+
+    run_id: str
+    margins: tuple[ScoredMargin, ...] = ()
+    engine: Mapping[str, Any] = field(factory=dict)
+    error: str | None = None
+
+    @property
+    def lookup(self) -> dict[MarginKey, ScoredMargin]:
+        """The margins by (request id, turn, position)."""
+        return {(m.id, m.turn, m.position): m for m in self.margins}
+
+
+@frozen
 class TurnComparison:
     """How one turn of one request compares with the baseline's."""
 
@@ -67,6 +120,10 @@ class TurnComparison:
     baseline_margin: float | None = None
     baseline_text: str = ""
     candidate_text: str = ""
+    margin_source: MarginSource | None = None
+    """Where ``baseline_margin`` came from: the scoring pass or the baseline's record."""
+    reason: str | None = None
+    """Why an unclassified divergence has no margin."""
 
 
 @frozen
@@ -86,6 +143,8 @@ class LosslessResult:
     not_compared: int
     missing: int
     comparisons: tuple[TurnComparison, ...]
+    scoring_engine: Mapping[str, Any] | None = None
+    """The engine settings of the scoring pass whose margins were used (None: none used)."""
 
     @property
     def passed(self) -> bool:
@@ -116,7 +175,8 @@ def _common_prefix(a: Sequence[Any], b: Sequence[Any]) -> int:
     return low
 
 
-def _first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
+def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
+    """Where ``a`` and ``b`` first differ (or the shorter ends); None if they are equal."""
     if type(a) is type(b) and a == b:  # the usual case, decided at C speed
         return None
     shared = _common_prefix(a, b)
@@ -129,17 +189,38 @@ def _excerpt(text: str, other: str) -> str:
     return ("..." if begin else "") + text[begin : start + SHOWN_CHARS]
 
 
+NOT_SCORED = ("the baseline has no margin here: no scoring pass scored it and its run did "
+              "not ask for generation.logprobs; run the batch again to score it")
+
+
 def compare_turn(request_id: str, turn: int, candidate: TurnOutput, baseline: TurnOutput,
-                 threshold: float) -> TurnComparison:
-    """Compare one turn's output tokens with the baseline's."""
-    position = _first_difference(candidate.output_token_ids, baseline.output_token_ids)
+                 threshold: float, *, scored: ScoredMargins | None = None,
+                 lookup: Mapping[MarginKey, ScoredMargin] | None = None) -> TurnComparison:
+    """Compare one turn's output tokens with the baseline's.
+
+    The baseline's margin at the divergence is the scoring pass's (``lookup``,
+    from ``scored``) where it has one, else the baseline record's own.
+    """
+    position = first_difference(candidate.output_token_ids, baseline.output_token_ids)
     if position is None:
         return TurnComparison(request_id, turn, "equal")
-    margins = baseline.logprob_margins
-    margin = margins[position] if position < len(margins) else None
+    if scored is not None and lookup is None:
+        lookup = scored.lookup
+    hit = lookup.get((request_id, turn, position)) if lookup is not None else None
+    margin: float | None
+    source: MarginSource | None
+    if hit is not None:
+        margin, source = hit.margin, SCORING_PASS
+    else:
+        margins = baseline.logprob_margins
+        margin = margins[position] if position < len(margins) else None
+        source = DECODE_TIME if margin is not None else None
     status: Status
+    reason = None
     if margin is None:
         status = "unclassified"
+        reason = (f"the scoring pass did not finish: {scored.error}"
+                  if scored is not None and scored.error else NOT_SCORED)
     elif margin <= threshold:
         status = "near_tie"
     else:
@@ -147,13 +228,41 @@ def compare_turn(request_id: str, turn: int, candidate: TurnOutput, baseline: Tu
     return TurnComparison(
         request_id, turn, status, position, margin,
         _excerpt(baseline.output, candidate.output), _excerpt(candidate.output, baseline.output),
+        source, reason,
     )
 
 
-def check(candidate: Sequence[RequestOutput], baseline: Sequence[RequestOutput],
-          threshold: float) -> LosslessResult:
-    """Compare every request of ``candidate`` with the same request of ``baseline``."""
+def divergences(candidate: Sequence[RequestOutput], baseline: Sequence[RequestOutput]
+                ) -> list[tuple[str, int, int]]:
+    """Where the check will look up a margin: (request id, turn, position) of each divergence.
+
+    The first diverging turn of each request both runs answered (later turns
+    are not compared).
+    """
     ours = {r.id: r for r in candidate}
+    found: list[tuple[str, int, int]] = []
+    for request in baseline:
+        mine = ours.get(request.id)
+        if mine is None or mine.error is not None:
+            continue
+        for turn, (a, b) in enumerate(zip(mine.turns, request.turns, strict=False)):
+            position = first_difference(a.output_token_ids, b.output_token_ids)
+            if position is not None:
+                found.append((request.id, turn, position))
+                break
+    return found
+
+
+def check(candidate: Sequence[RequestOutput], baseline: Sequence[RequestOutput],
+          threshold: float, margins: ScoredMargins | None = None) -> LosslessResult:
+    """Compare every request of ``candidate`` with the same request of ``baseline``.
+
+    ``margins`` are the baseline's scoring-pass margins (see
+    :func:`specdec.run_folder.read_margins`); they are preferred over the
+    baseline records' decode-time margins.
+    """
+    ours = {r.id: r for r in candidate}
+    lookup = margins.lookup if margins is not None else None
     results: list[TurnComparison] = []
     for request in baseline:
         mine = ours.get(request.id)
@@ -165,14 +274,17 @@ def check(candidate: Sequence[RequestOutput], baseline: Sequence[RequestOutput],
             if diverged:
                 results.append(TurnComparison(request.id, turn, "not_compared"))
                 continue
-            result = compare_turn(request.id, turn, a, b, threshold)
+            result = compare_turn(request.id, turn, a, b, threshold, scored=margins,
+                                  lookup=lookup)
             diverged = result.status != "equal"
             results.append(result)
     counts = {s: sum(1 for r in results if r.status == s) for s in
               ("equal", "near_tie", "mismatch", "unclassified", "not_compared", "missing")}
+    used = any(r.margin_source == SCORING_PASS for r in results)
     return LosslessResult(
         threshold=threshold,
         turns=len(results),
         comparisons=tuple(r for r in results if r.status != "equal"),
+        scoring_engine=dict(margins.engine) if used and margins is not None else None,
         **counts,
     )

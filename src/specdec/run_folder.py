@@ -26,6 +26,12 @@ A run folder holds:
 ``outcome.json``
     Written only when a run fails: its status, error type and message, and
     times.  A finished run's outcome is in ``metrics.json``.
+``margins.json``
+    A baseline run's top-2 margins at the positions where other settings of
+    its batch diverged from it, read by the batch's scoring pass
+    (:mod:`specdec.scoring`) after every timed run, with the engine settings
+    of that pass and the ``run_id`` scored; written atomically, read by
+    :func:`read_margins`.
 
 ``metrics.json``'s ``columns`` (base64 of raw arrays laid out as its header says) hold
 what reports compare, by column: each request's id, category and error, each
@@ -62,7 +68,7 @@ from specdec.config import dump_config, load_config
 from specdec.config import read_provenance as config_provenance
 from specdec.errors import OutputExistsError, SpecdecError
 from specdec.files import atomic_write_bytes, atomic_write_text
-from specdec.lossless import RequestOutput
+from specdec.lossless import RequestOutput, ScoredMargins
 from specdec.metrics import spec_bench_accept_totals
 from specdec.provenance import now
 from specdec.records import SCHEMA_VERSION, ExperimentConfig, RequestRecord, RunSummary
@@ -77,7 +83,8 @@ CONFIG_FILE = "config.yaml"
 RESPONSES_FILE = "responses.jsonl"
 METRICS_FILE = "metrics.json"
 OUTCOME_FILE = "outcome.json"
-RUN_FILES = (CONFIG_FILE, RESPONSES_FILE, METRICS_FILE, OUTCOME_FILE)
+MARGINS_FILE = "margins.json"
+RUN_FILES = (CONFIG_FILE, RESPONSES_FILE, METRICS_FILE, OUTCOME_FILE, MARGINS_FILE)
 
 RECORD_SINK_NAMES = frozenset({"json", "jsonl"})
 """Sink names of earlier releases for ``metrics.json`` and ``responses.jsonl``.
@@ -387,6 +394,39 @@ def read_outcome(folder: Path) -> Outcome | None:
         return structure(orjson.loads(path.read_bytes()), Outcome)
     except Exception as exc:  # noqa: BLE001 - a damaged outcome must not hide the run state
         return Outcome("failed", type(exc).__name__, f"unreadable {path}: {exc}")
+
+
+def write_margins(folder: Path, margins: ScoredMargins) -> None:
+    """Write a baseline run's scoring-pass margins (``margins.json``), atomically."""
+    data = {"schema_version": SCHEMA_VERSION, **unstructure(margins)}
+    atomic_write_bytes(folder / MARGINS_FILE, orjson.dumps(data, option=orjson.OPT_INDENT_2))
+
+
+def read_margins(folder: Path) -> ScoredMargins | None:
+    """The scoring pass's margins of the run in ``folder``, or None if it has none.
+
+    Margins scored for another run of the folder (it was run again since) are
+    ignored, with a warning, as is a damaged file: the next batch run scores
+    them again.  ``lookup`` on the result gives each margin by (request id,
+    turn, position); ``engine`` the settings the pass ran with.
+    """
+    path = folder / MARGINS_FILE
+    try:
+        data = orjson.loads(path.read_bytes())
+        data.pop("schema_version", None)
+        margins = structure(data, ScoredMargins)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - a damaged file is scored again, not fatal
+        log.warning("ignoring unreadable margins; the next batch run scores them again",
+                    path=str(path), error=f"{type(exc).__name__}: {exc}")
+        return None
+    run_id = read_provenance(folder).get("run_id") if (folder / CONFIG_FILE).is_file() else None
+    if run_id is not None and margins.run_id != run_id:
+        log.warning("ignoring margins scored for an earlier run of this folder",
+                    path=str(path), scored=margins.run_id, run=run_id)
+        return None
+    return margins
 
 
 def to_dataframe(folder: Path) -> pd.DataFrame:
@@ -799,6 +839,8 @@ class RunWriter:
                  failed=failed)
         # Written again when the retry finishes; until then the run is unfinished.
         (folder / METRICS_FILE).unlink()
+        # The retried requests' answers may differ: their margins are scored anew.
+        (folder / MARGINS_FILE).unlink(missing_ok=True)
         return True
 
     def start(self, config: ExperimentConfig, provenance: dict[str, Any]) -> dict[str, Any]:

@@ -6,11 +6,19 @@ model x strategy x swept setting x repeat.  Each item runs in its own process
 down), into its own folder under the batch folder; ``batch.json`` indexes them.
 Running the same batch again skips finished items and resumes a half-finished
 one from its ``responses.jsonl``.
+
+With repeats, items run round by round (every setting once per round, A B C A
+B C), each round in an order shuffled with the study's ``seed``, recorded in
+``batch.json`` and kept on resume, so drift in the machine's speed favours no
+setting.  Timed items carry only what their configuration asks for; after the
+last one, the scoring pass (:mod:`specdec.scoring`, its own process) reads the
+baseline's margins where other settings diverged from it.
 """
 
 from __future__ import annotations
 
 import itertools
+import random
 import re
 import subprocess
 import sys
@@ -25,7 +33,7 @@ import structlog
 import yaml
 from attrs import field, frozen
 
-from specdec import registry, run_folder
+from specdec import registry, run_folder, scoring
 from specdec.config import apply_overrides, config_from_mapping, read_mapping
 from specdec.errors import ConfigError, SpecdecError
 from specdec.models import check_model
@@ -37,7 +45,11 @@ from specdec.validators import number, positive
 log = structlog.get_logger("specdec.study")
 
 INDEX_FILE = "batch.json"
-BASELINE = "none"
+BASELINE = scoring.BASELINE
+AA_SUFFIX = "__aa"
+"""Added to a baseline's setting name for its A/A item (``aa_check: true``)."""
+SCORE_LOG = "scoring.log"
+"""The scoring pass's process output (stdout and stderr), in the batch folder."""
 NEAR_TIE_THRESHOLD = 0.25
 """Default largest top-2 log-probability margin (nats) at which a divergence from
 the baseline counts as a near-tie flip (see docs/studies.md)."""
@@ -60,6 +72,10 @@ class StudyConfig:
     sweep: Mapping[str, tuple[Any, ...]] = field(factory=dict)
     repeats: int = field(default=1, validator=positive)
     near_tie_threshold: float = field(default=NEAR_TIE_THRESHOLD, validator=number(ge=0))
+    aa_check: bool = False
+    """Add a second run of each baseline (setting ``<baseline>__aa``, label ``aa_check``)."""
+    seed: int = 0
+    """Seeds the shuffled order of each round of repeats."""
 
 
 @frozen
@@ -102,6 +118,10 @@ class BatchIndex:
     near_tie_threshold: float = NEAR_TIE_THRESHOLD
     schema_version: int = SCHEMA_VERSION
     provenance: Mapping[str, Any] = field(factory=dict)
+    order: tuple[str, ...] = ()
+    """The item names in the order they run (see :func:`run_order`)."""
+    seed: int = 0
+    """The seed of that order's shuffles."""
 
 
 def load_study(path: Path) -> StudyConfig:
@@ -131,15 +151,6 @@ def _grid(sweep: Mapping[str, Sequence[Any]]) -> Iterator[dict[str, Any]]:
     keys = list(sweep)
     for values in itertools.product(*(sweep[k] for k in keys)):
         yield dict(zip(keys, values, strict=True))
-
-
-def _with_logprobs(experiment: dict[str, Any]) -> dict[str, Any]:
-    # The lossless check classifies each divergence by the baseline's top-2
-    # margin, so batch runs ask for two log-probabilities unless told otherwise.
-    generation = experiment.setdefault("generation", {})
-    if generation.get("logprobs") is None:
-        generation["logprobs"] = 2
-    return experiment
 
 
 def check_item(experiment: Mapping[str, Any]) -> list[str]:
@@ -177,6 +188,9 @@ def _check_items(items: Sequence[BatchItem], source: str, kind: str = "study") -
 def expand_study(study: StudyConfig) -> list[BatchItem]:
     """Every run of a study, baseline first, each checked as an experiment config.
 
+    With ``aa_check``, each baseline is followed by its A/A item: the same
+    experiment under the setting ``<baseline>__aa``, labelled ``aa_check: true``.
+
     Every item's config and strategy options are checked (:func:`check_item`)
     before this returns, so a typo in a ``sweep:`` option fails ``--dry-run``
     and the run before its first item, with every bad item named at once.
@@ -190,9 +204,7 @@ def expand_study(study: StudyConfig) -> list[BatchItem]:
         for option_values, engine_values in itertools.product(
             _grid(spec.sweep), _grid(study.sweep)
         ):
-            experiment = _with_logprobs(
-                _merge(study.base, {"model": model, "benchmark": benchmark})
-            )
+            experiment = _merge(study.base, {"model": model, "benchmark": benchmark})
             experiment["strategy"] = {"name": spec.name, **spec.options, **option_values}
             experiment = apply_overrides(
                 experiment, [f"{k}={orjson.dumps(v).decode()}" for k, v in engine_values.items()]
@@ -201,9 +213,13 @@ def expand_study(study: StudyConfig) -> list[BatchItem]:
             parts = [_slug(model.rstrip("/").split("/")[-1]), spec.name]
             parts += [f"{k.split('.')[-1]}={_slug(v)}" for k, v in labels.items()]
             setting = "__".join(parts)
+            variants = [(setting, labels)]
+            if study.aa_check and spec.name == BASELINE:
+                variants.append((setting + AA_SUFFIX, {**labels, scoring.AA_LABEL: True}))
             items += [
-                BatchItem(f"{setting}__r{r}" if study.repeats > 1 else setting, setting,
-                          experiment, labels, r)
+                BatchItem(f"{name}__r{r}" if study.repeats > 1 else name, name,
+                          experiment, shown, r)
+                for name, shown in variants
                 for r in range(study.repeats)
             ]
     _check_items(items, f"study {study.name!r}")
@@ -222,7 +238,7 @@ def items_from_configs(paths: Sequence[Path], benchmark: Mapping[str, Any],
         while name in seen:
             name += "_"
         seen.add(name)
-        experiments.append((name, _with_logprobs(unstructure(config))))
+        experiments.append((name, unstructure(config)))
     models_with_baseline = {
         e["model"] for _, e in experiments if e["strategy"]["name"] == BASELINE
     }
@@ -250,6 +266,41 @@ Progress = Callable[[str, int, int], None]
 """Called as (item name, requests done, requests total) while an item runs."""
 
 
+def run_order(items: Sequence[BatchItem], seed: int = 0) -> list[str]:
+    """The order in which ``items`` run: round by round, each round shuffled.
+
+    Round ``r`` holds every setting's repeat ``r``; each round's order is
+    shuffled by one ``random.Random(seed)``, the baseline's place included.
+    With one round (no repeats) the items keep their listed order, baseline
+    first: there is no drift between repeats to even out.
+    """
+    rounds: dict[int, list[str]] = {}
+    for item in items:
+        rounds.setdefault(item.repeat, []).append(item.name)
+    if len(rounds) <= 1:
+        return [item.name for item in items]
+    rng = random.Random(seed)  # noqa: S311 - an order to record and repeat, not a secret
+    order: list[str] = []
+    for repeat in sorted(rounds):
+        names = rounds[repeat]
+        rng.shuffle(names)
+        order += names
+    return order
+
+
+def _recorded_order(output_base: Path, items: Sequence[BatchItem]) -> tuple[list[str], int] | None:
+    """The order (and seed) an earlier run of this batch recorded, if it has these items."""
+    if not (output_base / INDEX_FILE).is_file():
+        return None
+    try:
+        index = read_index(output_base)
+    except SpecdecError:
+        return None
+    if sorted(index.order) != sorted(i.name for i in items):
+        return None
+    return list(index.order), index.seed
+
+
 def run_batch(
     items: Sequence[BatchItem],
     output_base: Path,
@@ -259,11 +310,17 @@ def run_batch(
     on_item: Callable[[ItemStatus], None] | None = None,
     on_progress: Progress | None = None,
     poll_s: float = 0.5,
+    seed: int = 0,
 ) -> BatchIndex:
-    """Run every item in its own process; resume what a previous call left.
+    """Run every item in its own process; resume what a previous call left; then score.
 
-    Returns the index (also written to ``batch.json`` after every item).  A
-    failed item is recorded with its error and the batch goes on.
+    Items run in :func:`run_order` (with ``seed``), or in the order
+    ``batch.json`` recorded when the batch is resumed.  Returns the index (also
+    written to ``batch.json`` after every item).  A failed item is recorded with
+    its error and the batch goes on.  Last, the scoring pass
+    (:func:`run_scoring`) reads the baselines' margins where other settings
+    diverged; if it fails, the batch still finishes and its divergences stay
+    unclassified, with the reason.
     """
     from specdec.benchmarks.loader import (  # noqa: PLC0415 - only needed for counting
         default_benchmark_path,
@@ -283,14 +340,18 @@ def run_batch(
             str(item.experiment.get("model")), item.repeat, item.labels,
         )
 
+    recorded = _recorded_order(output_base, items)
+    order, seed = recorded if recorded is not None else (run_order(items, seed), seed)
+    by_name = {item.name: item for item in items}
+
     def save() -> BatchIndex:
         index = BatchIndex(name, tuple(statuses.values()), near_tie_threshold,
-                           provenance=provenance)
+                           provenance=provenance, order=tuple(order), seed=seed)
         write_json(output_base / INDEX_FILE, index)
         return index
 
     save()
-    for item in items:
+    for item in (by_name[n] for n in order):
         folder = output_base / item.name
         status = statuses[item.name]
         if run_folder.is_finished(folder):
@@ -326,7 +387,52 @@ def run_batch(
         save()
         if on_item is not None:
             on_item(status)
-    return save()
+    index = save()
+    run_scoring(output_base, index)
+    return index
+
+
+def run_scoring(output_base: Path, index: BatchIndex) -> int | None:
+    """Run the scoring pass of a batch in its own process, if it has anything to score.
+
+    Returns its exit code (None: nothing to score).  Where the process ended
+    without recording why a baseline's positions are unscored (killed, say),
+    that is recorded for it here.
+    """
+    try:
+        jobs = scoring.plan(output_base, index.items)
+    except SpecdecError as exc:
+        log.warning("the scoring pass could not be planned", error=str(exc))
+        return None
+    if not jobs:
+        return None
+    log.info("scoring pass started", baselines=len(jobs),
+             positions=sum(len(j.wanted) for j in jobs))
+    command = [sys.executable, "-m", "specdec", "score", str(output_base),
+               "--log-format", "json"]
+    log_path = output_base / SCORE_LOG
+    with log_path.open("ab") as score_log:
+        score_log.write(f"\n# {now()} {' '.join(command)}\n".encode())
+        score_log.flush()
+        process = subprocess.Popen(command, stdout=score_log,  # noqa: S603
+                                   stderr=subprocess.STDOUT)
+        try:
+            while process.poll() is None:
+                time.sleep(0.2)
+        except BaseException:
+            process.terminate()
+            process.wait(timeout=60)
+            raise
+    code = process.returncode
+    if code != 0:
+        left = scoring.plan(output_base, index.items)
+        for job in left:
+            if job.scored is None or job.scored.error is None:
+                scoring.record_failure(
+                    job, f"the scoring pass exited with code {code}; see {log_path}")
+        log.error("the scoring pass failed; divergences without a margin stay unclassified",
+                  code=code, log=str(log_path))
+    return code
 
 
 def _failed_requests(folder: Path) -> str:

@@ -242,9 +242,14 @@ class VllmOfflineEngine:
             self._llm = None
 
     def describe(self) -> dict[str, Any]:
-        """The ``vllm.LLM`` keyword arguments this run uses (memory default resolved)."""
+        """The ``vllm.LLM`` keyword arguments this run uses (memory default resolved).
+
+        Also the ``SamplingParams`` keyword arguments of its timed requests
+        (``sampling``; a turn capped to fit ``max_model_len`` gets a smaller
+        ``max_tokens``): what a timed request carries, no more.
+        """
         kwargs = self.engine_kwargs(capabilities().device)
-        return {"llm_kwargs": kwargs}
+        return {"llm_kwargs": kwargs, "sampling": sampling_kwargs(self.config.generation, None)}
 
     def _prompt(self, conv: Conversation, answers: Sequence[str]) -> dict[str, Any]:
         if not self.config.chat_template:
@@ -255,6 +260,20 @@ class VllmOfflineEngine:
         if isinstance(ids, Mapping):
             ids = ids["input_ids"]
         return {"prompt_token_ids": list(ids)}
+
+    def prompt_token_ids(self, conversation: Conversation,
+                         answers: Sequence[str]) -> tuple[int, ...]:
+        """The prompt's token ids for the turn after ``answers``, as :meth:`run` sends it.
+
+        The same code path as a run's (:meth:`_prompt`); a raw prompt is
+        encoded with special tokens, as vLLM's renderer does with text.
+        """
+        self._started()
+        prompt = self._prompt(conversation, answers)
+        if "prompt_token_ids" in prompt:
+            return tuple(int(t) for t in prompt["prompt_token_ids"])
+        return tuple(int(t) for t in
+                     self._tokenizer.encode(prompt["prompt"], add_special_tokens=True))
 
     def max_model_len(self) -> int:
         """The built engine's context length (prompt plus output), in tokens."""
@@ -466,8 +485,17 @@ def _refusal(exc: BaseException, turn: int) -> str:
     return f"turn {turn + 1}: vLLM refused the request: {type(exc).__name__}: {exc}"
 
 
-def _sampling(gen: GenerationConfig, max_tokens: int | None) -> Any:
+def sampling_kwargs(gen: GenerationConfig, max_tokens: int | None) -> dict[str, Any]:
+    """The ``SamplingParams`` keyword arguments of a request: what the user configured only.
+
+    Log-probabilities only when ``generation.logprobs`` asks for them: the
+    lossless check reads its margins from a scoring pass after the timed runs.
+    """
     kwargs = sampling_settings(gen, max_tokens)
     if gen.logprobs is not None:
         kwargs["logprobs"] = gen.logprobs
-    return _import_vllm().SamplingParams(**kwargs)
+    return kwargs
+
+
+def _sampling(gen: GenerationConfig, max_tokens: int | None) -> Any:
+    return _import_vllm().SamplingParams(**sampling_kwargs(gen, max_tokens))

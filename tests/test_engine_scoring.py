@@ -1,0 +1,125 @@
+"""The scoring pass on the real engine: one bfloat16 batch of baseline and ngram.
+
+Timed requests carry no log-probabilities; the batch's scoring pass reads the
+baseline's margins at every divergence, and a decode-time run of the baseline
+(``generation.logprobs: 2``, the only run here that asks for them) classifies
+those divergences the same way.  Divergences from a bfloat16 ngram run are
+rare in a few short answers, so a float32 ngram candidate is added on purpose:
+its answers drift from the bfloat16 baseline's, which the pass must classify
+like any other divergence (it pairs with the bfloat16 baseline, the model's
+only one).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from specdec import run_folder
+from specdec.lossless import SCORING_PASS, check, divergences
+from specdec.study import NEAR_TIE_THRESHOLD
+
+from .conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.engine
+
+COMMON = """
+generation: {max_tokens: 32}
+engine: {enforce_eager: true, dtype: bfloat16}
+"""
+CONFIGS = {
+    "baseline": "strategy: {name: none}",
+    "ngram": "strategy: {name: ngram, num_speculative_tokens: 3, prompt_lookup_min: 2, "
+             "prompt_lookup_max: 4}",
+    "ngram_f32": "strategy: {name: ngram, num_speculative_tokens: 3, prompt_lookup_min: 2, "
+                 "prompt_lookup_max: 4}\nengine: {enforce_eager: true, dtype: float32}",
+}
+PROMPTS = {"code-03", "extract-01", "math-01"}
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The batch (with its scoring pass), then a decode-time run of its baseline."""
+    tmp = tmp_path_factory.mktemp("scoring")
+    files = []
+    for name, text in CONFIGS.items():
+        path = tmp / f"{name}.yaml"
+        path.write_text(COMMON + text + "\n")
+        files.append(str(path))
+    lines = [line for line in (ROOT / "data" / "sample_benchmark.jsonl").read_bytes().splitlines()
+             if line.strip() and orjson.loads(line)["question_id"] in PROMPTS]
+    assert len(lines) == len(PROMPTS)
+    bench = tmp / "bench.jsonl"
+    bench.write_bytes(b"\n".join(lines) + b"\n")
+    base = tmp / "out"
+    result = run_cli("specdec", "batch", "--configs", *files, "--output-base", str(base),
+                     "--benchmark", str(bench))
+    # Its report is not what this module checks: the items and the pass are.
+    items = orjson.loads((base / "batch.json").read_bytes())["items"]
+    assert [i["status"] for i in items] == ["done"] * len(CONFIGS), result.stderr[-3000:]
+    decode = tmp / "decode"
+    result = run_cli("specdec-run", "--config", str(base / "baseline" / "config.yaml"),
+                     "--set", "generation.logprobs=2", "--output-dir", str(decode))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return base, decode
+
+
+def test_timed_requests_carried_no_logprobs(batch: tuple[Path, Path]) -> None:
+    """Each item's config and its engine's recorded sampling have none; vLLM returned none."""
+    base, decode = batch
+    for name in CONFIGS:
+        folder = base / name
+        assert run_folder.read_config(folder).generation.logprobs is None
+        sampling = run_folder.read_provenance(folder)["offline"]["sampling"]
+        assert "logprobs" not in sampling, sampling
+        assert all(t.logprob_margins == () for r in run_folder.read_records(folder)
+                   for t in r.turns)
+    # The decode-time run asked, and got them: the check above can fail.
+    assert all(t.logprob_margins for r in run_folder.read_records(decode) for t in r.turns)
+
+
+def test_divergences_are_classified_by_the_scoring_pass(batch: tuple[Path, Path]) -> None:
+    """Every divergence has a scoring-pass margin, read on the baseline's engine settings."""
+    base, _ = batch
+    margins = run_folder.read_margins(base / "baseline")
+    assert margins is not None
+    assert margins.error is None
+    assert (margins.engine["dtype"], margins.engine["enforce_eager"]) == ("bfloat16", True)
+    baseline = run_folder.read_outputs(base / "baseline").requests
+    found = 0
+    for name in ("ngram", "ngram_f32"):
+        candidate = run_folder.read_outputs(base / name).requests
+        result = check(candidate, baseline, NEAR_TIE_THRESHOLD, margins=margins)
+        assert result.unclassified == 0, result
+        classified = [c for c in result.comparisons if c.position is not None]
+        assert all(c.margin_source == SCORING_PASS for c in classified)
+        found += len(classified)
+    assert found > 0, "no divergence to classify: the float32 candidate should have made one"
+
+
+def test_scoring_pass_agrees_with_decode_time_margins(batch: tuple[Path, Path]) -> None:
+    """At each divergence, prefill and decode margins classify alike (and are close)."""
+    base, decode = batch
+    margins = run_folder.read_margins(base / "baseline")
+    assert margins is not None
+    baseline = {r.id: r for r in run_folder.read_records(base / "baseline")}
+    decoded = {r.id: r for r in run_folder.read_records(decode)}
+    compared = 0
+    for name in ("ngram", "ngram_f32"):
+        candidate = run_folder.read_outputs(base / name).requests
+        for request_id, turn, position in divergences(candidate, tuple(baseline.values())):
+            ours = decoded[request_id].turns[turn]
+            # The decode run repeats the baseline's greedy answer, so its margins are the
+            # baseline's own at decode time.
+            assert ours.output_token_ids == baseline[request_id].turns[turn].output_token_ids
+            if position >= len(ours.logprob_margins):
+                continue  # the baseline stopped there: decoding read no margin to compare
+            scored = margins.lookup[request_id, turn, position].margin
+            at_decode = ours.logprob_margins[position]
+            assert (scored <= NEAR_TIE_THRESHOLD) == (at_decode <= NEAR_TIE_THRESHOLD), (
+                request_id, turn, position, scored, at_decode)
+            assert abs(scored - at_decode) < 0.5, (request_id, position, scored, at_decode)
+            compared += 1
+    assert compared > 0
