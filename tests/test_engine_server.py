@@ -3,7 +3,8 @@
 Two servers are launched (baseline and n-gram); a batch mixing server runs at
 concurrency 1 and 4 with an offline run is measured against them, and the
 per-request figures are checked against each server's own counters.  Scoring is
-checked on the baseline server and on one offline engine in this process, and a
+checked on the baseline server and on one offline engine in this process, so are
+token ids returned without log-probabilities and /tokenize's prompt ids, and a
 server run is made from an environment where ``import vllm`` fails.
 """
 
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 import orjson
 import pytest
@@ -23,9 +25,10 @@ from specdec import models
 from specdec.config import load_config
 from specdec.engines.device import installed_vllm
 from specdec.engines.launch import ServerProcess
-from specdec.engines.openai_server import OpenAIServerEngine
+from specdec.engines.openai_server import IDS_RETURNED, OpenAIServerEngine
 from specdec.engines.vllm_offline import VllmOfflineEngine
 from specdec.interfaces import ScoreRequest, ScoreResult
+from specdec.records import Conversation, RequestRecord
 from specdec.registry import strategies
 
 from .conftest import BIN, run_cli
@@ -272,3 +275,42 @@ def test_a_server_run_works_without_vllm_installed(servers: dict[str, str],
     assert provenance["engine"]["unknown"] == ["speculative_methods",
                                                "speculative_config_fields", "device"]
     assert provenance["device"] is None
+
+
+def test_server_token_ids_without_logprobs(servers: dict[str, str],
+                                           offline: VllmOfflineEngine) -> None:
+    """A timed turn gets its ids from return_token_ids alone; /tokenize gives its prompt.
+
+    The ids are those the server and the offline engine give the same prompt
+    (greedy), decode to the turn's text, and /tokenize's prompt ids are the
+    prompt_token_ids the server reports for that chat request and for a raw one.
+    """
+    url = servers["none"]
+    config = load_config(None, ["engine.backend=server", f"engine.url={url}", "warmup=false",
+                                "generation.max_tokens=12", "generation.ignore_eos=true"])
+    engine = OpenAIServerEngine(config, "m", None)
+    engine.start()
+    assert engine.describe()["token_ids"] == IDS_RETURNED
+    conv = Conversation("c", (PROMPT,))
+    records: list[RequestRecord] = []
+    engine.run([conv], records.append)
+    [turn] = records[0].turns
+    assert records[0].error is None
+    assert len(turn.output_token_ids) == turn.output_tokens == 12
+    assert turn.logprob_margins == ()
+    assert offline._tokenizer.decode(list(turn.output_token_ids),
+                                     skip_special_tokens=True) == turn.output
+    prompt = engine.prompt_token_ids(conv, [])
+    assert len(prompt) == turn.prompt_tokens
+    body = {"model": engine.model_name, "max_tokens": 12, "temperature": 0.0,
+            "ignore_eos": True, "return_token_ids": True}
+    chat = httpx.post(f"{url}/v1/chat/completions", timeout=120,
+                      json={**body, "messages": [{"role": "user", "content": PROMPT}]}).json()
+    assert tuple(chat["prompt_token_ids"]) == prompt
+    assert tuple(chat["choices"][0]["token_ids"]) == turn.output_token_ids
+    assert _offline_greedy(offline, list(prompt)) == list(turn.output_token_ids[:SCORED_TOKENS])
+    raw = OpenAIServerEngine(attrs.evolve(config, chat_template=False), "m", None)
+    raw.start()
+    completion = httpx.post(f"{url}/v1/completions", timeout=120,
+                            json={**body, "prompt": PROMPT}).json()
+    assert tuple(completion["choices"][0]["prompt_token_ids"]) == raw.prompt_token_ids(conv, [])
