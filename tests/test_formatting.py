@@ -1,11 +1,11 @@
-"""The one number formatter: missing values, digits, suffixes, spreads."""
+"""The one number formatter: missing values, digits, suffixes, spreads, intervals."""
 
 from __future__ import annotations
 
 import doctest
 
 from specdec import formatting
-from specdec.formatting import median_spread, number, percent, value
+from specdec.formatting import interval_text, median_spread, number, percent, value
 
 
 def test_number_shows_missing_as_dash_and_keeps_digits_and_suffix() -> None:
@@ -18,6 +18,13 @@ def test_percent_and_median_spread() -> None:
     """A spread of 10% over three repeats reads as ±5%; one repeat shows no spread."""
     assert [percent(0.125, 1), percent(None), median_spread(12.34, 0.1, 3),
             median_spread(12.34, 0.5, 1)] == ["12.5%", "-", "12.3 ±5% (n=3)", "12.3"]
+
+
+def test_interval_text_reads_estimate_then_ends() -> None:
+    """An interval is '1.59x [1.41, 1.77]'; without ends only the estimate, without it '-'."""
+    assert [interval_text(1.594, 1.4149, 1.7651), interval_text(0.391, 0.34, 0.45, suffix=""),
+            interval_text(1.2, None, 1.3), interval_text(None, 1.0, 2.0)] == [
+        "1.59x [1.41, 1.77]", "0.39 [0.34, 0.45]", "1.20x", "-"]
 
 
 def test_value_formats_loose_json_fields() -> None:

@@ -289,3 +289,27 @@ def test_aa_row_is_compared_with_the_baseline_and_warns_when_it_excludes_one(
     assert aa.speedup_spec_bench_interval.contains(1.0)
     assert calm.warnings == ()
     assert calm.best["overall"]["setting"] == "none"
+
+
+def test_report_with_repeats_pairs_repeat_r_with_repeat_r_across_runs(tmp_path: Path) -> None:
+    """Three repeats of each: the interval is "across runs" and its estimate is the ratio of
+    the repeats' mean figures; a candidate repeat without its baseline repeat is left out."""
+    items = []
+    figures: dict[str, list[float]] = {"none": [], "ngram": []}
+    for strategy, factor in (("none", 1.0), ("ngram", 1.5)):
+        for repeat in range(3 if strategy == "none" else 4):
+            name = f"{strategy}__r{repeat}"
+            rates = _rates(10 * repeat + len(strategy), factor * (1 + 0.05 * repeat))
+            _write_run(tmp_path / name, strategy, _records(rates))
+            if repeat < 3:
+                figures[strategy].append(float(np.mean(rates)))
+            items.append(ItemStatus(name, strategy, strategy, "smollm2-135m", repeat, {},
+                                    status="done"))
+    write_json(tmp_path / "batch.json", BatchIndex("b", tuple(items)))
+    report = build_report([tmp_path])
+    ngram = next(c for c in report.comparisons if (c.setting, c.category) == ("ngram", "overall"))
+    interval = ngram.speedup_spec_bench_interval
+    assert interval is not None
+    assert interval.kind == ACROSS_RUNS
+    assert interval.estimate == pytest.approx(np.mean(figures["ngram"]) / np.mean(figures["none"]))
+    assert "across runs" in render_markdown(report, [])
