@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import orjson
 import pytest
 
-from specdec import run_folder
+from specdec import cli, run_folder
 from specdec.config import load_config
 from specdec.interfaces import EngineRun, ScoreRequest, ScoreResult, TokenScore
 from specdec.lossless import (
@@ -326,3 +326,15 @@ def test_batch_records_its_order_and_resume_keeps_it(tmp_path: Path) -> None:
     assert (again["order"], again["seed"]) == (data["order"], 7)
     resumed = [Path(c[c.index("--output-dir") + 1]).name for c in _Process.commands]
     assert resumed == data["order"][3:]
+
+
+def test_score_command_is_hidden_and_idempotent(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`specdec score` is not on the help page; on a scored batch it has nothing to do."""
+    base = tmp_path / "batch"
+    run_batch(_items(), base, poll_s=0)
+    assert cli.main(["--help"]) == 0
+    assert " score " not in capsys.readouterr().out
+    Scorer.asked = []
+    assert cli.main(["score", str(base)]) == 0
+    assert Scorer.asked == []
