@@ -28,6 +28,8 @@ from specdec.lossless import (
     divergences,
 )
 from specdec.records import Conversation, RequestRecord, TurnRecord
+from specdec.report import build_report
+from specdec.report_files import render_markdown
 from specdec.runner import run_experiment
 from specdec.scoring import SettingRun, baseline_for, plan, score_batch
 from specdec.study import (
@@ -178,6 +180,19 @@ def test_check_uses_the_scored_margins(tmp_path: Path) -> None:
     assert without.scoring_engine is None
     assert all("no scoring pass scored it" in (c.reason or "") for c in without.comparisons
                if c.status == "unclassified")
+
+
+def test_report_classifies_with_the_scored_margins(tmp_path: Path) -> None:
+    """specdec report reads the scoring pass's margins and says where they came from."""
+    base = tmp_path / "batch"
+    run_batch(_items(), base, poll_s=0)
+    report = build_report([base])
+    result = report.lossless["ngram"]
+    assert (result.near_tie, result.mismatch, result.unclassified) == (1, 1, 0)
+    text = render_markdown(report, [])
+    assert "Margins from a scoring pass after the timed runs" in text
+    assert "dtype bfloat16, enforce_eager True" in text
+    assert "(scoring pass)" in text
 
 
 def test_rerun_scores_only_what_is_missing(tmp_path: Path) -> None:

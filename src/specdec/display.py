@@ -216,7 +216,8 @@ def print_report(report: Report) -> None:
     for name, result in report.lossless.items():
         stdout.print(f"lossless {name}: {result.verdict} ({result.equal} equal, {result.near_tie} "
                      f"near-tie flips, {result.mismatch} mismatches, {result.unclassified} "
-                     f"unclassified of {result.turns} turns)")
+                     f"unclassified of {result.turns} turns)"
+                     + ("; margins from the scoring pass" if result.scoring_engine else ""))
     for category, best in report.best.items():
         stdout.print(escape(f"best for {category}: {best['setting']} {best['speedup']} "
                             f"(fastest {best['fastest']} {best['fastest_speedup']})"))

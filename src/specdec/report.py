@@ -32,7 +32,7 @@ from specdec.intervals import WITHIN_RUN, Interval, RunSample, paired_speedup, r
 from specdec.lossless import LosslessResult, check
 from specdec.metrics import spec_bench_mean_accepted_tokens_by_category, speedup
 from specdec.records import ExperimentConfig, GroupMetrics, RequestRecord, RunSummary
-from specdec.serialization import unstructure
+from specdec.scoring import SettingRun, baseline_for
 from specdec.study import BASELINE, INDEX_FILE, NEAR_TIE_THRESHOLD, read_index
 
 OVERALL = "overall"
@@ -248,31 +248,18 @@ def collect_runs(folders: Sequence[Path]) -> tuple[list[Run], list[str], float]:
     return runs, failed, threshold
 
 
-IGNORED_FOR_PAIRING = ("strategy", "name", "sinks")
-IGNORED_ENGINE_KEYS = ("url", "port", "served_model_name", "api_key_env")
-
-
-def _context(setting: Setting) -> dict[str, Any]:
-    """What a baseline must share with a setting: everything but the strategy (and names)."""
-    data: dict[str, Any] = unstructure(setting.first.config)
-    for key in IGNORED_FOR_PAIRING:
-        data.pop(key, None)
-    # Two servers (with and without speculation) differ in address, not in settings.
-    data["engine"] = {k: v for k, v in data["engine"].items() if k not in IGNORED_ENGINE_KEYS}
-    return data
-
-
 def _baseline_for(setting: Setting, settings: Sequence[Setting]) -> Setting | None:
-    """The baseline run under the same settings, else the model's first baseline."""
-    candidates = [
-        s for s in settings
-        if s.is_baseline and s.first.config.model == setting.first.config.model
-        and s.engine_labels() == setting.engine_labels()
-    ]
-    context = _context(setting)
-    same = [s for s in candidates if _context(s) == context]
-    chosen = same or candidates
-    return chosen[0] if chosen else None
+    """The setting's baseline, by the one pairing rule (:func:`specdec.scoring.baseline_for`).
+
+    The scoring pass pairs with the same rule, so the margins it scored are
+    the ones the check asks for.
+    """
+    def view(s: Setting) -> SettingRun:
+        return SettingRun(s.name, s.first.config, s.first.labels)
+
+    by_name = {s.name: s for s in settings}
+    chosen = baseline_for(view(setting), [view(s) for s in settings])
+    return by_name[chosen.name] if chosen is not None else None
 
 
 def _simplicity(setting: Setting) -> tuple[int, float]:
@@ -414,9 +401,9 @@ def build_report(folders: Sequence[Path], threshold: float | None = None) -> Rep
         if baseline is not None:
             baselines[setting.name] = baseline.name
             if setting is not baseline:
-                lossless[setting.name] = check(setting.first.outputs.requests,
-                                               baseline.first.outputs.requests,
-                                               threshold)
+                lossless[setting.name] = check(
+                    setting.first.outputs.requests, baseline.first.outputs.requests,
+                    threshold, margins=run_folder.read_margins(baseline.first.folder))
         accepted, accepted_overall = spec_bench_mean_accepted_tokens_by_category(
             setting.first.outputs.accept_totals)
         accepted[OVERALL] = accepted_overall

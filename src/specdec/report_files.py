@@ -13,6 +13,7 @@ from pathlib import Path
 from specdec.errors import SpecdecError
 from specdec.formatting import MISSING, interval_text, median_spread, number
 from specdec.intervals import CONFIDENCE, METHOD, RESAMPLES, SEED, Interval
+from specdec.lossless import LosslessResult
 from specdec.report import OVERALL, Comparison, Report, Spread
 from specdec.serialization import unstructure, write_json
 
@@ -107,10 +108,24 @@ def _lossless_section(report: Report) -> list[str]:
         shown = [c for c in result.comparisons if c.position is not None][:10]
         if shown:
             lines += ["", f"### Divergences of {name}", ""]
+            if result.scoring_engine is not None:
+                lines += [f"Margins from {margin_source_text(result)}.", ""]
             lines += [f"- `{c.id}` turn {c.turn + 1}, token {c.position}, {c.status}, margin "
-                      f"{number(c.baseline_margin, 3)}: baseline `{c.baseline_text!r}` vs "
-                      f"`{c.candidate_text!r}`" for c in shown]
+                      f"{number(c.baseline_margin, 3)}"
+                      + (f" ({c.margin_source})" if c.margin_source else "")
+                      + (f" ({c.reason})" if c.reason else "")
+                      + f": baseline `{c.baseline_text!r}` vs `{c.candidate_text!r}`"
+                      for c in shown]
     return [*lines, ""]
+
+
+def margin_source_text(result: LosslessResult) -> str:
+    """Where a check's margins came from, with the scoring pass's engine settings."""
+    engine = result.scoring_engine or {}
+    settings = ", ".join(f"{key} {engine[key]}" for key in ("dtype", "enforce_eager", "backend")
+                         if key in engine)
+    return ("a scoring pass after the timed runs (the baseline's own prompt and output "
+            f"prefilled, on the baseline's engine settings: {settings})")
 
 
 def render_markdown(report: Report, plots: Sequence[Path]) -> str:
