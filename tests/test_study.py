@@ -13,7 +13,7 @@ import pytest
 from specdec import run_folder
 from specdec.config import load_config
 from specdec.errors import ConfigError, SpecdecError
-from specdec.lossless import check
+from specdec.lossless import check, divergences
 from specdec.records import RequestRecord, TurnRecord
 from specdec.report import build_report
 from specdec.report_files import write_report
@@ -416,3 +416,22 @@ def test_item_with_failed_requests_is_done_with_a_note(tmp_path: Path,
     (item,) = index.items
     assert item.status == "done"
     assert item.error == f"1 requests failed; their errors are in {base / 'a' / 'responses.jsonl'}"
+
+
+def test_turns_without_token_ids_are_compared_by_text() -> None:
+    """A server that returned no token ids: equal texts are equal, other texts unclassified."""
+    def text_turn(text: str) -> TurnRecord:
+        return TurnRecord(prompt="q", output=text, prompt_tokens=1, output_tokens=3,
+                          ttft_s=0.1, decode_s=0.1)
+
+    baseline = [RequestRecord("a", "c", (text_turn("same answer"),)),
+                RequestRecord("b", "c", (text_turn("one answer"), text_turn("later")))]
+    candidate = [RequestRecord("a", "c", (text_turn("same answer"),)),
+                 RequestRecord("b", "c", (text_turn("another answer"), text_turn("later")))]
+    result = check(candidate, baseline, threshold=0.25)
+    assert [(c.id, c.turn, c.status) for c in result.comparisons] == [
+        ("b", 0, "unclassified"), ("b", 1, "not_compared")]
+    assert result.equal == 1
+    assert "compared by text" in (result.comparisons[0].reason or "")
+    assert result.comparisons[0].position is None
+    assert divergences(candidate, baseline) == []

@@ -193,6 +193,15 @@ NOT_SCORED = ("the baseline has no margin here: no scoring pass scored it and it
               "not ask for generation.logprobs; run the batch again to score it")
 
 
+BY_TEXT = ("compared by text: a run has no token ids for this turn (a server that returns "
+           "none, see provenance server.token_ids), so the divergence has no position or margin")
+
+
+def _by_text(candidate: TurnOutput, baseline: TurnOutput) -> bool:
+    """Whether a turn can only be compared by its text: a side that wrote text has no ids."""
+    return any(not turn.output_token_ids and turn.output for turn in (candidate, baseline))
+
+
 def compare_turn(request_id: str, turn: int, candidate: TurnOutput, baseline: TurnOutput,
                  threshold: float, *, scored: ScoredMargins | None = None,
                  lookup: Mapping[MarginKey, ScoredMargin] | None = None) -> TurnComparison:
@@ -201,6 +210,13 @@ def compare_turn(request_id: str, turn: int, candidate: TurnOutput, baseline: Tu
     The baseline's margin at the divergence is the scoring pass's (``lookup``,
     from ``scored``) where it has one, else the baseline record's own.
     """
+    if _by_text(candidate, baseline):
+        if candidate.output == baseline.output:
+            return TurnComparison(request_id, turn, "equal")
+        return TurnComparison(
+            request_id, turn, "unclassified", None, None,
+            _excerpt(baseline.output, candidate.output),
+            _excerpt(candidate.output, baseline.output), None, BY_TEXT)
     position = first_difference(candidate.output_token_ids, baseline.output_token_ids)
     if position is None:
         return TurnComparison(request_id, turn, "equal")
@@ -246,6 +262,10 @@ def divergences(candidate: Sequence[RequestOutput], baseline: Sequence[RequestOu
         if mine is None or mine.error is not None:
             continue
         for turn, (a, b) in enumerate(zip(mine.turns, request.turns, strict=False)):
+            if _by_text(a, b):
+                if a.output != b.output:
+                    break  # a divergence without a position: nothing to score
+                continue
             position = first_difference(a.output_token_ids, b.output_token_ids)
             if position is not None:
                 found.append((request.id, turn, position))
