@@ -166,7 +166,8 @@ class RequestFlags:
     """server backend: requests in flight (default: 1 in sequential mode, all in batch)"""
 
     request_rate: float | None = None
-    """server backend: send requests at this fixed rate per second"""
+    """server backend: send requests at this mean rate per second, as a seeded Poisson process
+    (engine.burstiness, engine.request_schedule=fixed for an even spacing)"""
 
     def settings(self) -> dict[str, Any]:
         """The top-level config keys these flags set."""
