@@ -166,8 +166,7 @@ class RequestFlags:
     """server backend: requests in flight (default: 1 in sequential mode, all in batch)"""
 
     request_rate: float | None = None
-    """server backend: send requests at this mean rate per second, as a seeded Poisson process
-    (engine.burstiness, engine.request_schedule=fixed for an even spacing)"""
+    """server backend: mean requests per second, a seeded Poisson process (docs/server.md)"""
 
     def settings(self) -> dict[str, Any]:
         """The top-level config keys these flags set."""
