@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from specdec import run_folder
+from specdec import intervals, run_folder
 from specdec.config import load_config
 from specdec.intervals import (
     ACROSS_RUNS,
@@ -313,3 +313,36 @@ def test_report_with_repeats_pairs_repeat_r_with_repeat_r_across_runs(tmp_path: 
     assert interval.kind == ACROSS_RUNS
     assert interval.estimate == pytest.approx(np.mean(figures["ngram"]) / np.mean(figures["none"]))
     assert "across runs" in render_markdown(report, [])
+
+
+def test_sample_from_the_run_folder_columns_equals_the_one_from_records(tmp_path: Path) -> None:
+    """Reports resample metrics.json's per-request columns, parsing no record: same numbers."""
+    records = _records(_rates(3), fail="q5")
+    _write_run(tmp_path / "run", "ngram", records)
+    outputs = run_folder.read_outputs(tmp_path / "run")
+    elapsed = run_folder.read_summary(tmp_path / "run").elapsed_s
+    from_columns = RunSample.of_outputs(outputs, elapsed)
+    assert from_columns is not None
+    from_records = RunSample.of(records, elapsed)
+    assert from_columns.ids == from_records.ids
+    assert from_columns.categories == from_records.categories
+    assert from_columns.clock_scale == pytest.approx(from_records.clock_scale)
+    for name in ("rates", "tokens", "seconds", "accepted", "draft_tokens", "drafts"):
+        np.testing.assert_allclose(getattr(from_columns, name), getattr(from_records, name))
+    assert "q5" not in from_columns.ids
+
+
+def test_large_runs_resampled_in_groups_give_the_same_interval(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above GROUPS prompts, prompts are resampled in random groups: the interval is the one
+    resampling every prompt gives, to within a few percent of its width."""
+    base, cand = _prompts(np.random.default_rng(7), 8000)
+    grouped = paired_speedup([_sample(cand)], [_sample(base)], "spec_bench")
+    monkeypatch.setattr(intervals, "GROUPS", 10**9)
+    every = paired_speedup([_sample(cand)], [_sample(base)], "spec_bench")
+    assert grouped is not None
+    assert every is not None
+    assert grouped.estimate == pytest.approx(every.estimate)
+    width = every.high - every.low
+    assert abs(grouped.low - every.low) < 0.1 * width
+    assert abs(grouped.high - every.high) < 0.1 * width

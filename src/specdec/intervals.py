@@ -17,6 +17,9 @@ is built.
   repeats need not hold the same number of prompts, so this level is the small
   resampler below.
 
+Runs of more than :data:`GROUPS` prompts are resampled as that many random
+groups of prompts (:func:`_grouped`), which keeps every interval's cost bounded.
+
 Why percentile and not BCa: BCa's acceleration needs a jackknife, one statistic
 per left-out prompt, which is quadratic in the number of prompts (a 100,000
 request run would take minutes); the two-level resampler has no jackknife of its
@@ -53,6 +56,7 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from specdec.records import RequestRecord
+    from specdec.run_folder import RunOutputs
 
     Array = NDArray[np.float64]
 
@@ -148,6 +152,31 @@ class RunSample:
             clock_scale=elapsed_s / total if total > 0 else 1.0,
         )
 
+    @classmethod
+    def of_outputs(cls, outputs: RunOutputs, elapsed_s: float) -> RunSample | None:
+        """The same columns from a run folder's figures (no record parsed); None without them."""
+        figures = outputs.figures
+        if figures is None:
+            return None
+        done = np.array([r.error is None for r in outputs.requests], dtype=bool)
+
+        def column(view: memoryview) -> Array:
+            values: Array = np.asarray(view, dtype=np.float64)[done]
+            return values
+
+        seconds = column(figures.seconds)
+        total = float(seconds.sum())
+        kept = [r for r in outputs.requests if r.error is None]
+        return cls(
+            ids=tuple(r.id for r in kept),
+            categories=tuple(category for (category, _), r in zip(
+                outputs.accept_totals, outputs.requests, strict=True) if r.error is None),
+            rates=column(figures.rate), tokens=column(figures.tokens), seconds=seconds,
+            accepted=column(figures.accepted), draft_tokens=column(figures.draft_tokens),
+            drafts=column(figures.drafts),
+            clock_scale=elapsed_s / total if total > 0 else 1.0,
+        )
+
     def category(self, name: str | None) -> RunSample:
         """The requests of one category (their time unscaled), or all of them for None."""
         if name is None:
@@ -183,6 +212,29 @@ def _paired(candidate: RunSample, baseline: RunSample, figure: Figure) -> tuple[
     cn, cd = candidate.parts(figure)
     bn, bd = baseline.parts(figure)
     return cn[ci], cd[ci], bn[bi], bd[bi]
+
+
+GROUPS = 2000
+"""Above this many prompts, prompts are dealt into this many groups before resampling."""
+
+
+def _grouped(columns: tuple[Array, ...], seed: int) -> tuple[Array, ...]:
+    """Columns of more than :data:`GROUPS` prompts summed over random groups of prompts.
+
+    Every statistic here is a ratio of sums, and summing prompts into groups
+    dealt at random (seeded; the same groups for every column, so pairs stay
+    together) keeps the mean, variance and skewness of the resampled sums: a
+    group's sum is a sum of independent prompts, and the sums of ``GROUPS``
+    resampled groups have the cumulants of the sums of ``n`` resampled prompts.
+    It bounds an interval's work at ``RESAMPLES x GROUPS`` draws whatever the
+    run's size (a report of 100,000 prompts per run stays in seconds).
+    """
+    n = len(columns[0])
+    if n <= GROUPS:
+        return columns
+    order = np.random.default_rng(seed).permutation(n)
+    starts = np.linspace(0, n, GROUPS, endpoint=False).astype(np.intp)
+    return tuple(np.add.reduceat(column[order], starts) for column in columns)
 
 
 def _batch(n: int) -> int:
@@ -260,6 +312,7 @@ def paired_speedup(
         return None
     cand_figures = [float(cn.sum() / cd.sum()) for cn, cd, _, _ in pairs]
     estimate = float(np.mean(cand_figures) / np.mean(base_figures))
+    pairs = [_grouped(pair, seed) for pair in pairs]
     if len(pairs) == 1:
         low, high = _scipy_interval(pairs[0], _ratio_of_ratios, confidence, resamples, seed)
         kind = WITHIN_RUN
@@ -297,8 +350,8 @@ def request_ratio(
         return None
     offset = 0.0 if which == "acceptance_rate" else 1.0
     estimate = float(sample.accepted.sum() / den.sum()) + offset
-    low, high = _scipy_interval((sample.accepted, den), _sum_ratio, confidence, resamples,
-                                seed)
+    low, high = _scipy_interval(_grouped((sample.accepted, den), seed), _sum_ratio,
+                                confidence, resamples, seed)
     if not (np.isfinite(low) and np.isfinite(high)):
         return None  # some resamples drew no drafts at all
     low, high = min(low + offset, estimate), max(high + offset, estimate)

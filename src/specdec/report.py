@@ -69,6 +69,9 @@ class Run:
     @functools.cached_property
     def sample(self) -> RunSample:
         """The succeeded requests as columns, for the confidence intervals."""
+        from_columns = RunSample.of_outputs(self.outputs, self.summary.elapsed_s)
+        if from_columns is not None:
+            return from_columns
         return RunSample.of(self.records, self.summary.elapsed_s)
 
     @property

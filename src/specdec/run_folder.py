@@ -69,7 +69,7 @@ from specdec.config import read_provenance as config_provenance
 from specdec.errors import OutputExistsError, SpecdecError
 from specdec.files import atomic_write_bytes, atomic_write_text
 from specdec.lossless import RequestOutput, ScoredMargins
-from specdec.metrics import spec_bench_accept_totals
+from specdec.metrics import request_spec, request_tokens_per_s, spec_bench_accept_totals
 from specdec.provenance import now
 from specdec.records import SCHEMA_VERSION, ExperimentConfig, RequestRecord, RunSummary
 from specdec.serialization import problems, structure, unstructure
@@ -452,7 +452,8 @@ def to_dataframe(folder: Path) -> pd.DataFrame:
 
 # -- columns: what reports compare, without parsing JSON numbers --------------
 
-_COLUMNS_VERSION = 1
+_COLUMNS_VERSION = 2
+"""2: per-request figures (rate, tokens, seconds, speculative counts) added."""
 _NO_TOTALS = -1
 """Accept-length totals a request's counts could not give (the report then reads
 its records, where the same error is raised with its message)."""
@@ -574,6 +575,26 @@ class RunOutputs:
 
     requests: tuple[RequestOutput, ...]
     accept_totals: tuple[tuple[str, tuple[int, int]], ...]
+    figures: RequestFigures | None = None
+    """Each request's figures as columns; None when read from the records."""
+
+
+@frozen
+class RequestFigures:
+    """Per request (failed ones included, in the run's order), what intervals resample.
+
+    ``rate`` is :func:`specdec.metrics.request_tokens_per_s` (0 for a failed
+    request); ``tokens``, ``seconds`` its output tokens and walltime; the last
+    three its :func:`specdec.metrics.request_spec` counts (0 without speculation).
+    Each is a buffer of machine numbers (``numpy.frombuffer`` reads it as is).
+    """
+
+    rate: memoryview
+    tokens: memoryview
+    seconds: memoryview
+    accepted: memoryview
+    draft_tokens: memoryview
+    drafts: memoryview
 
 
 def _strings(blob: memoryview, ends: Sequence[int]) -> list[str]:
@@ -589,6 +610,9 @@ _COLUMN_TYPES = {
     "failed": "b", "token_end": "q", "margin_end": "q", "text_end": "q", "turns_end": "q",
     "id_end": "q", "category_end": "q", "error_end": "q", "accept_sum": "q",
     "accept_count": "q",
+    # per request, what the confidence intervals resample (specdec.intervals.RunSample)
+    "rate": "d", "tokens": "q", "seconds": "d", "accepted": "q", "draft_tokens": "q",
+    "drafts": "q",
 }
 """The columns: raw arrays one after another, where the header's ``columns_layout``
 says (typecode, byte offset, length) for each, so reading them copies nothing."""
@@ -658,7 +682,9 @@ def _read_columns(folder: Path) -> RunOutputs | None:
             [0, *turns_end], turns_end, strict=False)
     ]
     totals = tuple((c, (s, n)) for c, s, n in zip(categories, sums, counts, strict=True))
-    return RunOutputs(tuple(requests), totals)
+    figures = RequestFigures(cols["rate"], cols["tokens"], cols["seconds"], cols["accepted"],
+                             cols["draft_tokens"], cols["drafts"])
+    return RunOutputs(tuple(requests), totals, figures)
 
 
 def read_outputs(folder: Path) -> RunOutputs:
@@ -700,6 +726,13 @@ def _columns_bytes(records: Sequence[RequestRecord]) -> tuple[bytes, dict[str, A
             total = count = _NO_TOTALS
         cols["accept_sum"].append(total)
         cols["accept_count"].append(count)
+        spec = request_spec(record)
+        cols["rate"].append(request_tokens_per_s(record) if record.error is None else 0.0)
+        cols["tokens"].append(record.output_tokens)
+        cols["seconds"].append(record.walltime_s)
+        cols["accepted"].append(spec.num_accepted_tokens if spec else 0)
+        cols["draft_tokens"].append(spec.num_draft_tokens if spec else 0)
+        cols["drafts"].append(spec.num_drafts if spec else 0)
     blob = bytearray()
     layout: dict[str, Any] = {}
     for name, values in cols.items():
