@@ -31,10 +31,7 @@ LOG_ONLY = ["strategy.name=ngram", "benchmark.limit=5", "sinks=[log]"]
 
 @pytest.fixture(autouse=True)
 def _reset_engine() -> None:
-    StandInEngine.stop_after = None
-    StandInEngine.failing = {}
-    StandInEngine.runs = []
-    StandInEngine.speed_by_tokens = {}
+    StandInEngine.reset()
 
 
 def _run(out: Path, overrides: list[str] = LOG_ONLY, **kwargs: object) -> object:

@@ -46,6 +46,14 @@ class StandInEngine:
                  spec: Mapping[str, Any] | None) -> None:
         self.spec = spec
 
+    @classmethod
+    def reset(cls) -> None:
+        """Forget every setting (class state, shared by the modules that use the stand-in)."""
+        cls.stop_after = None
+        cls.failing = {}
+        cls.runs = []
+        cls.speed_by_tokens = {}
+
     def start(self) -> None:
         return None
 
@@ -89,10 +97,7 @@ class StandInEngine:
 
 @pytest.fixture(autouse=True)
 def _reset_engine() -> None:
-    StandInEngine.stop_after = None
-    StandInEngine.failing = {}
-    StandInEngine.runs = []
-    StandInEngine.speed_by_tokens = {}
+    StandInEngine.reset()
 
 
 def _run(out: Path, **kwargs: Any) -> Any:

@@ -38,11 +38,7 @@ from .test_runner import StandInEngine
 
 @pytest.fixture(autouse=True)
 def _reset_engine() -> None:
-    """The stand-in engine's settings are class state: each test starts from none."""
-    StandInEngine.stop_after = None
-    StandInEngine.failing = {}
-    StandInEngine.runs = []
-    StandInEngine.speed_by_tokens = {}
+    StandInEngine.reset()
 
 
 def _study(tmp_path: Path, text: str) -> Path:

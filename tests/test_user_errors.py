@@ -34,11 +34,7 @@ from .test_values import BAD, LATIN1
 
 @pytest.fixture(autouse=True)
 def _reset_engine() -> None:
-    """The stand-in engine's settings are class state: each test starts from none."""
-    StandInEngine.stop_after = None
-    StandInEngine.failing = {}
-    StandInEngine.runs = []
-    StandInEngine.speed_by_tokens = {}
+    StandInEngine.reset()
 
 Entry = Callable[[Sequence[str] | None], int]
 
