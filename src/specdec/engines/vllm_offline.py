@@ -269,22 +269,23 @@ class VllmOfflineEngine:
         encoded with special tokens, as vLLM's renderer does with text.
         """
         self._started()
-        prompt = self._prompt(conversation, answers)
-        if "prompt_token_ids" in prompt:
-            return tuple(int(t) for t in prompt["prompt_token_ids"])
-        return tuple(int(t) for t in
-                     self._tokenizer.encode(prompt["prompt"], add_special_tokens=True))
+        return tuple(int(t) for t in self._token_ids(self._prompt(conversation, answers)))
 
     def max_model_len(self) -> int:
         """The built engine's context length (prompt plus output), in tokens."""
         self._started()
         return int(self._llm.llm_engine.model_config.max_model_len)
 
-    def _prompt_tokens(self, prompt: Mapping[str, Any]) -> int:
+    def _token_ids(self, prompt: Mapping[str, Any]) -> Sequence[int]:
+        """The ids vLLM gets for ``prompt``: its own, or its text encoded as vLLM's renderer does.
+
+        A text prompt is encoded with special tokens.
+        """
         if "prompt_token_ids" in prompt:
-            return len(prompt["prompt_token_ids"])
-        # What vLLM's renderer does with a text prompt: encode it with special tokens.
-        return len(self._tokenizer.encode(prompt["prompt"], add_special_tokens=True))
+            ids: Sequence[int] = prompt["prompt_token_ids"]
+            return ids
+        encoded: Sequence[int] = self._tokenizer.encode(prompt["prompt"], add_special_tokens=True)
+        return encoded
 
     def _check(self, conv: Conversation, answers: Sequence[str]) -> _Send | str:
         """The turn after ``answers`` ready to send with its budget, or why it cannot be."""
@@ -293,7 +294,7 @@ class VllmOfflineEngine:
             prompt = self._prompt(conv, answers)
         except RawPromptError as exc:
             return f"turn {turn}: {exc}"
-        length = self._prompt_tokens(prompt)
+        length = len(self._token_ids(prompt))
         limit = self.max_model_len()
         if length == 0:
             return f"the prompt of turn {turn} is empty (no tokens); vLLM refuses empty prompts"
