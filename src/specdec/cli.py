@@ -478,7 +478,7 @@ def batch(*, configs: Annotated[list[Path], Parameter(consume_multiple=True, met
         output_base: batch folder: one subfolder per configuration, batch.json, report/.
         benchmark: the prompts of every configuration.
         repeats: runs of each configuration.
-        near_tie: near-tie threshold of the lossless check, in nats (default 0.25).
+        near_tie: near-tie threshold of the lossless check, in nats (default 0.5).
     """
     from specdec.study import NEAR_TIE_THRESHOLD, items_from_configs  # noqa: PLC0415
 
@@ -497,7 +497,7 @@ def study(study: Path, /, *, output_base: Annotated[Path | None, Parameter(metav
     Args:
         study: study file (YAML or JSON).
         output_base: batch folder (default: results/<study name>).
-        repeats: override the study's repeats.
+        repeats: override the study's repeats (default: the study's, else 3).
         dry_run: list the runs and stop.
     """
     import attrs  # noqa: PLC0415
@@ -550,7 +550,7 @@ def report(runs: Annotated[list[Path], Parameter(name="RUN_DIR")], /, *,
     Args:
         runs: batch folders or run folders.
         output: where to write (default: RUN_DIR/report for one folder, results/report for more).
-        near_tie: lossless-check near-tie threshold in nats (default: the batch's own, else 0.25).
+        near_tie: lossless-check near-tie threshold in nats (default: the batch's own, else 0.5).
     """
     from specdec.display import print_report  # noqa: PLC0415
     from specdec.report import build_report  # noqa: PLC0415

@@ -50,9 +50,16 @@ AA_SUFFIX = "__aa"
 """Added to a baseline's setting name for its A/A item (``aa_check: true``)."""
 SCORE_LOG = "scoring.log"
 """The scoring pass's process output (stdout and stderr), in the batch folder."""
-NEAR_TIE_THRESHOLD = 0.25
+DEFAULT_REPEATS = 3
+"""A study's repeats unless it sets its own: the fewest that give an "across runs"
+interval and let the A/A check see drift between runs.  On this project's 2-core CPU
+(benchmarks/noise.py) three rounds give a speedup to about +-16%; +-5% took 10."""
+NEAR_TIE_THRESHOLD = 0.5
 """Default largest top-2 log-probability margin (nats) at which a divergence from
-the baseline counts as a near-tie flip (see docs/studies.md)."""
+the baseline counts as a near-tie flip: the largest decode-time margin seen at a
+bfloat16 flip (0.125) plus the largest difference between a scoring-pass
+(prefill) margin and the decode-time one near a tie (0.25), rounded up to the next
+bfloat16 step (see docs/studies.md, "Prefill and decode-time margins")."""
 
 
 @frozen
@@ -70,7 +77,7 @@ class StudyConfig:
     strategies: tuple[StrategySpec, ...] = (StrategySpec(BASELINE),)
     base: Mapping[str, Any] = field(factory=dict)
     sweep: Mapping[str, tuple[Any, ...]] = field(factory=dict)
-    repeats: int = field(default=1, validator=positive)
+    repeats: int = field(default=DEFAULT_REPEATS, validator=positive)
     near_tie_threshold: float = field(default=NEAR_TIE_THRESHOLD, validator=number(ge=0))
     aa_check: bool = False
     """Add a second run of each baseline (setting ``<baseline>__aa``, label ``aa_check``)."""
