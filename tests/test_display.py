@@ -1,0 +1,217 @@
+"""Terminal output: tables readable at 80 columns without cutting a name."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from io import StringIO
+from pathlib import Path
+
+import orjson
+import pytest
+from rich.console import Console
+from rich.table import Table
+
+from specdec import display, models
+from specdec.config import load_config
+from specdec.display import (
+    SUMMARY_HEADERS,
+    Column,
+    column_groups,
+    fit_widths,
+    record_lines,
+)
+from specdec.formatting import number
+from specdec.registry import PluginInfo
+from specdec.report import build_report
+from specdec.report_files import speedup_cell
+from specdec.runner import RunResult, run_experiment
+from specdec.serialization import write_json
+from specdec.study import BatchIndex, ItemStatus
+
+from .test_runner import StandInEngine
+
+CATEGORIES = ("multilingual_translation", "retrieval_augmented_generation", "code_editing",
+              "mathematical_reasoning", "summarization")
+LONG_SETTING = "draft_model__num_speculative_tokens=3__r2"
+HOME = "/home/someone/.cache/specdec"
+
+
+@pytest.fixture(autouse=True)
+def _reset_engine() -> None:
+    StandInEngine.reset()
+
+
+def _render(monkeypatch: pytest.MonkeyPatch, width: int, show: Callable[[], object]) -> str:
+    """What ``show`` prints on stdout when it is not a terminal, ``width`` columns wide."""
+    out = StringIO()
+    monkeypatch.setattr(display, "stdout", Console(file=out, width=width, force_terminal=False))
+    show()
+    return out.getvalue()
+
+
+def _readable(text: str, names: Iterable[str], width: int = 80) -> None:
+    """No ellipsis; every name whole on one line; no line longer than ``width`` but one
+    holding a single word longer than that (a path is never broken)."""
+    assert "…" not in text
+    for name in names:
+        assert name in text, f"{name!r} is cut or folded:\n{text}"
+    for line in text.splitlines():
+        assert len(line) <= width or " " not in line.strip(), line
+
+
+def _benchmark(tmp_path: Path) -> Path:
+    path = tmp_path / "questions.jsonl"
+    lines = [orjson.dumps({"question_id": f"{category}-{n}", "category": category,
+                           "turns": [f"Question {n} about {category}?"]})
+             for category in CATEGORIES for n in (1, 2)]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def _run(tmp_path: Path, folder: Path, *extra: str) -> RunResult:
+    config = load_config(None, [f"benchmark.path={_benchmark(tmp_path)}", "sinks=[json]",
+                                *extra])
+    result: RunResult = run_experiment(config, folder, engine_factory=StandInEngine)
+    return result
+
+
+def test_summary_at_80_columns_cuts_no_category(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Piped, the run summary keeps every category name and its output folder whole."""
+    result = _run(tmp_path, tmp_path / "results" / "20261202-044100-ngram", "strategy.name=ngram")
+    text = _render(monkeypatch, 80, lambda: display.print_summary(result))
+    _readable(text, [*CATEGORIES, "overall", str(result.output_dir)])
+    for header in SUMMARY_HEADERS:
+        # Headers wrap between their words, never inside one.
+        assert all(word in text for word in header.split()), header
+    # Every column is still there: each row's figures follow its category in some table.
+    for category in CATEGORIES:
+        group = result.summary.categories[category]
+        rows = [line for line in text.splitlines() if category in line]
+        assert any(str(group.output_tokens) in row for row in rows)
+        assert any(number(group.tokens_per_s_mean, 1) in row for row in rows)
+    assert text.count("┃ category") == 2  # split in two tables, each with the categories
+    medium = _render(monkeypatch, 110, lambda: display.print_summary(result))
+    _readable(medium, [*CATEGORIES, "overall", str(result.output_dir)], width=110)
+    assert medium.count("┃ category") == 1  # one table: its headers wrap, no name does
+
+
+def test_summary_on_a_wide_terminal_looks_as_before(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where it fits, the summary is the plain rich table it always was, to the character."""
+    result = _run(tmp_path, tmp_path / "run", "strategy.name=ngram")
+    text = _render(monkeypatch, 250, lambda: display.print_summary(result))
+    config, summary = result.config, result.summary
+    table = Table(title=f"{config.strategy.name} on {config.model} ({config.mode}) -> "
+                        f"{result.output_dir}")
+    for header in SUMMARY_HEADERS:
+        table.add_column(header, justify="left" if header == "category" else "right")
+    for name, group in summary.categories.items():
+        table.add_row(*display._row(name, group, group.spec))
+    table.add_section()
+    table.add_row(*display._row("overall", summary.overall,
+                                summary.engine_spec or summary.overall.spec))
+    before = StringIO()
+    Console(file=before, width=250, force_terminal=False).print(table)
+    assert text.startswith(before.getvalue())
+
+
+def test_models_list_at_80_columns_keeps_paths_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`specdec models list` piped: each model's name and path whole, each on one line."""
+    monkeypatch.setenv("SPECDEC_HOME", HOME)
+    text = _render(monkeypatch, 80, display.print_models)
+    paths = [str(model.path) for model in models.BUNDLED.values()]
+    assert f"{HOME}/models/smollm2-135m-eagle3" in paths
+    _readable(text, [*models.BUNDLED, *paths])
+    # The description wraps between words: all of its words are there, in order.
+    for model in models.BUNDLED.values():
+        assert model.description in " ".join(text.split())
+    wide = _render(monkeypatch, 250, display.print_models)
+    assert re.search(r"┃ name +┃ prepared ┃ path +┃ description +┃", wide)
+
+
+class _Registry:
+    def __init__(self, infos: list[PluginInfo]) -> None:
+        self._infos = infos
+
+    def infos(self) -> list[PluginInfo]:
+        return self._infos
+
+
+def test_plugins_at_80_columns_keep_names_packages_versions(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`specdec plugins` piped: long plugin, package and version names and a long error."""
+    error = ("ImportError: cannot import name 'SuffixProposer' from "
+             "'vllm.v1.spec_decode.suffix_decoding' (is vLLM 0.32 installed?)")
+    infos = [
+        PluginInfo("benchmark", "retrieval_augmented_generation", "x:Y",
+                   "specdec-retrieval-augmented-benchmarks", "0.3.0.dev17+g1a2b3c4",
+                   builtin=False, enabled=True),
+        PluginInfo("strategy", "suffix_lookup_with_tree", "x:Z", "specdec-suffix-lookup",
+                   "1.0.0rc2", builtin=False, enabled=True, error=error),
+    ]
+    monkeypatch.setattr("specdec.registry.all_registries", lambda: (_Registry(infos),))
+    monkeypatch.setattr("specdec.commands.command_plugins", _Registry([]))
+    monkeypatch.setattr(display, "stderr", Console(file=StringIO(), force_terminal=False))
+    text = _render(monkeypatch, 80, display.print_plugins)
+    words = [word for info in infos for word in (info.kind, info.name, info.package,
+                                                  info.version)]
+    _readable(text, words + [word for word in error.split() if len(word) < 30])
+    assert "'vllm.v1.spec_decode.suffix_decoding'" in text
+
+
+def _report_batch(tmp_path: Path) -> Path:
+    """A baseline and a faster setting with a long name, over five long category names."""
+    base = tmp_path / "batch"
+    StandInEngine.speed_by_tokens = {3: 1.5}
+    items = []
+    for name, setting, extra in (
+            ("none", "none", ["strategy.name=none"]),
+            ("ngram-k3", LONG_SETTING,
+             ["strategy.name=ngram", "strategy.num_speculative_tokens=3"])):
+        _run(tmp_path, base / name, *extra)
+        items.append(ItemStatus(name, setting, extra[0].split("=")[1], "smollm2-135m", 0, {},
+                                status="done"))
+    write_json(base / "batch.json", BatchIndex("batch", tuple(items)))
+    return base
+
+
+def test_report_at_80_columns_keeps_settings_categories_and_intervals(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report table piped: setting and category names whole, each interval on one line."""
+    report = build_report([_report_batch(tmp_path)])
+    assert set(CATEGORIES) <= set(report.categories)
+    text = _render(monkeypatch, 80, lambda: display.print_report(report))
+    cells = [line for comp in report.comparisons for line in speedup_cell(comp)]
+    assert cells
+    _readable(text, [LONG_SETTING, *report.categories, *cells])
+    assert "lossless" in text
+
+
+def test_fit_widths_narrows_the_widest_first_never_below_a_word() -> None:
+    """Long cells wrap first; no column gets narrower than its longest word; None if the
+    words alone need more room than there is."""
+    # 40 columns hold 30 characters of text beside three columns' padding and rules.
+    assert fit_widths([20, 12, 5], [3, 3, 3], 40) == [13, 12, 5]
+    assert fit_widths([30, 10, 15], [30, 4, 6], 50) == [30, 4, 6]
+    assert fit_widths([30, 10], [30, 4], 80) == [30, 10]
+    assert fit_widths([10, 10], [10, 10], 26) is None
+
+
+def test_column_groups_repeat_the_keys_and_keep_order() -> None:
+    """A table too wide is split in order, each part with the key column first."""
+    groups = column_groups([30, 8, 8, 8], [30, 8, 8, 8], 1, 60)
+    assert groups == [([0, 1, 2], [30, 8, 8]), ([0, 3], [30, 8])]
+    assert column_groups([30, 8], [30, 8], 1, 60) == [([0, 1], [30, 8])]
+    # A column that does not fit even beside the keys alone: no split can show it whole.
+    assert column_groups([30, 50], [30, 50], 1, 60) is None
+
+
+def test_record_lines_show_each_cell_under_its_row() -> None:
+    """Records: the keys, then one line per other column, wrapped between words."""
+    path = f"{HOME}/models/smollm2-135m-eagle3-trained-on-every-question-of-spec-bench"
+    lines = record_lines("bundled models", [Column("name"), Column("path"), Column("about")],
+                         [("eagle3", path, "a head\ntwo lines"), None], 1, 40)
+    assert lines == ["bundled models", "eagle3", "  path:", f"    {path}", "  about: a head",
+                     "    two lines"]
