@@ -1,8 +1,10 @@
-"""Terminal output: tables readable at 80 columns without cutting a name."""
+"""Terminal output: tables readable at 80 columns without cutting a name, batch progress."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import types
 from collections.abc import Callable, Iterable
 from io import StringIO
 from pathlib import Path
@@ -16,6 +18,8 @@ from specdec import display, models
 from specdec.config import load_config
 from specdec.display import (
     SUMMARY_HEADERS,
+    BatchCounter,
+    BatchProgress,
     Column,
     column_groups,
     fit_widths,
@@ -27,7 +31,7 @@ from specdec.report import build_report
 from specdec.report_files import speedup_cell
 from specdec.runner import RunResult, run_experiment
 from specdec.serialization import write_json
-from specdec.study import BatchIndex, ItemStatus
+from specdec.study import BatchIndex, BatchItem, ItemStatus, run_batch
 
 from .test_runner import StandInEngine
 
@@ -215,3 +219,133 @@ def test_record_lines_show_each_cell_under_its_row() -> None:
                          [("eagle3", path, "a head\ntwo lines"), None], 1, 40)
     assert lines == ["bundled models", "eagle3", "  path:", f"    {path}", "  about: a head",
                      "    two lines"]
+
+
+def _clock(times: list[float]) -> Callable[[], float]:
+    """A clock reading ``times`` in turn, then staying at the last."""
+    now = iter(times)
+    last = [times[0]]
+
+    def read() -> float:
+        last[0] = next(now, last[0])
+        return last[0]
+
+    return read
+
+
+def test_batch_counter_extrapolates_items_not_started() -> None:
+    """Three items: the first's total counts for the two not started; the time left is
+    the requests left at the rate so far, start-up included."""
+    counter = BatchCounter(3, _clock([0.0, 10.0, 100.0, 100.0]))
+    counter.update("a", 0, 10)
+    assert (counter.done, counter.total, counter.estimated) == (0, 30, True)
+    assert counter.seconds_left() is None  # nothing run yet: no rate (clock 10)
+    counter.update("a", 5, 10)
+    assert counter.seconds_left() == pytest.approx(25 * 100 / 5)  # clock 100
+    counter.update("a", 10, 10)
+    counter.item_ended("a")
+    counter.update("b", 0, 20)
+    # Known: 10 + 20; the third item counts as their mean, 15.
+    assert (counter.done, counter.total, counter.items_done) == (10, 45, 1)
+    assert counter.seconds_left() == pytest.approx(35 * 100 / 10)  # clock 100
+
+
+def test_batch_counter_counts_earlier_work_as_done_but_not_in_the_rate() -> None:
+    """A resumed batch: a finished item and a half-done one count as done; only the
+    requests this call runs set the rate."""
+    counter = BatchCounter(3, _clock([0.0, 1.0, 50.0]))
+    counter.finished_before("a", 10)
+    counter.update("b", 4, 10)
+    assert (counter.done, counter.total, counter.items_done) == (14, 30, 1)
+    assert counter.seconds_left() is None  # clock 1: the 4 requests were run before
+    counter.update("b", 6, 10)
+    assert counter.seconds_left() == pytest.approx((30 - 16) * 50 / 2)
+
+
+def test_batch_counter_drops_what_a_failed_item_will_not_run() -> None:
+    """A failed item's unfinished requests leave the total; retried lines are capped."""
+    counter = BatchCounter(2, _clock([0.0]))
+    counter.update("a", 3, 10)
+    counter.item_ended("a")
+    assert (counter.total, counter.estimated) == (3 + 10, True)
+    counter.update("b", 12, 10)
+    assert (counter.done, counter.total, counter.estimated) == (13, 13, False)
+    assert BatchCounter(2, _clock([0.0])).total is None
+
+
+def _finished_item(folder: Path, requests: int) -> None:
+    folder.mkdir(parents=True)
+    (folder / "responses.jsonl").write_text("{}\n" * requests)
+    (folder / "metrics.json").write_text("{}")
+
+
+def _item(name: str) -> ItemStatus:
+    return ItemStatus(name, name, "none", "smollm2-135m", 0, {}, status="done")
+
+
+def test_batch_progress_counts_finished_items_and_is_silent_off_a_terminal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An item finished earlier counts as done; stderr not a terminal: nothing is drawn."""
+    _finished_item(tmp_path / "a", 4)
+    err = StringIO()
+    monkeypatch.setattr(display, "stderr", Console(file=err, force_terminal=False))
+    with BatchProgress(["a", "b"], tmp_path, _clock([0.0, 5.0, 10.0, 20.0])) as bar:
+        items, requests = bar.progress.tasks
+        assert (items.fields["count"], requests.fields["count"]) == ("1/2", "4/~8")
+        assert requests.fields["left"] == "- left"
+        bar.update("b", 0, 6)
+        bar.update("b", 3, 6)
+        assert (requests.description, requests.fields["count"]) == ("requests (b)", "7/10")
+        assert requests.fields["left"] == "~0:00:20 left"  # 3 to do, at 3 in 20 s
+        bar.item_ended(_item("b"))
+        assert (items.completed, items.fields["count"]) == (2, "2/2")
+        assert requests.completed == 7
+    assert err.getvalue() == ""
+
+
+def test_batch_progress_draws_on_a_terminal(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal the bars show items, requests over the batch and the time left."""
+    err = StringIO()
+    monkeypatch.setattr(display, "stderr",
+                        Console(file=err, force_terminal=True, width=120, color_system=None))
+    with BatchProgress(["a", "b"], tmp_path, _clock([0.0, 1.0, 30.0, 30.0])) as bar:
+        bar.update("a", 0, 5)
+        bar.update("a", 5, 5)
+        bar.item_ended(_item("a"))
+    shown = err.getvalue()
+    assert "configurations" in shown
+    assert "1/2" in shown
+    assert "5/~10" in shown
+    assert "~0:00:30 left" in shown
+
+
+class _WritesTwoRequests:
+    """Stands in for an item's process: writes two finished requests, then has exited."""
+
+    def __init__(self, command: list[str], **_: object) -> None:
+        folder = Path(command[command.index("--output-dir") + 1])
+        (folder / "responses.jsonl").write_text("{}\n{}\n")
+        self.returncode = 0
+
+    def poll(self) -> int:
+        return self.returncode
+
+
+def test_batch_progress_follows_run_batch(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wired into run_batch as the CLI wires it: a finished item and a run one, counted."""
+    base = tmp_path / "batch"
+    run_experiment(load_config(None, ["benchmark.limit=2", "sinks=[log]"]), base / "done",
+                   engine_factory=StandInEngine)
+    monkeypatch.setattr("specdec.study.subprocess",
+                        types.SimpleNamespace(Popen=_WritesTwoRequests, STDOUT=subprocess.STDOUT))
+    monkeypatch.setattr(display, "stderr", Console(file=StringIO(), force_terminal=False))
+    items = [BatchItem(name, name, {"strategy": {"name": "none"}, "benchmark": {"limit": 2}})
+             for name in ("done", "todo")]
+    with BatchProgress([item.name for item in items], base) as bar:
+        assert (bar.counter.items_done, bar.counter.done, bar.counter.total) == (1, 2, 4)
+        index = run_batch(items, base, on_item=bar.item_ended, on_progress=bar.update, poll_s=0)
+    assert [i.status for i in index.items] == ["done", "done"]
+    assert (bar.counter.items_done, bar.counter.done, bar.counter.total) == (2, 4, 4)
+    assert not bar.counter.estimated

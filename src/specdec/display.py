@@ -11,9 +11,12 @@ unless ``COLUMNS`` says otherwise.
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Literal
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Literal, Self
 
 from attrs import frozen
 from rich.cells import cell_len
@@ -30,12 +33,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from specdec.formatting import MISSING, number
+from specdec.formatting import MISSING, duration, number
 
 if TYPE_CHECKING:
     from specdec.records import GroupMetrics, RequestRecord, SpecMetrics
     from specdec.report import Report
     from specdec.runner import RunResult
+    from specdec.study import ItemStatus
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -256,6 +260,141 @@ def progress() -> Iterator[RequestProgress]:
     """A request progress bar on stderr for the duration of a run."""
     with progress_bar() as bar:
         yield RequestProgress(bar)
+
+
+class BatchCounter:
+    """A batch's requests done and to do, and the time left, from what the batch reports.
+
+    A batch learns an item's request total when the item starts. Until every item has
+    started, each item not started yet counts as the mean of the totals known (a batch's
+    items usually share their benchmark), and :attr:`estimated` is true. The time left
+    is the requests left at the rate this call of the batch has run them so far, with
+    each item's process and engine start-up spread over its requests: close once an
+    item has finished, a little high within the last item, whose start-up is behind it.
+    Requests an earlier, interrupted call finished count as done but not towards the
+    rate. The scoring pass after the last item is not counted.
+    """
+
+    def __init__(self, items: int, clock: Callable[[], float] = time.monotonic) -> None:
+        """Count for a batch of ``items`` items; ``clock`` gives seconds (for tests)."""
+        self.items = items
+        self.items_done = 0
+        self._clock = clock
+        self._started = clock()
+        self._planned: dict[str, int] = {}
+        """Each started item's request total, as the batch first gave it."""
+        self._total: dict[str, int] = {}
+        """Each started item's requests that will be done: its finished ones once it ended."""
+        self._done: dict[str, int] = {}
+        self._before: dict[str, int] = {}
+        """Each item's requests done when this call first saw it: not run by this call."""
+
+    def finished_before(self, item: str, requests: int) -> None:
+        """An item an earlier call of the batch finished, with ``requests`` requests."""
+        self._planned[item] = self._total[item] = self._done[item] = self._before[item] = requests
+        self.items_done += 1
+
+    def update(self, item: str, done: int, total: int) -> None:
+        """The running ``item`` has ``done`` of its ``total`` requests done.
+
+        ``done`` counts lines of its responses, so requests run again by
+        ``--retry-failed`` count twice: it is capped at ``total``.
+        """
+        self._planned[item] = self._total[item] = total
+        self._done[item] = min(done, total)
+        self._before.setdefault(item, self._done[item])
+
+    def item_ended(self, item: str) -> None:
+        """``item`` ended: the requests it did not finish (it failed) will not run."""
+        self.items_done += 1
+        self._total[item] = self._done.get(item, 0)
+
+    @property
+    def done(self) -> int:
+        """Requests done over the batch, by this call and earlier ones."""
+        return sum(self._done.values())
+
+    @property
+    def estimated(self) -> bool:
+        """Whether :attr:`total` counts items not started yet as the mean of the others."""
+        return len(self._planned) < self.items
+
+    @property
+    def total(self) -> int | None:
+        """Requests over the batch (None until one item's total is known)."""
+        if not self._planned:
+            return None
+        mean = sum(self._planned.values()) / len(self._planned)
+        return sum(self._total.values()) + round((self.items - len(self._planned)) * mean)
+
+    def seconds_left(self) -> float | None:
+        """Seconds until the last request is done, at this call's rate (None before one)."""
+        total = self.total
+        ran = sum(done - self._before[item] for item, done in self._done.items())
+        elapsed = self._clock() - self._started
+        if total is None or ran <= 0 or elapsed <= 0:
+            return None
+        return max(total - self.done, 0) * elapsed / ran
+
+
+class BatchProgress:
+    """A batch's progress on stderr: items done, and requests done with the time left.
+
+    Use it as a context manager around ``run_batch``, with :meth:`update` as its
+    ``on_progress`` and :meth:`item_ended` as its ``on_item``. Items whose folder under
+    ``folder`` already holds a finished run (a resumed batch) count as done from the
+    start. Like :func:`progress_bar`, it is drawn only when stderr is a terminal.
+    """
+
+    def __init__(self, items: Sequence[str], folder: Path,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """Progress of the batch of the items named ``items``, in the batch folder ``folder``."""
+        from specdec import run_folder  # noqa: PLC0415
+
+        self.counter = BatchCounter(len(items), clock)
+        for name in items:
+            if run_folder.is_finished(folder / name):
+                self.counter.finished_before(name, run_folder.count_records(folder / name))
+        self.progress = _on_stderr(TextColumn("{task.description}"), BarColumn(),
+                                   TextColumn("{task.fields[count]}"), TimeElapsedColumn(),
+                                   TextColumn("{task.fields[left]}"))
+        self._items = self.progress.add_task("configurations", total=len(items), count="",
+                                             left="")
+        self._requests = self.progress.add_task("requests", total=None, count="", left="")
+        self._show()
+
+    def __enter__(self) -> Self:
+        """Start drawing."""
+        self.progress.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        """Stop drawing, leaving the last state on the terminal."""
+        self.progress.stop()
+
+    def update(self, item: str, done: int, total: int) -> None:
+        """``run_batch``'s ``on_progress``: the running item has ``done`` of ``total`` done."""
+        self.counter.update(item, done, total)
+        self._show(item)
+
+    def item_ended(self, status: ItemStatus) -> None:
+        """``run_batch``'s ``on_item``: an item ended (done or failed)."""
+        self.counter.item_ended(status.name)
+        self._show()
+
+    def _show(self, item: str | None = None) -> None:
+        counter = self.counter
+        self.progress.update(self._items, completed=counter.items_done,
+                             count=f"{counter.items_done}/{counter.items}")
+        total = counter.total
+        shown = "?" if total is None else f"{'~' if counter.estimated else ''}{total}"
+        left = counter.seconds_left()
+        self.progress.update(
+            self._requests, total=total, completed=counter.done,
+            description="requests" if item is None else f"requests ({escape(item)})",
+            count=f"{counter.done}/{shown}",
+            left=f"{MISSING} left" if left is None else f"~{duration(left)} left")
 
 
 SUMMARY_HEADERS = ("category", "requests", "out tokens", "mean s", "median s", "tok/s total",
