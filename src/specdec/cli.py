@@ -59,8 +59,8 @@ examples:
   specdec-run --strategy draft_model --set strategy.model=smollm2-135m-draft
   specdec-run --config configs/smollm2-135m/ngram.yaml \\
       --output-dir results/ngram
-  specdec-run --benchmark ../shared/data/spec_bench/question.jsonl \\
-      --categories math,rag
+  specdec benchmarks fetch spec-bench   # once: the named Spec-Bench questions
+  specdec-run --benchmark spec-bench --categories math,rag
   specdec-run --config results/ngram/config.yaml   # repeat a finished run
 
 strategies: see `specdec plugins`; options of each in QUICK_REFERENCE.md.
@@ -120,7 +120,7 @@ class BenchmarkFlags:
     """Which prompts: the flags ``run`` and ``batch`` share (the ``benchmark`` section)."""
 
     benchmark: str | None = None
-    """prompt file (JSONL); default: the config's, else the bundled sample benchmark"""
+    """prompt file (JSONL) or name: spec-bench, mt-bench; default: the config's, else the sample"""
 
     benchmark_format: str | None = None
     """prompts | questions | chat (or a plugin's format); default: detected per file"""

@@ -30,6 +30,18 @@ def percent(value: float | None, digits: int = 0) -> str:
     return MISSING if value is None else f"{value:.{digits}%}"
 
 
+def duration(seconds: float | None) -> str:
+    """A duration as H:MM:SS, whole seconds rounded down like rich's elapsed time, or ``-``.
+
+    >>> duration(75.9), duration(3725), duration(None)
+    ('0:01:15', '1:02:05', '-')
+    """
+    if seconds is None:
+        return MISSING
+    whole = max(int(seconds), 0)
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
 def interval_text(estimate: float | None, low: float | None = None, high: float | None = None,
                   digits: int = 2, suffix: str = "x") -> str:
     """An estimate with its confidence interval, or the estimate alone without one.

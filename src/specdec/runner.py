@@ -17,7 +17,8 @@ import structlog
 from attrs import frozen
 
 from specdec import registry, run_folder
-from specdec.benchmarks.loader import default_benchmark_path, load_benchmark
+from specdec.benchmark_store import resolve_benchmark
+from specdec.benchmarks.loader import load_benchmark
 from specdec.engines import engine_for
 from specdec.errors import EngineError, OutputExistsError
 from specdec.interfaces import (
@@ -67,14 +68,15 @@ class RunResult:
 def prepare_run(config: ExperimentConfig) -> PreparedRun:
     """Check everything that can be checked before the engine starts.
 
-    Structures the strategy's options strictly, loads the benchmark, resolves
+    Structures the strategy's options strictly, loads the benchmark (a benchmark
+    name is its verified stored copy, :mod:`specdec.benchmark_store`), resolves
     the model, asks the configured engine backend for its capabilities, runs
     the strategy's pre-flight check against them and writes its options out in
     full (defaults included) into the returned config.
     """
     strategy, options = registry.strategy_options(config.strategy.name, config.strategy.options)
     bench = config.benchmark
-    path = Path(bench.path) if bench.path else default_benchmark_path()
+    path = resolve_benchmark(bench.path)
     conversations = load_benchmark(
         path, bench.format, limit=bench.limit, categories=bench.categories
     )

@@ -34,6 +34,8 @@ import yaml
 from attrs import field, frozen
 
 from specdec import registry, run_folder, scoring
+from specdec.benchmark_store import resolve_benchmark
+from specdec.benchmarks.loader import load_benchmark
 from specdec.config import apply_overrides, config_from_mapping, read_mapping
 from specdec.errors import ConfigError, SpecdecError
 from specdec.models import check_model
@@ -166,11 +168,14 @@ def check_item(experiment: Mapping[str, Any]) -> list[str]:
     Its whole config, its model (a local path must exist; a bundled alias is not
     prepared, a hub id not looked up) and its strategy's options structured with
     the strategy plugin's ``options_type`` as a run does (unknown options, values
-    the strategy's validators refuse); vLLM is not imported.  Empty if nothing is.
+    the strategy's validators refuse), and a named benchmark (it must be stored and
+    verified; a file is read when the item runs); vLLM is not imported.  Empty if
+    nothing is.
     """
     try:
         config = config_from_mapping(experiment)
         check_model(config.model)
+        resolve_benchmark(config.benchmark.path)
         registry.strategy_options(config.strategy.name, config.strategy.options)
     except ConfigError as exc:
         return list(exc.problems)
@@ -329,11 +334,6 @@ def run_batch(
     diverged; if it fails, the batch still finishes and its divergences stay
     unclassified, with the reason.
     """
-    from specdec.benchmarks.loader import (  # noqa: PLC0415 - only needed for counting
-        default_benchmark_path,
-        load_benchmark,
-    )
-
     if output_base.exists() and not output_base.is_dir():
         msg = f"{output_base} is a file, not a folder: choose another batch folder"
         raise SpecdecError(msg)
@@ -369,7 +369,7 @@ def run_batch(
                                encoding="utf-8")
         bench = item.experiment.get("benchmark") or {}
         total = len(load_benchmark(
-            Path(bench["path"]) if bench.get("path") else default_benchmark_path(),
+            resolve_benchmark(bench.get("path")),
             bench.get("format"), limit=bench.get("limit"), categories=bench.get("categories"),
         ))
         status = attrs.evolve(status, status="running", started_at=now(), error=None)

@@ -43,10 +43,11 @@ head becomes the bundled alias {EAGLE_ALIAS} ({EAGLE3_ALIAS} for --head eagle3);
 EPILOG = f"""\
 examples:
 
-    specdec train eagle --prompts ../shared/data/spec_bench/question.jsonl \\
+    specdec benchmarks fetch spec-bench                  # once: the Spec-Bench questions
+    specdec train eagle --prompts spec-bench \\
         --eval-prompts data/sample_benchmark.jsonl        # the documented full training
     specdec train eagle --max-steps 20 --skip-eval --output /tmp/head   # a quick try
-    specdec train eagle --head eagle3 --prompts ../shared/data/spec_bench/question.jsonl \\
+    specdec train eagle --head eagle3 --prompts spec-bench \\
         --eval-prompts data/sample_benchmark.jsonl --eval-strategies eagle   # EAGLE-3 head
     specdec-run --strategy eagle                         # uses {EAGLE_ALIAS} once trained
 """

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import structlog
 from attrs import frozen
+from specdec.benchmark_store import resolve_benchmark
 from specdec.benchmarks.loader import default_benchmark_path, load_benchmark
 from specdec.files import atomic_write_bytes
 from specdec.records import Conversation, RequestRecord
@@ -91,7 +92,7 @@ def split_prompts(options: TrainOptions) -> PromptSplit:
     training, so the evaluation never sees a trained-on prompt.
     """
     files = ([default_benchmark_path()] if options.include_sample else []) + [
-        p.expanduser() for p in options.prompts
+        resolve_benchmark(str(p.expanduser())) for p in options.prompts
     ]
     if not files:
         msg = "no training prompts: give --prompts FILE or keep the sample benchmark"
@@ -100,7 +101,7 @@ def split_prompts(options: TrainOptions) -> PromptSplit:
     for path in files:
         pool += _tag(_load(path), path)
     if options.eval_prompts is not None:
-        eval_path = options.eval_prompts.expanduser()
+        eval_path = resolve_benchmark(str(options.eval_prompts.expanduser()))
         held = _tag(_load(eval_path), eval_path)
         held_turns = {c.turns for c in held}
         train = [c for c in pool if c.turns not in held_turns]
