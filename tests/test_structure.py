@@ -88,3 +88,24 @@ def test_only_serialization_customises_the_converter() -> None:
         for line in _registers_hooks(ast.parse(path.read_text(encoding="utf-8")))
     }
     assert elsewhere == set()
+
+
+USER_FACING = ("README.md", "EXPERIMENTS.md", "QUICK_REFERENCE.md", "docs", "configs", "data",
+               "studies", "scripts", "examples", "src", "plugins")
+"""What a user's clone holds and reads; tests and CI may use the workplace's ../shared."""
+
+
+def test_no_user_facing_file_points_at_the_shared_folder() -> None:
+    root = Path(__file__).resolve().parents[1]
+    hits: list[str] = []
+    for name in USER_FACING:
+        base = root / name
+        files = [base] if base.is_file() else sorted(base.rglob("*"))
+        for path in files:
+            if (not path.is_file() or "tests" in path.relative_to(root).parts
+                    or path.suffix not in {".md", ".yaml", ".yml", ".py", ".sh", ".json", ".txt"}):
+                continue
+            text = path.read_text(encoding="utf-8", errors="replace")
+            if "../shared" in text or "/work/shared" in text:
+                hits.append(str(path.relative_to(root)))
+    assert hits == [], f"user-facing files point at the workplace's shared folder: {hits}"

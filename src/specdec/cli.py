@@ -433,23 +433,14 @@ def plugins() -> int:
 
 def _execute_batch(items: Sequence[BatchItem], output_base: Path, name: str,
                    threshold: float, seed: int = 0) -> int:
-    from specdec.display import print_report, progress_bar  # noqa: PLC0415
+    from specdec.display import BatchProgress, print_report  # noqa: PLC0415
     from specdec.report import build_report  # noqa: PLC0415
     from specdec.report_files import write_report  # noqa: PLC0415
     from specdec.study import run_batch  # noqa: PLC0415
 
-    with progress_bar() as bar:
-        configs = bar.add_task("configurations", total=len(items))
-        requests = bar.add_task("requests", total=None)
-
-        def on_progress(item: str, done: int, total: int) -> None:
-            bar.update(requests, description=f"requests ({item})", completed=done, total=total)
-
-        def on_item(_status: object) -> None:
-            bar.advance(configs)
-
+    with BatchProgress([item.name for item in items], output_base) as bar:
         index = run_batch(items, output_base, name=name, near_tie_threshold=threshold,
-                          on_item=on_item, on_progress=on_progress, seed=seed)
+                          on_item=bar.item_ended, on_progress=bar.update, seed=seed)
     failed = [i for i in index.items if i.status != "done"]
     for item in failed:
         sys.stderr.write(f"specdec: {item.name} {item.status}: {item.error}\n")
