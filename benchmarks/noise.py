@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
+from workload import sample_prompts
 
 from specdec.intervals import Interval, paired_speedup
 from specdec.report import OVERALL, Report, Setting, build_report
@@ -48,23 +49,6 @@ BIN = Path(sys.executable).parent
 TARGET = 0.05
 """The interval's half-width to plan for, relative to the speedup."""
 MAX_REPEATS = 1000
-
-
-def _prompts(count: int) -> list[dict[str, str]]:
-    """The first turn of ``count`` sample-benchmark questions, spread over categories."""
-    rows = [json.loads(line) for line in
-            (ROOT / "data" / "sample_benchmark.jsonl").read_text().splitlines() if line.strip()]
-    by_category: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        by_category.setdefault(row["category"], []).append(row)
-    chosen: list[dict[str, str]] = []
-    while len(chosen) < count and any(by_category.values()):
-        for queue in by_category.values():
-            if queue and len(chosen) < count:
-                row = queue.pop(0)
-                chosen.append({"id": str(row["question_id"]), "category": row["category"],
-                               "prompt": row["turns"][0]})
-    return chosen
 
 
 def _study(bench: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -175,7 +159,7 @@ def main() -> int:
     batch = work / "study"
     if not args.report_only:
         bench = work / "bench.jsonl"
-        bench.write_text("".join(json.dumps(p) + "\n" for p in _prompts(args.prompts)))
+        bench.write_text("".join(json.dumps(p) + "\n" for p in sample_prompts(args.prompts)))
         study = work / "noise.json"
         study.write_text(json.dumps(_study(bench, args), indent=1))
         started = time.perf_counter()
@@ -183,10 +167,14 @@ def main() -> int:
                                "--output-base", str(batch)], check=False, cwd=ROOT)
         print(f"study finished in {time.perf_counter() - started:.0f} s "
               f"(exit {done.returncode})", file=sys.stderr)
-    print(f"{args.repeats} interleaved rounds, {args.prompts} prompts, {args.max_tokens} "
-          f"tokens, {args.dtype}, eager, sequential; Spec-Bench speedups (ratio of mean "
-          "per-request rates) against the baseline of the same round")
-    _print(build_report([batch]), args.repeats)
+    if args.report_only:  # the flags need not match how that study was run
+        print(f"the study in {batch}; Spec-Bench speedups against the same round's baseline")
+    else:
+        print(f"{args.repeats} interleaved rounds, {args.prompts} prompts, {args.max_tokens} "
+              f"tokens, {args.dtype}, eager, sequential; Spec-Bench speedups (ratio of mean "
+              "per-request rates) against the baseline of the same round")
+    report = build_report([batch])
+    _print(report, max((len(x.runs) for x in report.settings), default=args.repeats))
     print(f"\nstudy in {batch}")
     return 0
 

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
+from workload import sample_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -78,23 +79,6 @@ STRATEGIES = {
     "ngram": {"name": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 2,
               "prompt_lookup_max": 4},
 }
-
-
-def _prompts(count: int) -> list[dict[str, str]]:
-    """The first turn of ``count`` sample-benchmark questions, spread over categories."""
-    rows = [json.loads(line) for line in
-            (ROOT / "data" / "sample_benchmark.jsonl").read_text().splitlines() if line.strip()]
-    by_category: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        by_category.setdefault(row["category"], []).append(row)
-    chosen: list[dict[str, str]] = []
-    while len(chosen) < count and any(by_category.values()):
-        for queue in by_category.values():
-            if queue and len(chosen) < count:
-                row = queue.pop(0)
-                chosen.append({"id": row["question_id"], "category": row["category"],
-                               "prompt": row["turns"][0]})
-    return chosen
 
 
 def _experiment(strategy: str, bench: Path, args: argparse.Namespace) -> str:
@@ -163,7 +147,7 @@ def main() -> int:
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="specdec-overhead-"))
     work.mkdir(parents=True, exist_ok=True)
-    prompts = _prompts(args.prompts)
+    prompts = sample_prompts(args.prompts)
     bench = work / "bench.jsonl"
     bench.write_text("".join(json.dumps(p) + "\n" for p in prompts))
     resolved = _resolved(work, bench, args)
