@@ -42,7 +42,7 @@ from scipy import stats
 from workload import sample_prompts
 
 from specdec.intervals import Interval, paired_speedup
-from specdec.report import OVERALL, Report, Setting, build_report
+from specdec.report import OVERALL, Report, Setting, build_report, paired_repeats
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -89,13 +89,11 @@ def repeats_for_interval(interval: Interval, repeats: int, target: float = TARGE
 
 
 def _per_round(setting: Setting, baseline: Setting) -> list[float]:
-    base = {run.repeat: run for run in baseline.runs}
     out = []
-    for run in sorted(setting.runs, key=lambda r: r.repeat):
-        if run.repeat in base:
-            one = paired_speedup([run.sample], [base[run.repeat].sample], "spec_bench")
-            if one is not None:
-                out.append(one.estimate)
+    for run, base in paired_repeats(setting, baseline):
+        one = paired_speedup([run.sample], [base.sample], "spec_bench")
+        if one is not None:
+            out.append(one.estimate)
     return out
 
 

@@ -13,8 +13,9 @@ and with ngram.  Each round runs it three ways, each in a fresh process:
 and measures output tokens per second of the timed loop (warm-up excluded): the
 bare script with its own clock around the loop, specdec with ``metrics.json``'s
 ``throughput_tokens_per_s`` (output tokens over the measured run's wall clock).
-The arms run interleaved (a, b, c, a, b, c, ...; the order within a round is
-shuffled with a seeded RNG) so machine drift does not favour one.  Per strategy
+The arms run interleaved: in each round, each strategy's three arms run back
+to back (strategies and arms in an order shuffled with a seeded RNG), so the
+machine's drift between the members of a pair stays small and favours none.  Per strategy
 it prints the ratios a/b and a/c: their median over rounds and a 95% bootstrap
 interval of the mean log ratio over rounds (``scipy.stats.bootstrap``).
 
@@ -135,6 +136,22 @@ def _interval(ratios: list[float]) -> tuple[float, float]:
     return math.exp(low), math.exp(high)
 
 
+def _arm(arm: str, strategy: str, *, round_: int, work: Path, prompts: list[dict[str, str]],
+         resolved: dict[str, Any], args: argparse.Namespace) -> float:
+    """One arm of one strategy in a fresh process: its output tokens per second."""
+    if arm == "bare":
+        return _bare(prompts, args, *resolved[strategy])
+    out = work / f"{arm}-{strategy}-{round_}"
+    config = str(work / f"{strategy}.json")
+    if arm == "run":
+        command = [str(BIN / "specdec-run"), "--config", config, "--output-dir", str(out)]
+    else:  # a batch of this one item
+        command = [str(BIN / "specdec"), "batch", "--configs", config, "--output-base", str(out)]
+        out = out / strategy
+    subprocess.run(command, check=True, capture_output=True, cwd=ROOT)  # noqa: S603
+    return _throughput(out)
+
+
 def main() -> int:
     """Run the rounds and print the ratios."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -155,32 +172,17 @@ def main() -> int:
     rates: dict[tuple[str, str], list[float]] = {}
     started = time.perf_counter()
     for round_ in range(args.rounds):
-        arms = ["bare", "run", "batch"]
-        rng.shuffle(arms)
-        for arm in arms:
-            if arm == "batch":
-                base = work / f"batch-{round_}"
-                configs = []
-                for strategy in STRATEGIES:
-                    path = work / f"{strategy}.yaml"
-                    path.write_text(_experiment(strategy, bench, args))
-                    configs.append(str(path))
-                subprocess.run([str(BIN / "specdec"), "batch", "--configs", *configs,  # noqa: S603
-                                "--output-base", str(base)], check=False,
-                               capture_output=True, cwd=ROOT)
-                for strategy in STRATEGIES:
-                    rates.setdefault((strategy, arm), []).append(_throughput(base / strategy))
-                continue
-            for strategy in STRATEGIES:
-                if arm == "bare":
-                    rate = _bare(prompts, args, *resolved[strategy])
-                else:
-                    out = work / f"run-{strategy}-{round_}"
-                    subprocess.run([str(BIN / "specdec-run"), "--config",  # noqa: S603
-                                    str(work / f"{strategy}.json"), "--output-dir", str(out)],
-                                   check=True, capture_output=True, cwd=ROOT)
-                    rate = _throughput(out)
-                rates.setdefault((strategy, arm), []).append(rate)
+        # Each strategy's three arms run back to back, so a pair is at most two engine
+        # starts apart and the machine's drift between them stays small.
+        strategies = list(STRATEGIES)
+        rng.shuffle(strategies)
+        for strategy in strategies:
+            arms = ["bare", "run", "batch"]
+            rng.shuffle(arms)
+            for arm in arms:
+                rates.setdefault((strategy, arm), []).append(
+                    _arm(arm, strategy, round_=round_, work=work, prompts=prompts,
+                         resolved=resolved, args=args))
         print(f"round {round_ + 1}/{args.rounds} done after "
               f"{time.perf_counter() - started:.0f} s", file=sys.stderr)
     print(f"{args.rounds} rounds, {args.prompts} prompts, {args.max_tokens} tokens, "

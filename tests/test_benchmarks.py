@@ -278,6 +278,17 @@ def test_categories_then_limit(tmp_path: Path) -> None:
     assert len(load_benchmark(path, categories=("a", "b"))) == 6
 
 
+def test_per_category(tmp_path: Path) -> None:
+    """per_category keeps the first N of each category in file order, before the limit."""
+    path = numbered(tmp_path)
+    assert [c.id for c in load_benchmark(path, per_category=1)] == ["p0", "p1"]
+    assert [c.id for c in load_benchmark(path, per_category=2)] == ["p0", "p1", "p2", "p3"]
+    assert [c.id for c in load_benchmark(path, per_category=2, limit=3)] == ["p0", "p1", "p2"]
+    assert [c.id for c in load_benchmark(path, per_category=2, categories=["b"])] == ["p1", "p3"]
+    with pytest.raises(BenchmarkError, match="per_category must be at least 1, got 0"):
+        load_benchmark(path, per_category=0)
+
+
 @pytest.mark.parametrize(
     ("categories", "message"),
     [

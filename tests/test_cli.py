@@ -50,7 +50,8 @@ def test_every_run_flag_reaches_the_config() -> None:
     """Each flag of `run` lands on its config key."""
     config = _config_of(
         "--model", "some/model", "--strategy", "ngram", "--mode", "batch", "--limit", "3",
-        "--categories", "math, rag", "--benchmark", "b.jsonl", "--benchmark-format", "chat",
+        "--categories", "math, rag", "--per-category", "2", "--benchmark", "b.jsonl",
+        "--benchmark-format", "chat",
         "--sinks", "json,log", "--endpoint", "http://h:1", "--concurrency", "2",
         "--request-rate", "1.5", "--raw-prompts",
         "--set", "generation.max_tokens=7", "--set", "engine.seed=3",
@@ -60,6 +61,7 @@ def test_every_run_flag_reaches_the_config() -> None:
     assert config.mode == "batch"
     assert (config.benchmark.path, config.benchmark.format) == ("b.jsonl", "chat")
     assert (config.benchmark.limit, config.benchmark.categories) == (3, ("math", "rag"))
+    assert config.benchmark.per_category == 2
     assert config.sinks == ("json", "log")
     assert (config.engine.backend, config.engine.url) == ("server", "http://h:1")
     assert (config.engine.concurrency, config.engine.request_rate) == (2, 1.5)

@@ -28,7 +28,7 @@ from specdec.display import (
 from specdec.formatting import number
 from specdec.registry import PluginInfo
 from specdec.report import build_report
-from specdec.report_files import speedup_cell
+from specdec.report_text import speedup_cell, with_interval
 from specdec.runner import RunResult, run_experiment
 from specdec.serialization import write_json
 from specdec.study import BatchIndex, BatchItem, ItemStatus, run_batch
@@ -191,6 +191,25 @@ def test_report_at_80_columns_keeps_settings_categories_and_intervals(
     assert cells
     _readable(text, [LONG_SETTING, *report.categories, *cells])
     assert "lossless" in text
+
+
+def test_report_ends_with_the_verdict_table(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Last comes the answer: the setting's overall speedups and acceptance with intervals,
+    its lossless verdict, and the best setting overall; the baseline has no row."""
+    report = build_report([_report_batch(tmp_path)])
+    text = _render(monkeypatch, 80, lambda: display.print_report(report))
+    verdict = text[text.index("verdict (overall"):]
+    overall = next(c for c in report.comparisons
+                   if c.setting == LONG_SETTING and c.category == "overall")
+    acceptance = with_interval(overall.mean_acceptance_length,
+                               overall.mean_acceptance_length_interval, suffix="")
+    _readable(verdict, [LONG_SETTING, *speedup_cell(overall), acceptance,
+                        report.lossless[LONG_SETTING].verdict])
+    assert not re.search(r"^\W*none\b", verdict, re.MULTILINE)  # no baseline row
+    best = report.best["overall"]
+    assert f"verdict: {best['setting']} {best['speedup']} is the best setting overall" in (
+        " ".join(verdict.split()))
 
 
 def test_fit_widths_narrows_the_widest_first_never_below_a_word() -> None:

@@ -92,6 +92,8 @@ BAD: dict[str, Case] = {
                          "request_rate must be a finite number, got inf @ $.engine.request_rate"),
     "timeout<0": (["engine.timeout_s=-1"], "timeout_s must be > 0, got -1 @ $.engine.timeout_s"),
     "limit=0": (["benchmark.limit=0"], "limit must be >= 1, got 0 @ $.benchmark.limit"),
+    "per_category=0": (["benchmark.per_category=0"],
+                       "per_category must be >= 1, got 0 @ $.benchmark.per_category"),
     # no coercion
     "string-false": ({"engine": {"enforce_eager": "false"}},
                      ("expected true or false, got the string 'false': write true or false, "
@@ -199,6 +201,7 @@ GOOD: dict[str, tuple[list[str], str, Any]] = {
     "request_rate-small": (["engine.request_rate=0.5"], "engine.request_rate", 0.5),
     "timeout-small": (["engine.timeout_s=0.1"], "engine.timeout_s", 0.1),
     "limit=1": (["benchmark.limit=1"], "benchmark.limit", 1),
+    "per_category=2": (["benchmark.per_category=2"], "benchmark.per_category", 2),
     "yaml-true": (["engine.enforce_eager=true"], "engine.enforce_eager", True),
     # --set reads YAML, where a bare no is the boolean false (a quoted "no" is refused above)
     "yaml-no": (["warmup=no"], "warmup", False),

@@ -27,6 +27,7 @@ from specdec.errors import (
     StrategyError,
     UnknownPluginError,
 )
+from specdec.frames import load_runs
 from specdec.interfaces import (
     Benchmark,
     Capabilities,
@@ -108,6 +109,7 @@ __all__ = [
     "TurnRecord",
     "UnknownPluginError",
     "load_config",
+    "load_runs",
     "prepare_run",
     "read_records",
     "read_run",

@@ -28,7 +28,7 @@ from attrs import frozen
 
 from specdec.benchmarks.loader import default_benchmark_path
 from specdec.errors import BenchmarkError
-from specdec.files import atomic_write_bytes
+from specdec.files import atomic_write_bytes, sha256_file
 from specdec.models import home
 
 URL_BASE_ENV = "SPECDEC_BENCHMARK_URL_BASE"
@@ -119,11 +119,6 @@ def named_benchmark(name: str) -> NamedBenchmark:
         raise BenchmarkError(msg) from None
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def _ways_to_get(bench: NamedBenchmark) -> str:
     return (f"run `specdec benchmarks fetch {bench.name}` (downloads it from {bench.source}), "
             f"or, on a machine without internet, `specdec benchmarks add {bench.name} FILE` "
@@ -133,7 +128,7 @@ def _ways_to_get(bench: NamedBenchmark) -> str:
 def state(bench: NamedBenchmark) -> State:
     """Whether ``bench``'s stored copy is there and has the pinned checksum."""
     try:
-        digest = _sha256(bench.path)
+        digest = sha256_file(bench.path)
     except FileNotFoundError:
         return "missing"
     except OSError:
@@ -151,7 +146,7 @@ def stored(name: str) -> Path:
     bench = named_benchmark(name)
     path = bench.path
     try:
-        digest = _sha256(path)
+        digest = sha256_file(path)
     except FileNotFoundError:
         msg = f"benchmark {name!r} is not on this machine yet ({path}): {_ways_to_get(bench)}"
         raise BenchmarkError(msg) from None

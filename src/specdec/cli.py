@@ -131,6 +131,9 @@ class BenchmarkFlags:
     categories: str | None = None
     """comma-separated categories to run"""
 
+    per_category: int | None = None
+    """run only the first N prompts of each category (before --limit)"""
+
     def settings(self) -> dict[str, Any]:
         """The ``benchmark`` section keys these flags set."""
         flags: dict[str, Any] = {}
@@ -142,6 +145,8 @@ class BenchmarkFlags:
             flags["limit"] = self.limit
         if self.categories:
             flags["categories"] = _split(self.categories)
+        if self.per_category is not None:
+            flags["per_category"] = self.per_category
         return flags
 
 

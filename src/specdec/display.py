@@ -513,7 +513,7 @@ def print_report(report: Report) -> None:
     Each cell holds the Spec-Bench speedup over the throughput speedup, each with its
     confidence interval; A/A warnings come last, after the verdict they put in doubt.
     """
-    from specdec.report_files import interval_kinds, speedup_cell  # noqa: PLC0415
+    from specdec.report_text import interval_kinds, speedup_cell  # noqa: PLC0415
 
     kinds = ", ".join(interval_kinds(report)) or "no intervals"
     columns = [Column("setting"), *(Column(category, "right", whole_lines=True)
@@ -539,3 +539,50 @@ def print_report(report: Report) -> None:
                             f"(fastest {best['fastest']} {best['fastest_speedup']})"))
     for warning in report.warnings:
         stdout.print(f"[bold yellow]warning:[/] {escape(warning)}")
+    print_verdict(report)
+
+
+def print_verdict(report: Report) -> None:
+    """The answer in one table: each setting's overall speedup, acceptance and lossless check.
+
+    One row per setting compared with a baseline (A/A rows included, named as such):
+    the overall Spec-Bench speedup and throughput speedup with their intervals, the
+    mean acceptance length with its interval, and the lossless verdict; then the best
+    setting overall by the report's rule (docs/studies.md).
+    """
+    from specdec.report import OVERALL  # noqa: PLC0415
+    from specdec.report_text import with_interval  # noqa: PLC0415
+
+    overall = {c.setting: c for c in report.comparisons if c.category == OVERALL}
+    rows: list[Row] = []
+    for setting in report.settings:
+        comp = overall.get(setting.name)
+        if comp is None or setting.is_baseline or setting.name not in report.baselines:
+            continue
+        lossless = report.lossless.get(setting.name)
+        rows.append((
+            setting.display_name(),
+            with_interval(comp.speedup_spec_bench, comp.speedup_spec_bench_interval),
+            with_interval(comp.speedup_throughput, comp.speedup_throughput_interval),
+            with_interval(comp.mean_acceptance_length, comp.mean_acceptance_length_interval,
+                          suffix=""),
+            MISSING if lossless is None else lossless.verdict,
+        ))
+    if not rows:
+        return
+    columns = [Column("setting"), Column("speedup", "right", whole_lines=True),
+               Column("throughput speedup", "right", whole_lines=True),
+               Column("mean acceptance length", "right", whole_lines=True),
+               Column("lossless")]
+    print_table("verdict (overall, 95% intervals)", columns, rows, fallback="records")
+    best = report.best.get(OVERALL)
+    if best is None:
+        return
+    baselines = {s.name for s in report.settings if s.is_baseline}
+    if best["setting"] in baselines:
+        line = (f"verdict: nothing beats the baseline {best['setting']} beyond the noise "
+                f"(fastest {best['fastest']} {best['fastest_speedup']}; docs/studies.md)")
+    else:
+        line = (f"verdict: {best['setting']} {best['speedup']} is the best setting overall "
+                "(faster only when its interval lies above 1; docs/studies.md)")
+    stdout.print(escape(line))

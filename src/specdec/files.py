@@ -11,6 +11,7 @@ appear complete or not at all (a prepared model, a trained head) is built inside
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -100,3 +101,9 @@ def atomic_folder(target: Path) -> Iterator[Path]:
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of the file at ``path``, read in chunks."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()

@@ -162,6 +162,8 @@ class BenchmarkConfig:
     format: str | None = None
     limit: int | None = field(default=None, validator=positive)
     categories: tuple[str, ...] | None = None
+    per_category: int | None = field(default=None, validator=positive)
+    """Keep the first N prompts of each category (in file order), before ``limit``."""
 
 
 VLLM_MAX_LOGPROBS = 20

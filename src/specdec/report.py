@@ -344,7 +344,7 @@ def _interval_cell(interval: Interval) -> str:
     return interval_text(interval.estimate, interval.low, interval.high)
 
 
-def _paired_repeats(setting: Setting, baseline: Setting) -> list[tuple[Run, Run]]:
+def paired_repeats(setting: Setting, baseline: Setting) -> list[tuple[Run, Run]]:
     """Repeat r of the setting with repeat r of its baseline (run next to it in a batch)."""
     base = {run.repeat: run for run in baseline.runs}
     return [(run, base[run.repeat]) for run in sorted(setting.runs, key=lambda r: r.repeat)
@@ -355,7 +355,7 @@ def _speedups(setting: Setting, baseline: Setting | None,
               category: str) -> tuple[Interval | None, Interval | None]:
     if baseline is None or setting is baseline:
         return None, None
-    pairs = _paired_repeats(setting, baseline)
+    pairs = paired_repeats(setting, baseline)
     name = None if category == OVERALL else category
     cand = [c.sample.category(name) for c, _ in pairs]
     base = [b.sample.category(name) for _, b in pairs]

@@ -1,7 +1,8 @@
-"""A report's files: ``report.md``, ``report.json`` and the PNG plots.
+"""A report's files: ``report.md``, ``report.json``, ``report.html`` and the PNG plots.
 
 :mod:`specdec.report` builds the comparison (data only); this module renders
-it, and :mod:`specdec.plots` draws it.  Numbers are shown with
+it, :mod:`specdec.plots` draws it and :mod:`specdec.report_html` lays it out as
+one self-contained page.  Numbers are shown with
 :mod:`specdec.formatting`, as in the terminal.
 """
 
@@ -11,10 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from specdec.errors import SpecdecError
-from specdec.formatting import MISSING, interval_text, median_spread, number
-from specdec.intervals import CONFIDENCE, METHOD, RESAMPLES, SEED, Interval
-from specdec.lossless import LosslessResult
+from specdec.formatting import MISSING, median_spread, number
+from specdec.intervals import CONFIDENCE, METHOD, RESAMPLES, SEED
 from specdec.report import OVERALL, Comparison, Report, Spread
+from specdec.report_text import interval_kinds, margin_source_text, speedup_cell, with_interval
 from specdec.serialization import unstructure, write_json
 
 
@@ -22,27 +23,6 @@ def _rate(spread: Spread | None) -> str:
     if spread is None:
         return MISSING
     return median_spread(spread.median, spread.spread, spread.n)
-
-
-def with_interval(value: float | None, interval: Interval | None, digits: int = 2,
-                  suffix: str = "x") -> str:
-    """``1.59x [1.41, 1.77]``: a figure with its interval (the figure alone without one)."""
-    if interval is None:
-        return number(value, digits, suffix)
-    return interval_text(value, interval.low, interval.high, digits, suffix)
-
-
-def speedup_cell(comp: Comparison) -> tuple[str, str]:
-    """The Spec-Bench and throughput speedups of a comparison, each with its interval."""
-    return (with_interval(comp.speedup_spec_bench, comp.speedup_spec_bench_interval),
-            with_interval(comp.speedup_throughput, comp.speedup_throughput_interval))
-
-
-def interval_kinds(report: Report) -> list[str]:
-    """The kinds of the report's speedup intervals, in a stable order."""
-    return sorted({iv.kind for c in report.comparisons
-                   for iv in (c.speedup_spec_bench_interval, c.speedup_throughput_interval)
-                   if iv is not None})
 
 
 def _speedup_section(report: Report, index: dict[tuple[str, str], Comparison]) -> list[str]:
@@ -119,15 +99,6 @@ def _lossless_section(report: Report) -> list[str]:
     return [*lines, ""]
 
 
-def margin_source_text(result: LosslessResult) -> str:
-    """Where a check's margins came from, with the scoring pass's engine settings."""
-    engine = result.scoring_engine or {}
-    settings = ", ".join(f"{key} {engine[key]}" for key in ("dtype", "enforce_eager", "backend")
-                         if key in engine)
-    return ("a scoring pass after the timed runs (the baseline's own prompt and output "
-            f"prefilled, on the baseline's engine settings: {settings})")
-
-
 def render_markdown(report: Report, plots: Sequence[Path]) -> str:
     """The text of ``report.md``."""
     index = {(c.setting, c.category): c for c in report.comparisons}
@@ -149,12 +120,13 @@ def render_markdown(report: Report, plots: Sequence[Path]) -> str:
 
 
 def write_report(report: Report, out: Path) -> list[Path]:
-    """Write ``report.md``, ``report.json`` and the plots into ``out``.
+    """Write ``report.md``, ``report.json``, ``report.html`` and the plots into ``out``.
 
     Raises:
         SpecdecError: ``out`` is a file.
     """
     from specdec.plots import draw_all  # noqa: PLC0415 - matplotlib only when writing
+    from specdec.report_html import render_html  # noqa: PLC0415 - jinja2 only when writing
 
     if out.exists() and not out.is_dir():
         msg = f"{out} is a file, not a folder: choose another report folder (--output DIR)"
@@ -172,4 +144,5 @@ def write_report(report: Report, out: Path) -> list[Path]:
         "near_tie_threshold": report.threshold,
         "warnings": list(report.warnings),
     })
-    return [out / "report.md", out / "report.json", *plots]
+    (out / "report.html").write_text(render_html(report, plots), encoding="utf-8")
+    return [out / "report.md", out / "report.json", out / "report.html", *plots]

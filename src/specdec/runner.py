@@ -78,7 +78,8 @@ def prepare_run(config: ExperimentConfig) -> PreparedRun:
     bench = config.benchmark
     path = resolve_benchmark(bench.path)
     conversations = load_benchmark(
-        path, bench.format, limit=bench.limit, categories=bench.categories
+        path, bench.format, limit=bench.limit, categories=bench.categories,
+        per_category=bench.per_category,
     )
     model_path = resolve_model(config.model)
     caps = registry.engines.create(config.engine.backend).capabilities(config)

@@ -200,7 +200,8 @@ def _requests(engine: Any, job: Job, config: ExperimentConfig) -> list[ScoreRequ
         msg = f"{job.folder}: the run's config names no benchmark path"
         raise SpecdecError(msg)
     conversations = {c.id: c for c in load_benchmark(
-        Path(bench.path), bench.format, limit=bench.limit, categories=bench.categories)}
+        Path(bench.path), bench.format, limit=bench.limit, categories=bench.categories,
+        per_category=bench.per_category)}
     records = {r.id: r for r in run_folder.read_outputs(job.folder).requests}
     requests: list[ScoreRequest] = []
     for want in job.wanted:

@@ -371,6 +371,7 @@ def run_batch(
         total = len(load_benchmark(
             resolve_benchmark(bench.get("path")),
             bench.get("format"), limit=bench.get("limit"), categories=bench.get("categories"),
+            per_category=bench.get("per_category"),
         ))
         status = attrs.evolve(status, status="running", started_at=now(), error=None)
         statuses[item.name] = status

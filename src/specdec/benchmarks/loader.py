@@ -77,9 +77,10 @@ def load_benchmark(
     *,
     limit: int | None = None,
     categories: Sequence[str] | None = None,
+    per_category: int | None = None,
     registry: Registry = benchmarks,
 ) -> list[Conversation]:
-    """Read the conversations of ``path``, keep the given categories, then the first ``limit``.
+    """Read ``path``'s conversations; keep the categories, ``per_category`` each, then ``limit``.
 
     ``fmt`` names a registered benchmark format; left unset it is detected from the
     first record.  The whole file is checked before selecting: it must hold at least
@@ -90,6 +91,10 @@ def load_benchmark(
     """
     if limit is not None and limit < 1:
         msg = f"the benchmark limit must be at least 1, got {limit}; leave it unset to run all"
+        raise BenchmarkError(msg)
+    if per_category is not None and per_category < 1:
+        msg = (f"the benchmark's per_category must be at least 1, got {per_category}; "
+               "leave it unset to run every prompt of each category")
         raise BenchmarkError(msg)
     if categories is not None and not categories:
         msg = "no benchmark categories given; name at least one, or leave them unset to run all"
@@ -113,4 +118,12 @@ def load_benchmark(
             )
             raise BenchmarkError(msg)
         conversations = [c for c in conversations if c.category in categories]
+    if per_category is not None:
+        seen: dict[str, int] = {}
+        kept = []
+        for conversation in conversations:
+            seen[conversation.category] = seen.get(conversation.category, 0) + 1
+            if seen[conversation.category] <= per_category:
+                kept.append(conversation)
+        conversations = kept
     return conversations[:limit]
