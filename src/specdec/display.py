@@ -578,8 +578,7 @@ def print_verdict(report: Report) -> None:
     best = report.best.get(OVERALL)
     if best is None:
         return
-    baselines = {s.name for s in report.settings if s.is_baseline}
-    if best["setting"] in baselines:
+    if report.best_is_baseline(OVERALL):
         line = (f"verdict: nothing beats the baseline {best['setting']} beyond the noise "
                 f"(fastest {best['fastest']} {best['fastest_speedup']}; docs/studies.md)")
     else:

@@ -157,7 +157,7 @@ class LosslessResult:
         return "pass" if self.passed else "FAIL"
 
 
-def _common_prefix(a: Sequence[Any], b: Sequence[Any]) -> int:
+def common_prefix(a: Sequence[Any], b: Sequence[Any]) -> int:
     """How many leading items ``a`` and ``b`` share.
 
     A binary search over slice comparisons, which run at C speed: a long
@@ -179,12 +179,12 @@ def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
     """Where ``a`` and ``b`` first differ (or the shorter ends); None if they are equal."""
     if type(a) is type(b) and a == b:  # the usual case, decided at C speed
         return None
-    shared = _common_prefix(a, b)
+    shared = common_prefix(a, b)
     return None if shared == len(a) == len(b) else shared
 
 
 def _excerpt(text: str, other: str) -> str:
-    start = _common_prefix(text, other)
+    start = common_prefix(text, other)
     begin = max(0, start - CONTEXT_CHARS)
     return ("..." if begin else "") + text[begin : start + SHOWN_CHARS]
 

@@ -69,16 +69,11 @@ def _acceptance_by_position(report: Report, path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     longest = 0
     for setting in report.settings:
-        summary = setting.first.summary
-        spec = summary.engine_spec
-        if spec is None or not spec.acceptance_per_position:
-            spec = summary.overall.spec
-        if spec is None or not spec.acceptance_per_position:
+        values = setting.acceptance_per_position
+        if not values:
             continue
-        positions = range(1, len(spec.acceptance_per_position) + 1)
-        ax.plot(list(positions), list(spec.acceptance_per_position), marker="o",
-                label=setting.name)
-        longest = max(longest, len(spec.acceptance_per_position))
+        ax.plot(list(range(1, len(values) + 1)), list(values), marker="o", label=setting.name)
+        longest = max(longest, len(values))
     if not longest:
         plt.close(fig)
         return None

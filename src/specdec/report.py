@@ -162,6 +162,18 @@ class Setting:
         """A real baseline (strategy ``none``, not an A/A run)."""
         return self.strategy == BASELINE and not self.is_aa
 
+    @property
+    def acceptance_per_position(self) -> tuple[float, ...]:
+        """The first repeat's acceptance by draft position (empty without speculation).
+
+        From the engine's counters where they report it, else from the requests' own.
+        """
+        summary = self.first.summary
+        for spec in (summary.engine_spec, summary.overall.spec):
+            if spec is not None and spec.acceptance_per_position:
+                return tuple(spec.acceptance_per_position)
+        return ()
+
     def display_name(self) -> str:
         """How tables name the setting: A/A rows as what they compare."""
         return f"{AA_NAME}: {self.name}" if self.is_aa else self.name
@@ -209,6 +221,12 @@ class Report:
     files: tuple[Path, ...] = field(factory=tuple)
     warnings: tuple[str, ...] = ()
     """A/A intervals that exclude 1.0: the verdicts are not to be trusted."""
+
+    def best_is_baseline(self, category: str) -> bool:
+        """Whether the best setting of ``category`` is a baseline: nothing beat it."""
+        best = self.best.get(category)
+        return best is not None and any(
+            s.is_baseline and s.name == best["setting"] for s in self.settings)
 
     def shown(self) -> tuple[Setting, ...]:
         """The settings a speedup table shows: candidates and A/A rows, not baselines."""

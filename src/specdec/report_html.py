@@ -26,7 +26,7 @@ from attrs import frozen
 from specdec import run_folder
 from specdec.formatting import MISSING, number
 from specdec.intervals import CONFIDENCE, METHOD, RESAMPLES, SEED
-from specdec.lossless import LosslessResult, TurnComparison
+from specdec.lossless import LosslessResult, TurnComparison, common_prefix
 from specdec.provenance import now
 from specdec.report import OVERALL, Comparison, Report
 from specdec.report_text import interval_kinds, margin_source_text, with_interval
@@ -76,11 +76,7 @@ def split_divergence(text: str, other: str) -> tuple[str, str, str]:
     that word (the next whitespace), so a token's worth of text is marked rather
     than one character; at least one character is marked where there is any.
     """
-    shared = 0
-    for mine, theirs in zip(text, other, strict=False):
-        if mine != theirs:
-            break
-        shared += 1
+    shared = common_prefix(text, other)
     end = shared + 1
     while end < len(text) and not text[end].isspace():
         end += 1
@@ -133,13 +129,9 @@ def _acceptance_rows(report: Report) -> tuple[list[str], list[list[Cell]]]:
     rows: list[list[Cell]] = []
     longest = 0
     for setting in report.settings:
-        summary = setting.first.summary
-        spec = summary.engine_spec
-        if spec is None or not spec.acceptance_per_position:
-            spec = summary.overall.spec
-        if spec is None or not spec.acceptance_per_position:
+        values = setting.acceptance_per_position
+        if not values:
             continue
-        values = list(spec.acceptance_per_position)
         longest = max(longest, len(values))
         rows.append([Cell(setting.display_name()),
                      *(Cell(number(v), v) for v in values)])
@@ -217,7 +209,6 @@ def render_html(report: Report, plots: Sequence[Path]) -> str:
         autoescape=True, undefined=jinja2.StrictUndefined,
         trim_blocks=True, lstrip_blocks=True,
     )
-    baselines = {s.name for s in report.settings if s.is_baseline}
     best = report.best.get(OVERALL)
     return environment.get_template(TEMPLATE).render(
         generated=now(),
@@ -227,7 +218,7 @@ def render_html(report: Report, plots: Sequence[Path]) -> str:
                          f"prompts ({METHOD}, {RESAMPLES} resamples, seed {SEED})"),
         verdict=_verdict_rows(report, overall),
         best=best,
-        best_is_baseline=best is not None and best["setting"] in baselines,
+        best_is_baseline=report.best_is_baseline(OVERALL),
         shown=[s.display_name() for s in report.shown()],
         categories=_category_rows(report, index),
         positions=positions,
