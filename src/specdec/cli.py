@@ -453,7 +453,8 @@ def _execute_batch(items: Sequence[BatchItem], output_base: Path, name: str,
         report = build_report([output_base])
         write_report(report, output_base / "report")
         print_report(report)
-        sys.stdout.write(f"report: {output_base / 'report' / 'report.md'}\n")
+        sys.stdout.write(f"report: {output_base / 'report' / 'report.md'} "
+                         f"and {output_base / 'report' / 'report.html'}\n")
     return EXIT_FAILED if failed else 0
 
 
@@ -536,11 +537,11 @@ def score(batch_dir: Annotated[Path, Parameter(name="BATCH_DIR")], /, *,
 def report(runs: Annotated[list[Path], Parameter(name="RUN_DIR")], /, *,
            output: Annotated[Path | None, Parameter(metavar="DIR")] = None,
            near_tie: NearTieFlag = None) -> int:
-    """Compare runs with their baseline: tables, report.md, PNG plots.
+    """Compare runs with their baseline: tables, report.md, report.html, PNG plots.
 
     Read batch folders and run folders; print speedup (Spec-Bench and
     throughput), acceptance, the best setting per category and the lossless
-    check; write report.md, report.json and PNG plots. Exit 1 if the lossless
+    check; write report.md, report.json, report.html and PNG plots. Exit 1 if the lossless
     check finds a real mismatch.
 
     Args:
