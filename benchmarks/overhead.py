@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import statistics
 import subprocess
@@ -39,9 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from scipy import stats
-from workload import sample_prompts
+from workload import ratio_interval, sample_prompts, throughput
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -107,11 +104,6 @@ def _bare(prompts: list[dict[str, str]], args: argparse.Namespace,
     return float(result["tokens_per_s"])
 
 
-def _throughput(folder: Path) -> float:
-    header = json.loads((folder / "metrics.json").read_text())
-    return float(header["summary"]["throughput_tokens_per_s"])
-
-
 def _resolved(work: Path, bench: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Model path and speculative_config per strategy, as specdec resolves them (no engine)."""
     from specdec.config import config_from_mapping  # noqa: PLC0415 - the driver may use specdec
@@ -124,16 +116,6 @@ def _resolved(work: Path, bench: Path, args: argparse.Namespace) -> dict[str, An
         prepared = prepare_run(config_from_mapping(json.loads(config.read_text())))
         out[strategy] = (str(prepared.model_path), prepared.speculative_config)
     return out
-
-
-def _interval(ratios: list[float]) -> tuple[float, float]:
-    logs = np.log(np.asarray(ratios))
-    if np.ptp(logs) == 0:  # all rounds alike: the bootstrap has nothing to resample
-        return ratios[0], ratios[0]
-    result = stats.bootstrap((logs,), np.mean, confidence_level=0.95, n_resamples=9999,
-                             method="percentile", random_state=np.random.default_rng(0))
-    low, high = result.confidence_interval
-    return math.exp(low), math.exp(high)
 
 
 def _arm(arm: str, strategy: str, *, round_: int, work: Path, prompts: list[dict[str, str]],
@@ -149,7 +131,7 @@ def _arm(arm: str, strategy: str, *, round_: int, work: Path, prompts: list[dict
         command = [str(BIN / "specdec"), "batch", "--configs", config, "--output-base", str(out)]
         out = out / strategy
     subprocess.run(command, check=True, capture_output=True, cwd=ROOT)  # noqa: S603
-    return _throughput(out)
+    return throughput(out)
 
 
 def main() -> int:
@@ -193,7 +175,7 @@ def main() -> int:
         for arm in ("run", "batch"):
             other = rates[(strategy, arm)]
             ratios = [a / b for a, b in zip(bare, other, strict=True)]
-            low, high = _interval(ratios)
+            low, high = ratio_interval(ratios)
             print(f"  {arm:5s} " + " ".join(f"{r:.1f}" for r in other)
                   + f"  bare/{arm}: median {statistics.median(ratios):.3f}, "
                   f"95% interval of the mean [{low:.3f}, {high:.3f}]")
