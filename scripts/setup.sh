@@ -38,3 +38,5 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     fi
     echo "$want" > "$stamp"
 fi
+# Outside the stamp: it checks `command -v chromium` first, so it is instant once installed.
+"$root/scripts/install-chromium.sh"

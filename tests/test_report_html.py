@@ -52,18 +52,27 @@ def _parse(html: str) -> _Page:
     return page
 
 
-def make_batch(tmp_path: Path) -> Path:
-    """A finished batch of a baseline and a faster ngram setting (stand-in engine)."""
+SETTINGS: tuple[tuple[str, list[str]], ...] = (
+    ("none", ["strategy.name=none"]),
+    ("ngram", ["strategy.name=ngram", "strategy.num_speculative_tokens=3"]),
+)
+"""The batch's settings: each item's name and the ``--set`` overrides that make it."""
+
+
+def make_batch(tmp_path: Path, settings: tuple[tuple[str, list[str]], ...] = SETTINGS,
+               speed_by_tokens: dict[int, float] | None = None) -> Path:
+    """A finished batch of ``settings`` (by default a baseline and a faster ngram setting)
+    run by the stand-in engine, each faster by ``speed_by_tokens`` of its speculative
+    tokens (by default 1.5x at 3)."""
     bench = tmp_path / "questions.jsonl"
     bench.write_bytes(b"".join(
         orjson.dumps({"question_id": f"{c}-{n}", "category": c, "turns": [f"Q{n} on {c}?"]})
         + b"\n" for c in CATEGORIES for n in (1, 2, 3)))
     base = tmp_path / "batch"
     StandInEngine.reset()
-    StandInEngine.speed_by_tokens = {3: 1.5}
+    StandInEngine.speed_by_tokens = {3: 1.5} if speed_by_tokens is None else speed_by_tokens
     items = []
-    for name, extra in (("none", ["strategy.name=none"]),
-                        ("ngram", ["strategy.name=ngram", "strategy.num_speculative_tokens=3"])):
+    for name, extra in settings:
         config = load_config(None, [f"benchmark.path={bench}", "sinks=[json]", *extra])
         run_experiment(config, base / name, engine_factory=StandInEngine)
         items.append(ItemStatus(name, name, extra[0].split("=")[1], "smollm2-135m", 0, {},
@@ -73,14 +82,15 @@ def make_batch(tmp_path: Path) -> Path:
     return base
 
 
-def _with_divergence(report: Report) -> Report:
-    """The report with ngram's check holding one near-tie divergence whose text is markup."""
+def with_divergence(report: Report, setting: str = "ngram") -> Report:
+    """The report with ``setting``'s check holding one near-tie divergence whose text is
+    markup."""
     diverged = TurnComparison(
         "math-1", 0, "near_tie", 4, 0.125,
         "The answer is <b>42</b> today", "The answer is 41 today", "scoring pass")
     result = LosslessResult(0.5, 9, 8, 1, 0, 0, 0, 0, (diverged,),
                             scoring_engine={"dtype": "bfloat16", "enforce_eager": True})
-    return attrs.evolve(report, lossless={"ngram": result})
+    return attrs.evolve(report, lossless={setting: result})
 
 
 def test_split_divergence_marks_the_diverging_word() -> None:
@@ -143,7 +153,7 @@ def test_report_html_is_self_contained_with_every_section(tmp_path: Path) -> Non
 def test_report_html_escapes_outputs_and_marks_both_sides(tmp_path: Path) -> None:
     """An output holding markup is shown as text; both continuations are side by side with
     the diverging word marked."""
-    report = _with_divergence(build_report([make_batch(tmp_path)]))
+    report = with_divergence(build_report([make_batch(tmp_path)]))
     html = render_html(report, [])
     assert "<b>42</b>" not in html
     assert "&lt;b&gt;" in html
