@@ -9,13 +9,16 @@ import pytest
 
 from specdec.metrics import (
     add_stats,
+    decode_tokens_per_step,
     distribution,
     group_metrics,
     request_spec,
     request_tokens_per_s,
     spec_metrics,
     speedup,
+    stats_from_histogram,
     summarise,
+    turn_step_time,
     turn_tpot,
 )
 from specdec.records import (
@@ -248,6 +251,18 @@ def test_turn_tpot() -> None:
     assert turn_tpot(turn(2, 0.25, 0.5)) == 0.5
     assert turn_tpot(turn(1, 0.25, 0.0)) is None
     assert turn_tpot(turn(0, 0.25, 0.0)) is None
+
+
+def test_step_time_and_tokens_per_step() -> None:
+    """A step yields 1 + accepted tokens: 12 tokens, drafts accepting 3, 0 and 2 -> 6 steps."""
+    drafted = turn(12, 0.1, 0.6, spec=stats_from_histogram([1, 0, 1, 1], 9, [3, 0, 2]))
+    plain = turn(5, 0.1, 0.4)
+    assert turn_step_time(drafted) == pytest.approx(0.1)
+    assert turn_step_time(plain) == pytest.approx(0.1)
+    assert turn_step_time(turn(1, 0.1, 0.0)) is None
+    assert decode_tokens_per_step([drafted, plain, turn(1, 0.1, 0.0)]) == pytest.approx(15 / 10)
+    assert decode_tokens_per_step([plain]) == 1
+    assert decode_tokens_per_step([turn(0, 0.1, 0.0)]) is None
 
 
 def test_request_tokens_per_s_sums_turns() -> None:

@@ -43,6 +43,10 @@ class EngineError(SpecdecError):
     """The inference engine is missing or failed in a way the user can act on."""
 
 
+class CalibrationError(SpecdecError):
+    """Runs cannot calibrate a cost model, or a calibration cannot predict what is asked."""
+
+
 class UsageError(SpecdecError):
     """A command line asks for something contradictory or incomplete (exit 2)."""
 

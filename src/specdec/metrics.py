@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "add_stats",
+    "decode_steps",
+    "decode_tokens_per_step",
     "distribution",
     "group_metrics",
     "request_spec",
@@ -40,6 +42,8 @@ __all__ = [
     "spec_metrics",
     "speedup",
     "summarise",
+    "turn_decode_steps",
+    "turn_step_time",
     "turn_tpot",
 ]
 
@@ -174,6 +178,62 @@ def turn_tpot(turn: TurnRecord) -> float | None:
     if turn.output_tokens <= 1:
         return None
     return turn.decode_s / (turn.output_tokens - 1)
+
+
+def decode_steps(output_tokens: int, spec: SpecStats | None) -> int:
+    """Decode steps of one turn: the target's forward passes after the prefill.
+
+    The prefill yields the first token; each decode step then yields 1 token
+    plus the draft tokens it accepted, whether or not it carried a draft (a step
+    without one yields exactly 1).  So steps = output_tokens - 1 - accepted.
+    vLLM counts a step's accepted tokens before ``max_tokens`` or a stop cuts the
+    output, so the last step can claim more tokens than were kept; the steps are
+    then at least the drafts counted:
+
+        steps = max(output_tokens - 1 - num_accepted_tokens, num_drafts)
+
+    which is the number of :func:`spec_bench_accept_lengths` entries after the
+    prefill's.  Without counts (speculation off) steps = output_tokens - 1.  0
+    when the turn generated at most one token.
+    """
+    if output_tokens <= 1:
+        return 0
+    if spec is None:
+        return output_tokens - 1
+    return max(output_tokens - 1 - spec.num_accepted_tokens, spec.num_drafts)
+
+
+def turn_decode_steps(turn: TurnRecord) -> int:
+    """:func:`decode_steps` of a turn's output tokens and counts."""
+    return decode_steps(turn.output_tokens, turn.spec)
+
+
+def turn_step_time(turn: TurnRecord) -> float | None:
+    """Mean seconds per decode step of one turn: decode_s / :func:`turn_decode_steps`.
+
+    ``decode_s`` runs from the first token to the last, which is exactly the
+    decode steps' time.  None when the turn has no decode step.
+    """
+    steps = turn_decode_steps(turn)
+    return turn.decode_s / steps if steps else None
+
+
+def decode_tokens_per_step(turns: Iterable[TurnRecord]) -> float | None:
+    """Tokens each decode step yields, over ``turns``.
+
+        tokens per step = sum(output_tokens - 1) / sum(decode steps)
+
+    over the turns that have a decode step (:func:`turn_decode_steps`); the
+    prefill's first token is left out on both sides.  1 without speculation.
+    None when no turn has a decode step.
+    """
+    tokens = steps = 0
+    for turn in turns:
+        turn_steps = turn_decode_steps(turn)
+        if turn_steps:
+            tokens += turn.output_tokens - 1
+            steps += turn_steps
+    return tokens / steps if steps else None
 
 
 def _rate(tokens: int, seconds: float) -> float:
