@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -329,12 +330,22 @@ def test_a_custom_class_proposer_runs_as_vllm_calls_it() -> None:
         CustomClassProposer({"model": "no_such_module.Proposer"}, 50)
 
 
-def test_the_suffix_lookup_plugins_proposer_replays(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def suffix_lookup_source() -> Iterator[None]:
+    """The suffix_lookup plugin importable from its source folder for one test, then gone."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(SUFFIX_LOOKUP_SRC))
+        yield
+    for name in [m for m in sys.modules if m.split(".")[0] == "specdec_suffix_lookup"]:
+        del sys.modules[name]
+
+
+@pytest.mark.usefixtures("suffix_lookup_source")
+def test_the_suffix_lookup_plugins_proposer_replays() -> None:
     """The plugin's class, named in the speculative_config its strategy makes, replays
     offline without the core importing it: 1 2 3 4 5 1 2 | 3 4 9, min_match 2, k=3.
     n=8: 1 2 3 occurred at 0-2 (the longest, most recent), draft 4 5 1; true 4 9: 1 accepted,
     n=10, the end."""
-    monkeypatch.syspath_prepend(str(SUFFIX_LOOKUP_SRC))
     from specdec_suffix_lookup.strategy import SuffixLookupOptions, SuffixLookupStrategy
 
     spec = SuffixLookupStrategy().speculative_config(
@@ -475,11 +486,10 @@ def test_a_sampled_run_is_refused(tmp_path: Path) -> None:
         replay_run(folder, [StrategyConfig("ngram")], tokenizer=CharTokenizer())
 
 
-def test_a_plugin_strategy_replays_by_name(tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("suffix_lookup_source")
+def test_a_plugin_strategy_replays_by_name(tmp_path: Path) -> None:
     """suffix_lookup, registered as its package's entry point would register it, replays
     through the speculative_config it makes (custom_class and its class path)."""
-    monkeypatch.syspath_prepend(str(SUFFIX_LOOKUP_SRC))
     from specdec_suffix_lookup.proposer import draft_tokens
     from specdec_suffix_lookup.strategy import SuffixLookupStrategy
 
