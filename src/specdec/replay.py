@@ -414,6 +414,8 @@ class _Turn:
 
 @frozen
 class _Request:
+    """One request of the run: its record, the turns that can be replayed, why not the rest."""
+
     record: RequestRecord
     turns: tuple[_Turn, ...]
     error: str | None
@@ -552,8 +554,8 @@ def replay_run(folder: Path, settings: Sequence[StrategyConfig], *,
         raise ReplayError(msg)
     limit = _context_length(config, max_model_len, folder)
     resolved = [_resolve(setting, config, limit) for setting in settings]
-    words = tokenizer if tokenizer is not None else load_tokenizer(config)
-    requests = _requests(folder, config, words, budget, limit)
+    encoder = tokenizer if tokenizer is not None else load_tokenizer(config)
+    requests = _requests(folder, config, encoder, budget, limit)
     runs = []
     for strategy, spec, proposer, k in resolved:
         replays: list[RequestReplay] = []
@@ -562,6 +564,6 @@ def replay_run(folder: Path, settings: Sequence[StrategyConfig], *,
             turns = tuple(replay_turn(t.prompt_ids, t.output_ids, proposer, k, limit,
                                       output_tokens=t.output_tokens) for t in request.turns)
             replays.append(RequestReplay(request.record.id, turns, request.error))
-            records.append(_record(request, turns, budget, words))
+            records.append(_record(request, turns, budget, encoder))
         runs.append(ReplayedRun(strategy, spec, budget, limit, tuple(replays), tuple(records)))
     return tuple(runs)
