@@ -11,7 +11,7 @@ request at a time, a small token budget):
 
 in between the baselines in an order shuffled with a seeded RNG.  Then
 :func:`specdec.costmodel.calibrate_folders` fits every candidate form of
-``docs/prediction-costmodel.md`` and tests it by predicting each run from a fit
+``docs/prediction.md`` and tests it by predicting each run from a fit
 over the others; this prints each form's held-out error (root mean square of
 the runs' residuals, measured / predicted - 1, of their decode time), its
 coefficients or why it could not be tested, the chosen form and each run's

@@ -23,6 +23,7 @@ from specdec.errors import (
     ModelError,
     OutputExistsError,
     PluginError,
+    ReplayError,
     SpecdecError,
     StrategyError,
     UnknownPluginError,
@@ -58,6 +59,15 @@ from specdec.records import (
     TurnRecord,
 )
 from specdec.registry import PLUGIN_API_VERSION
+from specdec.replay import (
+    Proposer,
+    ReplayedRun,
+    RequestReplay,
+    TurnReplay,
+    draft_lengths,
+    replay_run,
+    replay_turn,
+)
 from specdec.run_folder import (
     Outcome,
     StoredRun,
@@ -91,7 +101,11 @@ __all__ = [
     "Outcome",
     "OutputExistsError",
     "PluginError",
+    "Proposer",
+    "ReplayError",
+    "ReplayedRun",
     "RequestRecord",
+    "RequestReplay",
     "RunInfo",
     "RunResult",
     "RunSummary",
@@ -107,13 +121,17 @@ __all__ = [
     "TargetInfo",
     "TokenScore",
     "TurnRecord",
+    "TurnReplay",
     "UnknownPluginError",
+    "draft_lengths",
     "load_config",
     "load_runs",
     "prepare_run",
     "read_records",
     "read_run",
     "read_summary",
+    "replay_run",
+    "replay_turn",
     "run_experiment",
     "to_dataframe",
 ]

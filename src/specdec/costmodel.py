@@ -10,7 +10,7 @@ predicted from a fit without it); the simplest one whose error is near the
 smallest is chosen and recorded, with every form's error.  A candidate's
 replayed counts then give its predicted decode time, and :mod:`specdec.metrics`
 its token rates and speedup, as for a measured run.  The formulas are in
-``docs/prediction-costmodel.md``.
+``docs/prediction.md``.
 
 Batch sizes are calibrated separately (one :class:`BatchFit` each) and never
 interpolated.  Nothing here runs an engine.
@@ -100,7 +100,7 @@ among the coefficients the runs cannot tell apart."""
 
 @frozen
 class Form:
-    """One candidate form of the step time (see ``docs/prediction-costmodel.md``).
+    """One candidate form of the step time (see ``docs/prediction.md``).
 
     Every form has the target's time per step ``t0``; the flags add a fixed
     per-step cost of each drafter (``o[s]``), a cost per draft token checked

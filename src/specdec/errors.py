@@ -51,6 +51,10 @@ class UsageError(SpecdecError):
     """A command line asks for something contradictory or incomplete (exit 2)."""
 
 
+class ReplayError(SpecdecError):
+    """A finished run cannot be replayed with the asked strategy or settings."""
+
+
 class OutputExistsError(SpecdecError):
     """An output folder already holds a finished run."""
 

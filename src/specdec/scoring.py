@@ -193,23 +193,13 @@ def plan(batch: Path, items: Iterable[IndexedItem]) -> list[Job]:
 
 def _requests(engine: Any, job: Job, config: ExperimentConfig) -> list[ScoreRequest]:
     """The baseline's own prompt and output up to each divergence, to prefill."""
-    from specdec.benchmarks.loader import load_benchmark  # noqa: PLC0415
+    from specdec.benchmarks.loader import conversation_of, run_conversations  # noqa: PLC0415
 
-    bench = config.benchmark
-    if bench.path is None:
-        msg = f"{job.folder}: the run's config names no benchmark path"
-        raise SpecdecError(msg)
-    conversations = {c.id: c for c in load_benchmark(
-        Path(bench.path), bench.format, limit=bench.limit, categories=bench.categories,
-        per_category=bench.per_category)}
+    conversations = run_conversations(config.benchmark, job.folder)
     records = {r.id: r for r in run_folder.read_outputs(job.folder).requests}
     requests: list[ScoreRequest] = []
     for want in job.wanted:
-        conversation = conversations.get(want.id)
-        if conversation is None:
-            msg = (f"request {want.id!r} of {job.folder} is not in its benchmark "
-                   f"{bench.path} any more: was the file changed since the run?")
-            raise SpecdecError(msg)
+        conversation = conversation_of(conversations, want.id, job.folder, config.benchmark)
         turns = records[want.id].turns
         answers = [t.output for t in turns[:want.turn]]
         prompt = tuple(engine.prompt_token_ids(conversation, answers))

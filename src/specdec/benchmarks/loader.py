@@ -13,7 +13,7 @@ from specdec.registry import Registry, benchmarks
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from specdec.records import Conversation
+    from specdec.records import BenchmarkConfig, Conversation
 
 SAMPLE_BENCHMARK = "sample_benchmark.jsonl"
 _FORMAT_HINT = "choose one with --benchmark-format (benchmark.format in a config file)"
@@ -127,3 +127,36 @@ def load_benchmark(
                 kept.append(conversation)
         conversations = kept
     return conversations[:limit]
+
+
+def run_conversations(bench: BenchmarkConfig, folder: Path) -> dict[str, Conversation]:
+    """The conversations the run in ``folder`` answered, by id, selected as the run selected them.
+
+    ``bench`` is the run's resolved benchmark section (``run_folder.read_config``):
+    its ``path`` is the file the run read.  Passes that rebuild a run's prompts
+    (scoring, replay) read the conversations here.
+
+    Raises:
+        BenchmarkError: the config names no benchmark file, or it cannot be read.
+    """
+    if bench.path is None:
+        msg = f"{folder}: the run's config names no benchmark path"
+        raise BenchmarkError(msg)
+    return {c.id: c for c in load_benchmark(
+        Path(bench.path), bench.format, limit=bench.limit, categories=bench.categories,
+        per_category=bench.per_category)}
+
+
+def conversation_of(conversations: dict[str, Conversation], request_id: str, folder: Path,
+                    bench: BenchmarkConfig) -> Conversation:
+    """The conversation request ``request_id`` of the run in ``folder`` answered.
+
+    Raises:
+        BenchmarkError: the benchmark file no longer holds it.
+    """
+    conversation = conversations.get(request_id)
+    if conversation is None:
+        msg = (f"request {request_id!r} of {folder} is not in its benchmark "
+               f"{bench.path} any more: was the file changed since the run?")
+        raise BenchmarkError(msg)
+    return conversation

@@ -10,7 +10,7 @@ vLLM's prompt log-probabilities, one as objects and one as JSON.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from specdec.errors import EngineError
 from specdec.interfaces import SCORE_TOP, TokenScore
@@ -75,6 +75,44 @@ def raw_prompt(conv: Conversation, answers: Sequence[str]) -> str:
         )
         raise RawPromptError(msg)
     return conv.turns[0]
+
+
+class PromptTokenizer(Protocol):
+    """What building a prompt's token ids needs of a tokenizer (Hugging Face's, or vLLM's)."""
+
+    def apply_chat_template(self, conversation: list[dict[str, str]], *, tokenize: bool,
+                            add_generation_prompt: bool) -> Any:
+        """The chat template's token ids (a list, or a mapping holding ``input_ids``)."""
+
+    def encode(self, text: str, *, add_special_tokens: bool) -> Sequence[int]:
+        """The token ids of ``text``."""
+
+
+def chat_token_ids(tokenizer: PromptTokenizer, conv: Conversation,
+                   answers: Sequence[str]) -> list[int]:
+    """The next turn's prompt through the chat template, with the generation prompt added."""
+    ids = tokenizer.apply_chat_template(chat_messages(conv, answers), tokenize=True,
+                                        add_generation_prompt=True)
+    if isinstance(ids, Mapping):
+        ids = ids["input_ids"]
+    return [int(t) for t in ids]
+
+
+def text_token_ids(tokenizer: PromptTokenizer, text: str) -> list[int]:
+    """A text prompt's token ids as vLLM's renderer encodes text: with special tokens."""
+    return [int(t) for t in tokenizer.encode(text, add_special_tokens=True)]
+
+
+def prompt_token_ids(tokenizer: PromptTokenizer, conv: Conversation, answers: Sequence[str],
+                     *, chat_template: bool) -> tuple[int, ...]:
+    """The token ids the engine gets for the turn after ``answers`` (see :func:`chat_messages`).
+
+    Through the chat template, or (``chat_template`` off) the raw prompt encoded
+    as text; the offline engine builds its requests with the same two functions.
+    """
+    if chat_template:
+        return tuple(chat_token_ids(tokenizer, conv, answers))
+    return tuple(text_token_ids(tokenizer, raw_prompt(conv, answers)))
 
 
 def token_score(position: int, token_id: int,

@@ -46,9 +46,10 @@ from specdec.engines.device import installed_vllm, memory_utilization
 from specdec.engines.requests import (
     WARMUP_MAX_TOKENS,
     RawPromptError,
-    chat_messages,
+    chat_token_ids,
     raw_prompt,
     sampling_settings,
+    text_token_ids,
     token_score,
     warmup_conversation,
 )
@@ -254,12 +255,7 @@ class VllmOfflineEngine:
     def _prompt(self, conv: Conversation, answers: Sequence[str]) -> dict[str, Any]:
         if not self.config.chat_template:
             return {"prompt": raw_prompt(conv, answers)}
-        ids = self._tokenizer.apply_chat_template(
-            chat_messages(conv, answers), tokenize=True, add_generation_prompt=True
-        )
-        if isinstance(ids, Mapping):
-            ids = ids["input_ids"]
-        return {"prompt_token_ids": list(ids)}
+        return {"prompt_token_ids": chat_token_ids(self._tokenizer, conv, answers)}
 
     def prompt_token_ids(self, conversation: Conversation,
                          answers: Sequence[str]) -> tuple[int, ...]:
@@ -284,8 +280,7 @@ class VllmOfflineEngine:
         if "prompt_token_ids" in prompt:
             ids: Sequence[int] = prompt["prompt_token_ids"]
             return ids
-        encoded: Sequence[int] = self._tokenizer.encode(prompt["prompt"], add_special_tokens=True)
-        return encoded
+        return text_token_ids(self._tokenizer, prompt["prompt"])
 
     def _check(self, conv: Conversation, answers: Sequence[str]) -> _Send | str:
         """The turn after ``answers`` ready to send with its budget, or why it cannot be."""
