@@ -124,6 +124,7 @@ def test_summary_on_a_wide_terminal_looks_as_before(tmp_path: Path,
 def test_models_list_at_80_columns_keeps_paths_whole(monkeypatch: pytest.MonkeyPatch) -> None:
     """`specdec models list` piped: each model's name and path whole, each on one line."""
     monkeypatch.setenv("SPECDEC_HOME", HOME)
+    monkeypatch.setattr(models, "HEADS", Path(HOME) / "no-heads-shipped")
     text = _render(monkeypatch, 80, display.print_models)
     paths = [str(model.path) for model in models.BUNDLED.values()]
     assert f"{HOME}/models/smollm2-135m-eagle3" in paths
@@ -133,6 +134,20 @@ def test_models_list_at_80_columns_keeps_paths_whole(monkeypatch: pytest.MonkeyP
         assert model.description in " ".join(text.split())
     wide = _render(monkeypatch, 250, display.print_models)
     assert re.search(r"┃ name +┃ prepared ┃ path +┃ description +┃", wide)
+
+
+def test_models_list_says_a_head_is_shipped(monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path) -> None:
+    """A head the package ships is listed as shipped, at its package folder."""
+    monkeypatch.setenv("SPECDEC_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "heads" / models.EAGLE_ALIAS
+    folder.mkdir(parents=True)
+    (folder / models.CHECKSUMS).write_text("")
+    monkeypatch.setattr(models, "HEADS", tmp_path / "heads")
+    text = _render(monkeypatch, 250, display.print_models)
+    row = next(line for line in text.splitlines() if f" {models.EAGLE_ALIAS} " in line)
+    assert "shipped" in row
+    assert str(folder) in row
 
 
 class _Registry:

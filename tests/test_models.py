@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 
 from specdec import models
 from specdec.errors import ModelError
+from specdec.files import sha256_file
 
 
 @pytest.fixture(scope="session")
@@ -194,3 +195,69 @@ def test_what_is_a_path_and_what_is_a_hub_id(tmp_path: Path,
             models.resolve_model(spec)
     with pytest.raises(ModelError, match="models/ is a local folder, so this is a path"):
         models.resolve_model("models/smollm2")
+
+
+@pytest.fixture
+def heads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty SPECDEC_HOME and a package heads folder with one shipped EAGLE head."""
+    monkeypatch.setenv("SPECDEC_HOME", str(tmp_path / "home"))
+    shipped = tmp_path / "heads"
+    folder = shipped / models.EAGLE_ALIAS
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"num_hidden_layers": 1}')
+    (folder / "model.safetensors").write_bytes(b"weights")
+    sums = "".join(f"{sha256_file(folder / name)}  {name}\n"
+                   for name in ("config.json", "model.safetensors"))
+    (folder / models.CHECKSUMS).write_text(sums)
+    monkeypatch.setattr(models, "HEADS", shipped)
+    return folder
+
+
+def test_a_shipped_head_needs_no_training(heads: Path) -> None:
+    """--strategy eagle on a fresh machine gets the head the package ships, checked."""
+    assert models.prepare(models.EAGLE_ALIAS) == heads
+    assert models.resolve_model(models.EAGLE_ALIAS) == heads
+    # The EAGLE-3 head is not in this package folder: the alias still says how to train it.
+    with pytest.raises(ModelError, match=r"not trained yet: run `specdec train eagle --head"):
+        models.prepare(models.EAGLE3_ALIAS)
+
+
+def test_a_head_trained_here_wins(heads: Path, tmp_path: Path) -> None:
+    """A head that training wrote under SPECDEC_HOME (marker last) is used instead."""
+    trained = tmp_path / "home" / "models" / models.EAGLE_ALIAS
+    trained.mkdir(parents=True)
+    (trained / models.MARKER).write_text('{"layers": 1}')
+    assert models.prepare(models.EAGLE_ALIAS) == trained
+    # Half-written (no marker): not trusted, the shipped head is used.
+    (trained / models.MARKER).unlink()
+    assert models.prepare(models.EAGLE_ALIAS) == heads
+
+
+def test_a_damaged_shipped_head_is_refused(heads: Path) -> None:
+    """A file that does not match SHA256SUMS, or is missing, is an error naming it."""
+    (heads / "model.safetensors").write_bytes(b"other weights")
+    with pytest.raises(ModelError, match=r"SHA256SUMS:2: .*'model.safetensors' is missing or "
+                                         r"damaged .*reinstall specdec"):
+        models.prepare(models.EAGLE_ALIAS)
+    (heads / "model.safetensors").unlink()
+    with pytest.raises(ModelError, match="missing or damaged"):
+        models.prepare(models.EAGLE_ALIAS)
+    (heads / models.CHECKSUMS).write_text("\n")
+    with pytest.raises(ModelError, match="lists no file"):
+        models.prepare(models.EAGLE_ALIAS)
+
+
+def test_force_does_not_rebuild_a_head(heads: Path) -> None:
+    """Only training rebuilds a head; `models prepare --force` says which command does."""
+    with pytest.raises(ModelError, match=r"`specdec train eagle --overwrite`"):
+        models.prepare(models.EAGLE_ALIAS, force=True)
+
+
+def test_the_package_ships_both_heads() -> None:
+    """The wheel's heads are present and intact, with their model card."""
+    for alias in (models.EAGLE_ALIAS, models.EAGLE3_ALIAS):
+        folder = models.shipped_head(models.bundled(alias))
+        listed = {line.split("  ")[1] for line in (folder / models.CHECKSUMS).read_text()
+                  .splitlines() if line}
+        assert {"config.json", "model.safetensors", "README.md", "training.json"} <= listed
+        assert "Shipped with specdec" in (folder / "README.md").read_text()

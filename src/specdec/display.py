@@ -482,8 +482,17 @@ def print_models() -> None:
     from specdec.models import BUNDLED  # noqa: PLC0415
 
     columns = [Column("name"), Column("prepared"), Column("path"), Column("description")]
-    rows = [(model.name, "yes" if model.prepared else "no", str(model.path), model.description)
-            for model in BUNDLED.values()]
+    rows: list[Row] = []
+    for model in BUNDLED.values():
+        # A head trained here wins over the one the package ships (models.prepare).
+        shipped = model.shipped_path
+        if model.prepared:
+            state, path = ("trained here" if model.shipped else "yes"), model.path
+        elif shipped is not None:
+            state, path = "shipped", shipped
+        else:
+            state, path = "no", model.path
+        rows.append((model.name, state, str(path), model.description))
     # Split in tables, a model's path would sit apart from its name: one record each reads better.
     print_table("bundled models", columns, rows, fallback="records")
 

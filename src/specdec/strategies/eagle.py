@@ -22,7 +22,8 @@ log = structlog.get_logger("specdec.strategies.eagle")
 class EagleOptions:
     """Options of EAGLE speculation: the head's folder and how many tokens it drafts.
 
-    ``model`` defaults to the bundled model's trained head (``specdec train eagle``).
+    ``model`` defaults to the bundled model's EAGLE-1 head: the one specdec ships, or
+    one trained here by ``specdec train eagle``, which wins.
     """
 
     model: str = EAGLE_ALIAS
@@ -33,8 +34,8 @@ class EagleOptions:
 class Eagle3Options:
     """Options of EAGLE-3 speculation: the head's folder and how many tokens it drafts.
 
-    ``model`` defaults to the bundled model's trained EAGLE-3 head
-    (``specdec train eagle --head eagle3``).
+    ``model`` defaults to the bundled model's EAGLE-3 head: the one specdec ships, or
+    one trained here by ``specdec train eagle --head eagle3``, which wins.
     """
 
     model: str = EAGLE3_ALIAS

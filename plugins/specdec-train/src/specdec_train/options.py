@@ -150,16 +150,18 @@ class TrainOptions:
     target: Annotated[str, Parameter(name="--model"), _DATA] = field(
         default=BASE_ALIAS, metadata=_steps("generate"))
     """target model folder or bundled alias"""
-    prompts: Annotated[tuple[Path, ...], Parameter(metavar="FILE"), _DATA] = field(
+    prompts: Annotated[tuple[Path, ...], Parameter(metavar="FILE|NAME"), _DATA] = field(
         default=(), metadata=_steps("generate"))
-    """prompt file (JSONL) to train on, besides the sample benchmark (repeatable)"""
+    """benchmark to train on, besides the sample benchmark: a file (prompts, questions or
+    chat JSONL) or a named benchmark such as spec-bench (`specdec benchmarks list`);
+    repeatable"""
     include_sample: Annotated[bool, Parameter(negative="--no-sample"), _DATA] = field(
         default=True, metadata=_steps("generate"))
     """train on the bundled sample benchmark too (--no-sample: do not)"""
-    eval_prompts: Annotated[Path | None, Parameter(metavar="FILE"), _DATA] = field(
+    eval_prompts: Annotated[Path | None, Parameter(metavar="FILE|NAME"), _DATA] = field(
         default=None, metadata=_steps("generate"))
-    """held-out prompts for the evaluation (removed from training); default: a --holdout
-    share of the prompts"""
+    """held-out benchmark for the evaluation (a file or a named benchmark; removed from
+    training); default: a --holdout share of the prompts"""
     holdout_fraction: Annotated[float, Parameter(name="--holdout", metavar="FRACTION"), _DATA] = (
         field(default=0.1, validator=_fraction, metadata=_steps("generate")))
     """share of conversations held out when --eval-prompts is not given"""
