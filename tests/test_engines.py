@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError
@@ -11,14 +13,18 @@ from typing import Any, ClassVar
 import orjson
 import pytest
 
+import specdec
 from specdec import registry
 from specdec.config import load_config
 from specdec.engines import device, engine_for
 from specdec.engines.launch import server_command
 from specdec.engines.openai_server import OpenAIServerEngine
 from specdec.engines.requests import (
+    SEED_BITS,
     chat_messages,
+    derive_seed,
     raw_prompt,
+    request_seed,
     sampling_settings,
     token_score,
 )
@@ -223,15 +229,61 @@ def test_launched_server_memory_follows_the_device(
 
 
 def test_sampling_settings_are_shared() -> None:
-    """GenerationConfig becomes one dict by vLLM's names, optional settings only when set."""
+    """GenerationConfig becomes one dict by vLLM's names, optional settings only when set.
+
+    The seed sent is the request's own, never ``generation.seed`` itself (the run's seed).
+    """
     gen = GenerationConfig(max_tokens=7, temperature=0.5, top_k=3, seed=1, stop=("\n",),
                            logprobs=2)
-    assert sampling_settings(gen) == {"max_tokens": 7, "temperature": 0.5, "top_p": 1.0,
-                                      "ignore_eos": False, "top_k": 3, "seed": 1,
-                                      "stop": ["\n"]}
+    assert sampling_settings(gen, None, 99) == {"max_tokens": 7, "temperature": 0.5,
+                                                "top_p": 1.0, "ignore_eos": False, "top_k": 3,
+                                                "seed": 99, "stop": ["\n"]}
+    assert "seed" not in sampling_settings(gen)
     assert sampling_settings(GenerationConfig(), 8) == {
         "max_tokens": 8, "temperature": 0.0, "top_p": 1.0, "ignore_eos": False,
     }
+
+
+def test_derived_seeds_are_the_same_in_every_process() -> None:
+    """derive_seed is sha256-based: the same value under any PYTHONHASHSEED, pinned here.
+
+    The pinned value keeps a rerun of an old study drawing the same samples: a
+    change of the formula must be deliberate.
+    """
+    pinned = 1923655182190317680
+    assert derive_seed(0, "q1", 0, 0) == pinned
+    code = "from specdec.engines.requests import derive_seed; print(derive_seed(0, 'q1', 0, 0))"
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed,
+               "PYTHONPATH": str(Path(specdec.__file__).parents[1])}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True).stdout
+        assert int(out) == pinned
+    assert all(0 <= derive_seed(i, "x") < 2 ** SEED_BITS for i in range(200))
+
+
+def test_request_seed_depends_on_run_seed_request_turn_and_repeat() -> None:
+    """Every part of (run seed, request id, turn, repeat) changes a sampled request's seed.
+
+    The run seed is generation.seed, else engine.seed; a greedy run without
+    generation.seed gets none, one with it gets seeds as a sampled run does.
+    """
+    sampled = load_config(None, ["generation.temperature=0.8"])
+    base = request_seed(sampled, "a", 0)
+    assert base == derive_seed(0, "a", 0, 0)
+    variants = [
+        request_seed(sampled, "b", 0),
+        request_seed(sampled, "a", 1),
+        request_seed(load_config(None, ["generation.temperature=0.8", "repeat=1"]), "a", 0),
+        request_seed(load_config(None, ["generation.temperature=0.8", "engine.seed=1"]), "a", 0),
+        request_seed(load_config(None, ["generation.temperature=0.8", "generation.seed=1"]),
+                     "a", 0),
+    ]
+    assert None not in variants
+    assert len({base, *variants[:4]}) == 5
+    assert variants[3] == variants[4] == derive_seed(1, "a", 0, 0)  # either names the run seed
+    assert request_seed(load_config(None, []), "a", 0) is None
+    assert request_seed(load_config(None, ["generation.seed=1"]), "a", 0) == variants[4]
 
 
 def test_chat_messages_interleave_earlier_answers() -> None:

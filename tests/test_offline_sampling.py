@@ -14,6 +14,7 @@ import pytest
 
 from specdec.config import load_config
 from specdec.engines import vllm_offline
+from specdec.engines.requests import request_seed
 from specdec.interfaces import Capabilities
 from specdec.records import Conversation, RequestRecord
 
@@ -119,3 +120,22 @@ def test_prompt_token_ids_are_the_prompts_a_run_sends() -> None:
     raw.start()
     single = Conversation(id="r", turns=("plain",))
     assert raw.prompt_token_ids(single, []) == tuple(ord(c) for c in "plain")
+
+
+def test_sampled_requests_carry_their_own_seed() -> None:
+    """At temperature > 0 each turn of each request gets its own seed, recorded in its turn.
+
+    The seed is request_seed(config, id, turn): another turn or request gets
+    another; a greedy run without generation.seed sends and records none.
+    """
+    engine, records = _run(["generation.temperature=0.7", "generation.seed=5"])
+    timed = _sent_kwargs()[1:]
+    expected = [request_seed(engine.config, "c", turn) for turn in (0, 1)]
+    assert [kwargs["seed"] for kwargs in timed] == expected
+    assert len(set(expected)) == 2
+    assert [t.seed for t in records[0].turns] == expected
+    assert "seed" not in engine.describe()["sampling"]
+    LLM.sent = []
+    engine, records = _run([])
+    assert all("seed" not in kwargs for kwargs in _sent_kwargs())
+    assert [t.seed for t in records[0].turns] == [None, None]

@@ -29,6 +29,7 @@ from specdec.engines.openai_server import (
     parse_counters,
     send_offsets,
 )
+from specdec.engines.requests import request_seed
 from specdec.errors import EngineError
 from specdec.interfaces import ScoreRequest, TokenScore
 from specdec.records import Conversation, Message, SpecStats
@@ -335,6 +336,24 @@ def test_timed_requests_carry_no_logprobs_unless_configured(stand_in: str,
     assert turn.logprob_margins == ()
     metrics = orjson.loads((tmp_path / "out" / "metrics.json").read_bytes())
     assert metrics["provenance"]["server"]["token_ids"] == IDS_RETURNED
+
+
+def test_sampled_requests_carry_their_own_seed(stand_in: str, tmp_path: Path) -> None:
+    """At temperature > 0 each request sends its request_seed, recorded in its turn.
+
+    A greedy run without generation.seed sends none and records none.
+    """
+    result = run_experiment(_config(tmp_path, stand_in, ["fine", "fine 2"],
+                                    "generation.temperature=0.8"), tmp_path / "sampled")
+    bodies = _sent()
+    by_prompt = {b["messages"][-1]["content"]: b["seed"] for b in bodies}
+    expected = {f"r{i}": request_seed(result.config, f"r{i}", 0) for i in range(2)}
+    assert by_prompt == {"fine": expected["r0"], "fine 2": expected["r1"]}
+    assert {r.id: r.turns[0].seed for r in result.records} == expected
+    StandIn.bodies = []
+    greedy = run_experiment(_config(tmp_path, stand_in, ["fine"]), tmp_path / "greedy")
+    assert all("seed" not in body for body in StandIn.bodies)
+    assert greedy.records[0].turns[0].seed is None
 
 
 def test_logprobs_are_asked_only_when_configured(stand_in: str, tmp_path: Path) -> None:

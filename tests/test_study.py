@@ -10,10 +10,11 @@ from typing import Any, ClassVar
 import attrs
 import pytest
 
-from specdec import run_folder
-from specdec.config import load_config
+from specdec import run_folder, scoring
+from specdec.config import config_from_mapping, load_config
 from specdec.errors import ConfigError, SpecdecError
 from specdec.lossless import check, divergences
+from specdec.metrics import summarise
 from specdec.records import RequestRecord, TurnRecord
 from specdec.report import build_report
 from specdec.report_files import write_report
@@ -81,6 +82,36 @@ repeats: 2
     assert ngram.experiment["generation"] == {"max_tokens": 16}
     assert {i.name for i in items if i.setting == ngram.setting} == {
         f"{ngram.setting}__r0", f"{ngram.setting}__r1"}
+
+
+def test_temperature_sweep_expands_with_labels_seeds_and_repeats(tmp_path: Path) -> None:
+    """Sampling settings sweep like any experiment key, with a baseline per value.
+
+    Each item is labelled with its temperature; repeat r runs with repeat: r, and
+    sampled items take the study's seed as their run seed (greedy ones get none),
+    so every request's seed derives from (study seed, request id, turn, repeat).
+    """
+    study = load_study(_study(tmp_path, """
+name: t
+benchmark: {limit: 2}
+strategies: [{name: ngram, num_speculative_tokens: 3}]
+sweep: {generation.temperature: [0, 0.5, 1.0]}
+repeats: 2
+seed: 7
+"""))
+    items = expand_study(study)
+    assert sorted({i.setting for i in items}) == [
+        "smollm2-135m__ngram__temperature=0", "smollm2-135m__ngram__temperature=0.5",
+        "smollm2-135m__ngram__temperature=1.0", "smollm2-135m__none__temperature=0",
+        "smollm2-135m__none__temperature=0.5", "smollm2-135m__none__temperature=1.0",
+    ]
+    assert len(items) == 12
+    for item in items:
+        temperature = item.labels["generation.temperature"]
+        assert item.experiment["generation"]["temperature"] == temperature
+        assert item.experiment.get("repeat", 0) == item.repeat
+        assert item.experiment["generation"].get("seed") == (7 if temperature > 0 else None)
+        assert config_from_mapping(item.experiment).repeat == item.repeat
 
 
 def test_study_errors_name_the_item(tmp_path: Path) -> None:
@@ -188,6 +219,40 @@ def test_report_compares_with_baseline_and_draws(tmp_path: Path) -> None:
     assert "| ngram | 8 | 8 | 0 | 0 | 0 | 0 | pass |" in text
     for png in (f for f in files if f.suffix == ".png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sampled_runs_are_not_compared_token_by_token(tmp_path: Path) -> None:
+    """At temperature > 0 texts differ by chance: the report says so instead of failing.
+
+    A confident divergence that would be a mismatch under greedy decoding is
+    not compared; the verdict is "sampled", the report passes, every output
+    names the distributional check, and the scoring pass plans nothing.
+    """
+    base = tmp_path / "batch"
+    items = []
+    for strategy, ids in (("none", (1, 2, 3)), ("ngram", (1, 9, 3))):
+        config = load_config(None, [f"strategy.name={strategy}", "sinks=[log]",
+                                    "generation.temperature=0.8"])
+        writer = run_folder.RunWriter(base / strategy)
+        writer.claim(config)
+        writer.start(config, {"test": True})
+        records = [RequestRecord("q", "code", (TurnRecord(
+            "q", " ".join(map(str, ids)), 3, 3, 0.1, 0.4, output_token_ids=ids,
+            logprob_margins=(5.0, 5.0, 5.0)),))]
+        writer.append(records[0])
+        writer.finish(summarise(records, 1.0, None), records)
+        items.append(ItemStatus(strategy, strategy, strategy, "smollm2-135m", 0, {},
+                                status="done"))
+    index = BatchIndex("batch", tuple(items))
+    write_json(base / "batch.json", index)
+    report = build_report([base])
+    result = report.lossless["ngram"]
+    assert (result.verdict, result.passed, result.sampled_temperature) == ("sampled", True, 0.8)
+    assert result.mismatch == 0
+    write_report(report, base / "report")
+    for name in ("report.md", "report.html"):
+        assert "specdec lossless" in (base / "report" / name).read_text()
+    assert scoring.plan(base, index.items) == []
 
 
 def test_best_setting_by_intervals_prefers_the_smaller_swept_value(tmp_path: Path) -> None:

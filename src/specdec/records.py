@@ -61,12 +61,21 @@ class GenerationConfig:
     top_p: float = field(default=1.0, validator=number(gt=0, le=1))
     top_k: int | None = field(default=None, validator=number(ge=-1, note="-1 and 0 turn it off"))
     seed: int | None = None
+    """The run's sampling seed.  Each request gets its own seed derived from it
+    (:func:`specdec.engines.requests.request_seed`), recorded in its
+    :attr:`TurnRecord.seed`; unset, sampled runs (``temperature`` above 0)
+    derive theirs from ``engine.seed`` and greedy runs send none."""
     ignore_eos: bool = False
     stop: tuple[str, ...] = field(default=(), validator=non_empty_strings)
     logprobs: int | None = field(default=None, validator=number(ge=0, also=(-1,),
                                                                  note="-1: every token"))
     """Top log-probabilities to ask for per token; 2 or more records each token's
     margin between the top two (used by the lossless check)."""
+
+    @property
+    def sampled(self) -> bool:
+        """Whether requests sample (``temperature`` above 0) rather than decode greedily."""
+        return self.temperature > 0
 
 
 VLLM_DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
@@ -210,6 +219,10 @@ class ExperimentConfig:
     written; ``json`` and ``jsonl``, its files' names as sinks in earlier
     releases, are accepted and add nothing."""
     name: str | None = None
+    repeat: int = field(default=0, validator=number(ge=0))
+    """Which repeat of its setting this run is (a study's round; 0 for a single
+    run).  It enters each request's sampling seed, so repeats of a sampled
+    setting draw different samples while a rerun of one repeat draws the same."""
 
 
 @frozen
@@ -257,6 +270,10 @@ class TurnRecord:
     """The output budget the engine gave this turn when it was smaller than
     ``generation.max_tokens`` (the prompt left less room in ``max_model_len``);
     None when the configured budget applied."""
+    seed: int | None = None
+    """The sampling seed this turn's request carried
+    (:func:`specdec.engines.requests.request_seed`); None for a greedy run
+    without ``generation.seed``, and in runs of earlier releases."""
 
     @property
     def walltime_s(self) -> float:

@@ -53,7 +53,9 @@ from specdec.engines.requests import (
     RawPromptError,
     chat_messages,
     raw_prompt,
+    request_seed,
     sampling_settings,
+    seeded,
     token_score,
     warmup_conversation,
 )
@@ -402,6 +404,8 @@ class OpenAIServerEngine:
         outputs is by text); ``arrivals`` is the request schedule, when a rate is set.
         """
         shared: dict[str, Any] = {"token_ids": self.token_ids()}
+        if seeded(self.config.generation):
+            shared["seed"] = "per request: each turn's record holds its seed"
         engine = self.config.engine
         if engine.request_rate:
             shared["arrivals"] = {"request_rate": engine.request_rate,
@@ -644,7 +648,8 @@ class OpenAIServerEngine:
         gen = self.config.generation
         payload: dict[str, Any] = {
             "model": self.model_name,
-            **sampling_settings(gen, max_tokens),
+            **sampling_settings(gen, max_tokens,
+                                request_seed(self.config, conv.id, len(earlier))),
             "stream": True,
             "stream_options": {"include_usage": True},
         }
@@ -724,6 +729,7 @@ class OpenAIServerEngine:
             spec=_spec_from_response(stream.metrics),
             logprob_margins=tuple(stream.margins),
             max_tokens=self._budget(prompt_tokens, max_tokens),
+            seed=payload.get("seed"),
         )
 
     def _output_ids(self, stream: _Stream) -> tuple[int, ...]:

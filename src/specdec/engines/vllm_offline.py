@@ -48,7 +48,9 @@ from specdec.engines.requests import (
     RawPromptError,
     chat_messages,
     raw_prompt,
+    request_seed,
     sampling_settings,
+    seeded,
     token_score,
     warmup_conversation,
 )
@@ -230,7 +232,8 @@ class VllmOfflineEngine:
         if self.config.warmup:
             warm = warmup_conversation()
             self._generate([self._prompt(warm, [])],
-                           _sampling(self.config.generation, WARMUP_MAX_TOKENS))
+                           _sampling(self.config.generation, WARMUP_MAX_TOKENS,
+                                     request_seed(self.config, warm.id, 0)))
 
     def close(self) -> None:
         """Shut the engine down and free its memory."""
@@ -246,10 +249,15 @@ class VllmOfflineEngine:
 
         Also the ``SamplingParams`` keyword arguments of its timed requests
         (``sampling``; a turn capped to fit ``max_model_len`` gets a smaller
-        ``max_tokens``): what a timed request carries, no more.
+        ``max_tokens``, and each request its own ``seed``, recorded in its
+        turns): what a timed request carries, no more.
         """
         kwargs = self.engine_kwargs(capabilities().device)
-        return {"llm_kwargs": kwargs, "sampling": sampling_kwargs(self.config.generation, None)}
+        described: dict[str, Any] = {"llm_kwargs": kwargs,
+                                     "sampling": sampling_kwargs(self.config.generation, None)}
+        if seeded(self.config.generation):
+            described["seed"] = "per request: each turn's record holds its seed"
+        return described
 
     def _prompt(self, conv: Conversation, answers: Sequence[str]) -> dict[str, Any]:
         if not self.config.chat_template:
@@ -303,7 +311,8 @@ class VllmOfflineEngine:
                     "leaves no room for an output token in")
             return (f"prompt of {length} tokens {what} max_model_len {limit} (turn {turn}); "
                     "raise engine.max_model_len or shorten the prompt")
-        return _Send(conv, prompt, min(self.config.generation.max_tokens, limit - length))
+        return _Send(conv, prompt, min(self.config.generation.max_tokens, limit - length),
+                     request_seed(self.config, conv.id, len(answers)))
 
     def _generate(self, prompts: list[dict[str, Any]], params: Any) -> list[Any]:
         outputs: list[Any] = self._llm.generate(prompts, params, use_tqdm=False)
@@ -346,6 +355,7 @@ class VllmOfflineEngine:
             spec=_spec_stats(getattr(completion, "spec_decode_metrics", None)),
             logprob_margins=_margins(completion.logprobs),
             max_tokens=send.budget if send.budget < self.config.generation.max_tokens else None,
+            seed=send.seed,
         )
 
     def _started(self) -> None:
@@ -414,14 +424,15 @@ class VllmOfflineEngine:
         """Each send's ``RequestOutput``, or for one vLLM refused, the reason (a string)."""
         if not sends:
             return []
-        params: dict[int, Any] = {}
+        params: dict[tuple[int, int | None], Any] = {}
         for send in sends:
-            if send.budget not in params:
-                params[send.budget] = _sampling(self.config.generation, send.budget)
+            if (send.budget, send.seed) not in params:
+                params[send.budget, send.seed] = _sampling(self.config.generation, send.budget,
+                                                           send.seed)
             if send.budget < self.config.generation.max_tokens:
                 self._capped += 1
         prompts = [send.prompt for send in sends]
-        per_send = [params[send.budget] for send in sends]
+        per_send = [params[send.budget, send.seed] for send in sends]
         refused = _request_errors()
         try:
             return self._generate(prompts, per_send)
@@ -468,11 +479,12 @@ class VllmOfflineEngine:
 
 @frozen
 class _Send:
-    """One turn ready for the engine: its prompt and its output budget."""
+    """One turn ready for the engine: its prompt, its output budget and its seed."""
 
     conv: Conversation
     prompt: dict[str, Any]
     budget: int
+    seed: int | None
 
 
 def _request_errors() -> tuple[type[BaseException], ...]:
@@ -486,17 +498,19 @@ def _refusal(exc: BaseException, turn: int) -> str:
     return f"turn {turn + 1}: vLLM refused the request: {type(exc).__name__}: {exc}"
 
 
-def sampling_kwargs(gen: GenerationConfig, max_tokens: int | None) -> dict[str, Any]:
+def sampling_kwargs(gen: GenerationConfig, max_tokens: int | None,
+                    seed: int | None = None) -> dict[str, Any]:
     """The ``SamplingParams`` keyword arguments of a request: what the user configured only.
 
+    ``seed`` is the request's own (:func:`~specdec.engines.requests.request_seed`).
     Log-probabilities only when ``generation.logprobs`` asks for them: the
     lossless check reads its margins from a scoring pass after the timed runs.
     """
-    kwargs = sampling_settings(gen, max_tokens)
+    kwargs = sampling_settings(gen, max_tokens, seed)
     if gen.logprobs is not None:
         kwargs["logprobs"] = gen.logprobs
     return kwargs
 
 
-def _sampling(gen: GenerationConfig, max_tokens: int | None) -> Any:
-    return _import_vllm().SamplingParams(**sampling_kwargs(gen, max_tokens))
+def _sampling(gen: GenerationConfig, max_tokens: int | None, seed: int | None) -> Any:
+    return _import_vllm().SamplingParams(**sampling_kwargs(gen, max_tokens, seed))
