@@ -32,6 +32,8 @@ from specdec.errors import EngineError, StrategyError, UnknownPluginError
 from specdec.interfaces import (
     Capabilities,
     EngineRun,
+    SampleRequest,
+    SampleRun,
     ScoreRequest,
     ScoreResult,
     TokenScore,
@@ -67,6 +69,9 @@ class FakeEngine:
                                      ttft_s=0.1, decode_s=0.0) for t in conv.turns)
             on_record(RequestRecord(conv.id, conv.category, turns))
         return EngineRun(1.0, None)
+
+    def sample(self, requests: Sequence[SampleRequest]) -> SampleRun:
+        raise NotImplementedError
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         return [ScoreResult(()) for _ in requests]

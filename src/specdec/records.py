@@ -379,3 +379,40 @@ class RunSummary:
     failed_requests: int = 0
     """Requests that failed (their errors are in the per-request records); every
     aggregate above counts only the requests that succeeded."""
+
+
+CHECK_ALPHA = 0.05
+"""The sampled lossless check's family-wise false-alarm rate, per comparison."""
+CHECK_POWER = 0.8
+"""The detection probability the sampled check's power statement is made at."""
+CONTROL_STEP = 0.1
+"""The sampled check's control temperature: this far above the temperature checked."""
+
+
+@frozen
+class SampledCheckSettings:
+    """What the sampled lossless check draws and how it decides (:mod:`specdec.sampled_check`).
+
+    ``samples`` per prompt and arm, ``tokens`` per sample (the prefix length
+    ``M``), at ``temperature`` (above 0) with ``top_p`` and ``top_k``; the
+    control arm at ``control_temperature`` (None: ``temperature`` + 0.1).
+    ``alpha`` is each comparison's family-wise false-alarm rate and ``power``
+    the detection probability of the power statement.
+    """
+
+    samples: int = field(default=200, validator=number(ge=2))
+    tokens: int = field(default=4, validator=positive)
+    temperature: float = field(default=0.8, validator=number(gt=0, le=2))
+    top_p: float = field(default=1.0, validator=number(gt=0, le=1))
+    top_k: int | None = field(default=None, validator=number(ge=-1))
+    control_temperature: float | None = field(default=None, validator=number(gt=0, le=2))
+    seed: int = 0
+    alpha: float = field(default=CHECK_ALPHA, validator=number(gt=0, le=0.5))
+    power: float = field(default=CHECK_POWER, validator=number(gt=0, le=0.99))
+
+    @property
+    def control(self) -> float:
+        """The control arm's temperature."""
+        if self.control_temperature is not None:
+            return self.control_temperature
+        return round(self.temperature + CONTROL_STEP, 6)

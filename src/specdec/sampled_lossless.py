@@ -59,6 +59,8 @@ import numpy as np
 from attrs import frozen
 from scipy import stats
 
+from specdec.records import CHECK_ALPHA, CHECK_POWER
+
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
@@ -82,9 +84,9 @@ __all__ = [
     "total_variation",
 ]
 
-ALPHA = 0.05
+ALPHA = CHECK_ALPHA
 """The family-wise false-alarm rate of one comparison (every prompt and prefix length)."""
-POWER = 0.8
+POWER = CHECK_POWER
 """The detection probability the power statement is made at."""
 MIN_EXPECTED = 5.0
 """The smallest expected count a chi-square cell may have (the textbook rule)."""

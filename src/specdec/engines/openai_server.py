@@ -54,13 +54,22 @@ from specdec.engines.requests import (
     chat_messages,
     raw_prompt,
     request_seed,
+    sample_settings,
     sampling_settings,
     seeded,
     token_score,
     warmup_conversation,
 )
 from specdec.errors import EngineError
-from specdec.interfaces import SCORE_TOP, Capabilities, EngineRun, ScoreRequest, ScoreResult
+from specdec.interfaces import (
+    SCORE_TOP,
+    Capabilities,
+    EngineRun,
+    SampleRequest,
+    SampleRun,
+    ScoreRequest,
+    ScoreResult,
+)
 from specdec.metrics import stats_from_histogram, subtract_stats
 from specdec.records import (
     Conversation,
@@ -77,6 +86,8 @@ BACKEND = "server"
 PREFIX = "vllm:spec_decode_"
 SCORE_CONCURRENCY = 8
 """Scoring requests in flight when engine.concurrency is unset: the server batches them."""
+SAMPLE_CONCURRENCY = 64
+"""Sampling requests (a few tokens each) in flight when engine.concurrency is unset."""
 NO_URL = "the server backend needs engine.url (or --endpoint URL), or engine.launch: true"
 
 IDS_RETURNED = "returned"
@@ -542,6 +553,64 @@ class OpenAIServerEngine:
                         "some turns; their token ids are left empty, so they compare by text",
                         turns=self._incomplete)
         return EngineRun(elapsed, counters if self.speculative_config else None)
+
+    def sample(self, requests: Sequence[SampleRequest]) -> SampleRun:
+        """One ``/v1/completions`` request per seed, with the prompt's token ids; not streamed.
+
+        :data:`SAMPLE_CONCURRENCY` in flight (``engine.concurrency`` if set), so
+        the server batches them.  The output ids come from ``return_token_ids``
+        where the server offers it, else from ``logprobs: 0`` with
+        ``return_tokens_as_token_ids``.  The speculative counters are read
+        around the sampling (from ``/metrics``).  A failure raises: the check
+        needs every sample.
+        """
+        if not self.model_name:
+            msg = "the engine is not started: call start() first"
+            raise EngineError(msg)
+        before = self._read_counters()
+        samples = asyncio.run(self._sample_all(requests))
+        counters = counter_delta(self._read_counters(), before)
+        return SampleRun(samples, counters if self.speculative_config else None)
+
+    async def _sample_all(self, requests: Sequence[SampleRequest]
+                          ) -> tuple[tuple[tuple[int, ...], ...], ...]:
+        limit = asyncio.Semaphore(self.config.engine.concurrency or SAMPLE_CONCURRENCY)
+        timeout = httpx.Timeout(self.config.engine.timeout_s, connect=10.0)
+        async with httpx.AsyncClient(timeout=timeout, headers=self._headers) as client:
+
+            async def one(request: SampleRequest, seed: int) -> tuple[int, ...]:
+                async with limit:
+                    return await self._sample(client, request, seed)
+
+            drawn = await asyncio.gather(*(one(r, s) for r in requests for s in r.seeds))
+        flat = iter(drawn)
+        return tuple(tuple(next(flat) for _ in r.seeds) for r in requests)
+
+    async def _sample(self, client: httpx.AsyncClient, request: SampleRequest,
+                      seed: int) -> tuple[int, ...]:
+        returned = self.token_ids() == IDS_RETURNED
+        payload = {"model": self.model_name, "prompt": list(request.token_ids),
+                   **sample_settings(request, seed)}
+        payload |= ({"return_token_ids": True} if returned
+                    else {"logprobs": 0, "return_tokens_as_token_ids": True})
+        url = f"{self.base_url}/v1/completions"
+        try:
+            response = await client.post(url, json=payload)
+        except httpx.HTTPError as exc:
+            msg = f"sampling at {url} failed: {type(exc).__name__}: {exc}"
+            raise EngineError(msg) from exc
+        if response.status_code >= 400:  # noqa: PLR2004 - HTTP error statuses
+            msg = f"sampling at {url} failed: HTTP {response.status_code}: {response.text[:300]}"
+            raise EngineError(msg)
+        try:
+            choice = response.json()["choices"][0]
+            tokens: list[Any] = (choice["token_ids"] if returned
+                                 else [_token_id(t) for t in choice["logprobs"]["tokens"]])
+            return tuple(int(t) for t in tokens)
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            msg = (f"the server at {self.base_url} answered a sample without its token ids "
+                   f"({type(exc).__name__}: {exc}): is it a vLLM server?")
+            raise EngineError(msg) from exc
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         """Score sequences with ``/v1/completions``: token-id prompts, ``prompt_logprobs=2``.

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from specdec.errors import EngineError
-from specdec.interfaces import SCORE_TOP, TokenScore
+from specdec.interfaces import SCORE_TOP, SampleRequest, TokenScore
 from specdec.records import Conversation, ExperimentConfig, GenerationConfig
 
 WARMUP_PROMPT = "Say hello."
@@ -91,6 +91,16 @@ def sampling_settings(gen: GenerationConfig, max_tokens: int | None = None,
         settings["seed"] = seed
     if gen.stop:
         settings["stop"] = list(gen.stop)
+    return settings
+
+
+def sample_settings(request: SampleRequest, seed: int) -> dict[str, Any]:
+    """One seeded sample's settings by vLLM's names (``SamplingParams``, a completions body)."""
+    settings: dict[str, Any] = {"max_tokens": request.max_tokens,
+                                "temperature": request.temperature, "top_p": request.top_p,
+                                "seed": seed}
+    if request.top_k is not None:
+        settings["top_k"] = request.top_k
     return settings
 
 

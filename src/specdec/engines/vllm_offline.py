@@ -49,6 +49,7 @@ from specdec.engines.requests import (
     chat_messages,
     raw_prompt,
     request_seed,
+    sample_settings,
     sampling_settings,
     seeded,
     token_score,
@@ -59,6 +60,8 @@ from specdec.interfaces import (
     SCORE_TOP,
     Capabilities,
     EngineRun,
+    SampleRequest,
+    SampleRun,
     ScoreRequest,
     ScoreResult,
 )
@@ -450,6 +453,28 @@ class VllmOfflineEngine:
             except refused as exc:
                 outputs.append(_refusal(exc, turn))
         return outputs
+
+    def sample(self, requests: Sequence[SampleRequest]) -> SampleRun:
+        """One vLLM request per seed, all sent at once; the output token ids, not detokenized.
+
+        The speculative counters are read around the sampling, as around a run.
+        """
+        self._started()
+        sampling = _import_vllm().SamplingParams
+        prompts: list[dict[str, Any]] = []
+        params: list[Any] = []
+        for request in requests:
+            for seed in request.seeds:
+                prompts.append({"prompt_token_ids": list(request.token_ids)})
+                params.append(sampling(**sample_settings(request, seed), detokenize=False))
+        before = self._counters()
+        outputs = iter(self._generate(prompts, params) if prompts else [])
+        samples = tuple(
+            tuple(tuple(int(t) for t in next(outputs).outputs[0].token_ids)
+                  for _ in request.seeds)
+            for request in requests)
+        counters = subtract_stats(self._counters(), before) if self.speculative_config else None
+        return SampleRun(samples, counters)
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         """Prefill each sequence once with ``prompt_logprobs=2``; report the chosen positions.
