@@ -15,7 +15,7 @@ import pytest
 from specdec.config import load_config
 from specdec.engines import vllm_offline
 from specdec.engines.requests import request_seed
-from specdec.interfaces import Capabilities
+from specdec.interfaces import Capabilities, SampleRequest
 from specdec.records import Conversation, RequestRecord
 
 
@@ -139,3 +139,24 @@ def test_sampled_requests_carry_their_own_seed() -> None:
     engine, records = _run([])
     assert all("seed" not in kwargs for kwargs in _sent_kwargs())
     assert [t.seed for t in records[0].turns] == [None, None]
+
+
+def test_sample_sends_one_request_per_seed_without_detokenizing() -> None:
+    """Each seed is its own request with the prompt's ids and the sampling asked, in order."""
+    engine = vllm_offline.VllmOfflineEngine(load_config(None, []), "/m", None)
+    engine.start()
+    LLM.sent = []
+    SamplingParams.made = []
+    run = engine.sample([SampleRequest((1, 2), (10, 11), 3, 0.7, 0.9, 5),
+                         SampleRequest((4,), (12,), 3, 0.7)])
+    assert run.samples == (((5, 6), (5, 6)), ((5, 6),))
+    assert run.counters is None
+    [(prompts, params)] = LLM.sent
+    assert prompts == [{"prompt_token_ids": [1, 2]}] * 2 + [{"prompt_token_ids": [4]}]
+    assert [p.kwargs for p in params] == [
+        {"max_tokens": 3, "temperature": 0.7, "top_p": 0.9, "seed": 10, "top_k": 5,
+         "detokenize": False},
+        {"max_tokens": 3, "temperature": 0.7, "top_p": 0.9, "seed": 11, "top_k": 5,
+         "detokenize": False},
+        {"max_tokens": 3, "temperature": 0.7, "top_p": 1.0, "seed": 12, "detokenize": False},
+    ]
