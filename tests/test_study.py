@@ -114,6 +114,16 @@ seed: 7
         assert config_from_mapping(item.experiment).repeat == item.repeat
 
 
+def test_the_shipped_temperature_study_expands() -> None:
+    """studies/temperature.yaml: baseline, ngram and draft model at 0, 0.5 and 1.0, 3 repeats."""
+    study = load_study(Path(__file__).parents[1] / "studies" / "temperature.yaml")
+    items = expand_study(study)
+    assert len({i.setting for i in items}) == 9
+    assert len(items) == 27
+    assert {i.labels["generation.temperature"] for i in items} == {0, 0.5, 1.0}
+    assert {i.experiment["strategy"]["name"] for i in items} == {"none", "ngram", "draft_model"}
+
+
 def test_study_errors_name_the_item(tmp_path: Path) -> None:
     """A bad key in a study names its path; a bad experiment names the item."""
     with pytest.raises(ConfigError,
@@ -283,6 +293,40 @@ def test_best_setting_by_intervals_prefers_the_smaller_swept_value(tmp_path: Pat
     assert best["setting"] == "m__ngram__num_speculative_tokens=4__max_num_seqs=1"
     files = write_report(report, base / "report")
     assert base / "report" / "throughput_vs_batch_size.png" in files
+
+
+def test_a_temperature_sweep_draws_acceptance_and_speedup_against_temperature(
+        tmp_path: Path) -> None:
+    """A study sweeping generation.temperature gets a plot of acceptance and speedup per strategy.
+
+    Each setting is paired with the baseline at its own temperature; sampled
+    pairs are not compared token by token, the greedy one is.
+    """
+    StandInEngine.speed_by_tokens = {3: 1.4}
+    base = tmp_path / "temperature"
+    items = []
+    for temperature in (0, 0.5, 1.0):
+        for strategy in ("none", "ngram"):
+            name = f"{strategy}-t{temperature}"
+            config = load_config(None, [f"strategy.name={strategy}", "benchmark.limit=3",
+                                        "sinks=[log]", f"generation.temperature={temperature}",
+                                        "strategy.num_speculative_tokens=3" if strategy == "ngram"
+                                        else "warmup=true"])
+            run_experiment(config, base / name, engine_factory=StandInEngine)
+            setting = f"m__{strategy}__temperature={temperature}"
+            items.append(ItemStatus(name, setting, strategy, "smollm2-135m", 0,
+                                    {"generation.temperature": temperature}, status="done"))
+    write_json(base / "batch.json", BatchIndex("temperature", tuple(items)))
+    report = build_report([base])
+    assert report.baselines["m__ngram__temperature=0.5"] == "m__none__temperature=0.5"
+    assert report.lossless["m__ngram__temperature=0.5"].verdict == "sampled"
+    assert report.lossless["m__ngram__temperature=0"].verdict == "pass"
+    files = write_report(report, base / "report")
+    plot = base / "report" / "acceptance_and_speedup_vs_temperature.png"
+    assert plot in files
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Acceptance and speedup against the temperature" in (
+        base / "report" / "report.html").read_text()
 
 
 ENGINE_START_LOG = """\

@@ -38,6 +38,8 @@ PLOT_CAPTIONS = {
     "acceptance_by_position": "Share of drafts accepted at each draft position",
     "acceptance_length_histogram": "How many tokens each verify step accepted",
     "throughput_vs_batch_size": "Throughput against the engine's batch limit",
+    "acceptance_and_speedup_vs_temperature": "Acceptance and speedup against the temperature, "
+                                             "each against the baseline at that temperature",
 }
 
 PROVENANCE_KEYS = ("started_at", "finished_at", "specdec", "vllm", "torch", "python",
