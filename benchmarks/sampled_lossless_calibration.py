@@ -10,9 +10,10 @@ It prints three markdown tables for docs/lossless.md:
 1. one cell's false-alarm rate at alpha 0.05 (pooled chi-square), for three
    next-token shapes and three sample sizes, 10,000 tables each;
 2. a whole comparison's family-wise false-alarm rate (Holm over 8 prompts x
-   4 prefix lengths), 500 comparisons per sample size, nothing differing;
-3. the smallest TV detected with 80% power at the first step of Holm over 32
-   cells (alpha / 32), per shape and sample size.
+   4 prefix lengths, and the 4 combined cells), 500 comparisons per sample
+   size, nothing differing;
+3. the smallest TV one prompt's cell detects with 80% power at the first step
+   of Holm over those 36 cells (alpha / 36), per shape and sample size.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def power(sizes: tuple[int, ...], seed: int) -> list[str]:
     for name, p in SHAPES.items():
         cells = []
         for n in sizes:
-            found, _at, largest = detectable_tv([p], [(n, n)], level=ALPHA / 32, seed=seed)
+            found, _at, largest = detectable_tv([p], [(n, n)], level=ALPHA / 36, seed=seed)
             cells.append(f"{found:.3f}" if found is not None else f"none (up to {largest:.2f})")
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return rows
