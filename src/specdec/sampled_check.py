@@ -111,15 +111,12 @@ def sampled_config(config: ExperimentConfig, settings: SampledCheckSettings) -> 
     return attrs.evolve(config, generation=generation)
 
 
-def _check_settings(config: ExperimentConfig, settings: SampledCheckSettings) -> None:
+def _check_settings(settings: SampledCheckSettings) -> None:
     if settings.control == settings.temperature:
         msg = (f"the control temperature ({settings.control:g}) equals the temperature checked: "
                "the positive control needs another, e.g. --control-temperature "
                f"{settings.temperature + CONTROL_STEP:g}")
         raise UsageError(msg)
-    if config.mode != "batch":
-        log.info("samples are drawn all at once (they are not timed), whatever the mode",
-                 mode=config.mode)
 
 
 def _draw(engine_factory: EngineFactory, config: ExperimentConfig, model: Path | str,
@@ -185,7 +182,7 @@ def run_check(config: ExperimentConfig, settings: SampledCheckSettings,
     sampling is replaced by ``settings``' (:func:`sampled_config`).  Writes
     ``lossless.json`` and ``samples.json`` into ``output``.
     """
-    _check_settings(config, settings)
+    _check_settings(settings)
     sampled = sampled_config(config, settings)
     baseline_config = attrs.evolve(sampled, strategy=StrategyConfig("none"))
     prepared = prepare_run(sampled)
