@@ -20,7 +20,7 @@ from transformers import AutoTokenizer
 from specdec import models
 from specdec.config import load_config
 from specdec.errors import OutputExistsError
-from specdec.interfaces import EngineRun, ScoreRequest, ScoreResult
+from specdec.interfaces import EngineRun, SampleRequest, SampleRun, ScoreRequest, ScoreResult
 from specdec.records import Conversation, ExperimentConfig, RequestRecord
 from specdec.runner import RunResult, run_experiment
 
@@ -129,6 +129,9 @@ class Recorder:
 
     def describe(self) -> dict[str, Any]:
         return {"engine": "recorder"}
+
+    def sample(self, requests: Sequence[SampleRequest]) -> SampleRun:
+        raise NotImplementedError
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         raise NotImplementedError

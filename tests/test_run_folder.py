@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -362,3 +363,43 @@ def test_missing_folder_is_said_plainly(tmp_path: Path) -> None:
     for read in (run_folder.read_records, run_folder.read_summary, run_folder.read_config):
         with pytest.raises(SpecdecError, match="does not exist"):
             read(tmp_path / "nowhere")
+
+
+def test_runs_of_earlier_releases_without_seeds_or_repeat_still_read(tmp_path: Path) -> None:
+    """A run written before per-request seeds (no turn seed, no config repeat) reads as before.
+
+    Its turns read with seed None and its config with repeat 0; records, summary,
+    outputs and a report read as they did.
+    """
+    folder = tmp_path / "run"
+    _run(folder)
+    responses = folder / run_folder.RESPONSES_FILE
+    assert b'"seed":null' in responses.read_bytes()  # today's records name the field
+
+    def old(data: object) -> object:
+        if isinstance(data, dict):
+            return {k: old(v) for k, v in data.items() if k not in ("seed", "repeat")}
+        if isinstance(data, list):
+            return [old(v) for v in data]
+        return data
+
+    responses.write_bytes(b"".join(orjson.dumps(old(orjson.loads(line))) + b"\n"
+                                   for line in responses.read_bytes().splitlines()))
+    config_file = folder / run_folder.CONFIG_FILE
+    document = yaml.safe_load(config_file.read_text())
+    document["config"] = old(document["config"])
+    assert "repeat" not in document["config"]
+    config_file.write_text(yaml.safe_dump(document))
+    metrics = folder / "metrics.json"
+    text = metrics.read_bytes()
+    text = re.sub(rb',\n *"repeat": 0', b"", text.replace(b',"seed":null', b""))
+    metrics.write_bytes(text)
+    assert b'"repeat"' not in text
+    assert b'"seed":null' not in text  # the records' compact form; generation.seed stays
+    records = run_folder.read_records(folder)
+    assert len(records) == 5
+    assert all(t.seed is None for r in records for t in r.turns)
+    assert run_folder.read_config(folder).repeat == 0
+    assert run_folder.read_summary(folder).overall.requests == 5
+    assert len(run_folder.read_outputs(folder).requests) == 5
+    assert build_report([folder]).settings

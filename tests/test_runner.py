@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Mapping, Sequence
 from io import StringIO
 from pathlib import Path
@@ -17,7 +18,14 @@ from specdec import display, registry
 from specdec.config import load_config
 from specdec.display import failure_lines
 from specdec.errors import EngineError, OutputExistsError
-from specdec.interfaces import EngineRun, RunInfo, ScoreRequest, ScoreResult
+from specdec.interfaces import (
+    EngineRun,
+    RunInfo,
+    SampleRequest,
+    SampleRun,
+    ScoreRequest,
+    ScoreResult,
+)
 from specdec.records import (
     Conversation,
     ExperimentConfig,
@@ -41,6 +49,8 @@ class StandInEngine:
     runs: ClassVar[list[list[str]]] = []
     speed_by_tokens: ClassVar[dict[int, float]] = {}
     """Decode speed-up by num_speculative_tokens, to fake faster settings."""
+    flatten_by_tokens: ClassVar[dict[int, float]] = {}
+    """A temperature factor on samples by num_speculative_tokens, to fake a lossy strategy."""
 
     def __init__(self, config: ExperimentConfig, model: Path | str,
                  spec: Mapping[str, Any] | None) -> None:
@@ -53,6 +63,7 @@ class StandInEngine:
         cls.failing = {}
         cls.runs = []
         cls.speed_by_tokens = {}
+        cls.flatten_by_tokens = {}
 
     def start(self) -> None:
         return None
@@ -62,6 +73,25 @@ class StandInEngine:
 
     def describe(self) -> dict[str, Any]:
         return {"engine": "stand-in"}
+
+    def sample(self, requests: Sequence[SampleRequest]) -> SampleRun:
+        """Each seed's tokens from a fixed Zipf-like distribution at the request's temperature.
+
+        ``random.Random(seed)`` draws them, so a seed gives the same sample every
+        time; ``flatten_by_tokens`` raises the temperature of a speculative setting.
+        """
+        k = (self.spec or {}).get("num_speculative_tokens", 0)
+        flatten = self.flatten_by_tokens.get(k, 1.0)
+        samples = []
+        for request in requests:
+            temperature = request.temperature * flatten
+            weights = [(1 / (i + 1)) ** (1 / temperature) for i in range(12)]
+            samples.append(tuple(
+                tuple(random.Random(seed).choices(range(12), weights, k=request.max_tokens))  # noqa: S311
+                for seed in request.seeds))
+        drafted = sum(len(r.seeds) for r in requests)
+        counters = SpecStats(drafted, 2 * drafted, drafted) if self.spec else None
+        return SampleRun(tuple(samples), counters)
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         raise NotImplementedError("the stand-in engine answers; it does not score")

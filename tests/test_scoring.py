@@ -18,7 +18,14 @@ import pytest
 
 from specdec import cli, run_folder
 from specdec.config import load_config
-from specdec.interfaces import EngineRun, ScoreRequest, ScoreResult, TokenScore
+from specdec.interfaces import (
+    EngineRun,
+    SampleRequest,
+    SampleRun,
+    ScoreRequest,
+    ScoreResult,
+    TokenScore,
+)
 from specdec.lossless import (
     DECODE_TIME,
     SCORING_PASS,
@@ -79,6 +86,9 @@ class Scorer(StandInEngine):
     def __init__(self, config: Any, model: Path | str, spec: Mapping[str, Any] | None) -> None:
         super().__init__(config, model, spec)
         Scorer.configs.append((config, spec))
+
+    def sample(self, requests: Sequence[SampleRequest]) -> SampleRun:
+        raise NotImplementedError
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         if Scorer.fail is not None:

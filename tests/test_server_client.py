@@ -29,8 +29,9 @@ from specdec.engines.openai_server import (
     parse_counters,
     send_offsets,
 )
+from specdec.engines.requests import request_seed
 from specdec.errors import EngineError
-from specdec.interfaces import ScoreRequest, TokenScore
+from specdec.interfaces import SampleRequest, ScoreRequest, TokenScore
 from specdec.records import Conversation, Message, SpecStats
 from specdec.runner import run_experiment
 
@@ -97,6 +98,9 @@ class StandIn(BaseHTTPRequestHandler):
         if "prompt_logprobs" in body:
             self._prompt_logprobs(body)
             return
+        if isinstance(body.get("prompt"), list) and not body.get("stream"):
+            self._sample(body)
+            return
         StandIn.bodies.append(body)
         chat = "messages" in body
         prompt = body["messages"][-1]["content"] if chat else body["prompt"]
@@ -155,6 +159,18 @@ class StandIn(BaseHTTPRequestHandler):
             tokens = [1, *(ord(c) for c in body["prompt"])]
         self._send(200, orjson.dumps({"count": len(tokens), "max_model_len": 64,
                                       "tokens": tokens}))
+
+    def _sample(self, body: dict[str, Any]) -> None:
+        # A non-streamed completion of a token-id prompt: two tokens from the seed and the
+        # prompt's length, as token_ids (return_token_ids) or as log-prob tokens.
+        StandIn.bodies.append(body)
+        ids = [body["seed"] % 7, len(body["prompt"])]
+        choice: dict[str, Any] = {"index": 0, "text": "xy", "finish_reason": "length"}
+        if body.get("return_token_ids"):
+            choice["token_ids"] = ids
+        elif body.get("return_tokens_as_token_ids"):
+            choice["logprobs"] = {"tokens": [f"token_id:{t}" for t in ids]}
+        self._send(200, orjson.dumps({"choices": [choice], "usage": {}}))
 
     def _prompt_logprobs(self, body: dict[str, Any]) -> None:
         # vLLM's shape: null at position 0, then token id (a string) -> {logprob, rank, ...};
@@ -335,6 +351,49 @@ def test_timed_requests_carry_no_logprobs_unless_configured(stand_in: str,
     assert turn.logprob_margins == ()
     metrics = orjson.loads((tmp_path / "out" / "metrics.json").read_bytes())
     assert metrics["provenance"]["server"]["token_ids"] == IDS_RETURNED
+
+
+def test_sampled_requests_carry_their_own_seed(stand_in: str, tmp_path: Path) -> None:
+    """At temperature > 0 each request sends its request_seed, recorded in its turn.
+
+    A greedy run without generation.seed sends none and records none.
+    """
+    result = run_experiment(_config(tmp_path, stand_in, ["fine", "fine 2"],
+                                    "generation.temperature=0.8"), tmp_path / "sampled")
+    bodies = _sent()
+    by_prompt = {b["messages"][-1]["content"]: b["seed"] for b in bodies}
+    expected = {f"r{i}": request_seed(result.config, f"r{i}", 0) for i in range(2)}
+    assert by_prompt == {"fine": expected["r0"], "fine 2": expected["r1"]}
+    assert {r.id: r.turns[0].seed for r in result.records} == expected
+    StandIn.bodies = []
+    greedy = run_experiment(_config(tmp_path, stand_in, ["fine"]), tmp_path / "greedy")
+    assert all("seed" not in body for body in StandIn.bodies)
+    assert greedy.records[0].turns[0].seed is None
+
+
+@pytest.mark.parametrize("version", [STAND_IN_VERSION, OLD_VERSION])
+def test_sample_sends_one_seeded_completion_per_seed(stand_in: str, tmp_path: Path,
+                                                     version: str) -> None:
+    """Each seed is one /v1/completions request with the prompt's ids and the sampling asked.
+
+    The ids come back from token_ids, or from an older server's log-prob tokens.
+    """
+    StandIn.version = version
+    engine = OpenAIServerEngine(_config(tmp_path, stand_in, ["fine"]), "m", None)
+    engine.start()
+    StandIn.bodies = []
+    run = engine.sample([SampleRequest((1, 2, 3), (10, 11), 2, 0.7, 0.9, 5),
+                         SampleRequest((4,), (12,), 2, 0.7)])
+    assert run.samples == (((3, 3), (4, 3)), ((5, 1),))
+    assert run.counters is None  # no speculative_config
+    bodies = sorted(StandIn.bodies, key=lambda b: b["seed"])
+    assert [(b["prompt"], b["seed"]) for b in bodies] == [([1, 2, 3], 10), ([1, 2, 3], 11),
+                                                          ([4], 12)]
+    first = bodies[0]
+    assert (first["max_tokens"], first["temperature"], first["top_p"], first["top_k"]) == (
+        2, 0.7, 0.9, 5)
+    assert "top_k" not in bodies[2]
+    assert ("return_token_ids" in first) == (version == STAND_IN_VERSION)
 
 
 def test_logprobs_are_asked_only_when_configured(stand_in: str, tmp_path: Path) -> None:

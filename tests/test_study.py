@@ -10,10 +10,11 @@ from typing import Any, ClassVar
 import attrs
 import pytest
 
-from specdec import run_folder
-from specdec.config import load_config
+from specdec import run_folder, scoring
+from specdec.config import config_from_mapping, load_config
 from specdec.errors import ConfigError, SpecdecError
 from specdec.lossless import check, divergences
+from specdec.metrics import summarise
 from specdec.records import RequestRecord, TurnRecord
 from specdec.report import build_report
 from specdec.report_files import write_report
@@ -81,6 +82,46 @@ repeats: 2
     assert ngram.experiment["generation"] == {"max_tokens": 16}
     assert {i.name for i in items if i.setting == ngram.setting} == {
         f"{ngram.setting}__r0", f"{ngram.setting}__r1"}
+
+
+def test_temperature_sweep_expands_with_labels_seeds_and_repeats(tmp_path: Path) -> None:
+    """Sampling settings sweep like any experiment key, with a baseline per value.
+
+    Each item is labelled with its temperature; repeat r runs with repeat: r, and
+    sampled items take the study's seed as their run seed (greedy ones get none),
+    so every request's seed derives from (study seed, request id, turn, repeat).
+    """
+    study = load_study(_study(tmp_path, """
+name: t
+benchmark: {limit: 2}
+strategies: [{name: ngram, num_speculative_tokens: 3}]
+sweep: {generation.temperature: [0, 0.5, 1.0]}
+repeats: 2
+seed: 7
+"""))
+    items = expand_study(study)
+    assert sorted({i.setting for i in items}) == [
+        "smollm2-135m__ngram__temperature=0", "smollm2-135m__ngram__temperature=0.5",
+        "smollm2-135m__ngram__temperature=1.0", "smollm2-135m__none__temperature=0",
+        "smollm2-135m__none__temperature=0.5", "smollm2-135m__none__temperature=1.0",
+    ]
+    assert len(items) == 12
+    for item in items:
+        temperature = item.labels["generation.temperature"]
+        assert item.experiment["generation"]["temperature"] == temperature
+        assert item.experiment.get("repeat", 0) == item.repeat
+        assert item.experiment["generation"].get("seed") == (7 if temperature > 0 else None)
+        assert config_from_mapping(item.experiment).repeat == item.repeat
+
+
+def test_the_shipped_temperature_study_expands() -> None:
+    """studies/temperature.yaml: baseline, ngram and draft model at 0, 0.5 and 1.0, 3 repeats."""
+    study = load_study(Path(__file__).parents[1] / "studies" / "temperature.yaml")
+    items = expand_study(study)
+    assert len({i.setting for i in items}) == 9
+    assert len(items) == 27
+    assert {i.labels["generation.temperature"] for i in items} == {0, 0.5, 1.0}
+    assert {i.experiment["strategy"]["name"] for i in items} == {"none", "ngram", "draft_model"}
 
 
 def test_study_errors_name_the_item(tmp_path: Path) -> None:
@@ -190,6 +231,40 @@ def test_report_compares_with_baseline_and_draws(tmp_path: Path) -> None:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_sampled_runs_are_not_compared_token_by_token(tmp_path: Path) -> None:
+    """At temperature > 0 texts differ by chance: the report says so instead of failing.
+
+    A confident divergence that would be a mismatch under greedy decoding is
+    not compared; the verdict is "sampled", the report passes, every output
+    names the distributional check, and the scoring pass plans nothing.
+    """
+    base = tmp_path / "batch"
+    items = []
+    for strategy, ids in (("none", (1, 2, 3)), ("ngram", (1, 9, 3))):
+        config = load_config(None, [f"strategy.name={strategy}", "sinks=[log]",
+                                    "generation.temperature=0.8"])
+        writer = run_folder.RunWriter(base / strategy)
+        writer.claim(config)
+        writer.start(config, {"test": True})
+        records = [RequestRecord("q", "code", (TurnRecord(
+            "q", " ".join(map(str, ids)), 3, 3, 0.1, 0.4, output_token_ids=ids,
+            logprob_margins=(5.0, 5.0, 5.0)),))]
+        writer.append(records[0])
+        writer.finish(summarise(records, 1.0, None), records)
+        items.append(ItemStatus(strategy, strategy, strategy, "smollm2-135m", 0, {},
+                                status="done"))
+    index = BatchIndex("batch", tuple(items))
+    write_json(base / "batch.json", index)
+    report = build_report([base])
+    result = report.lossless["ngram"]
+    assert (result.verdict, result.passed, result.sampled_temperature) == ("sampled", True, 0.8)
+    assert result.mismatch == 0
+    write_report(report, base / "report")
+    for name in ("report.md", "report.html"):
+        assert "specdec lossless" in (base / "report" / name).read_text()
+    assert scoring.plan(base, index.items) == []
+
+
 def test_best_setting_by_intervals_prefers_the_smaller_swept_value(tmp_path: Path) -> None:
     """The stand-in's times are exact, so every interval is a point: k=4, 1% faster than
     k=2, beats it, and of its two batch sizes (equally fast) the smaller is named."""
@@ -218,6 +293,40 @@ def test_best_setting_by_intervals_prefers_the_smaller_swept_value(tmp_path: Pat
     assert best["setting"] == "m__ngram__num_speculative_tokens=4__max_num_seqs=1"
     files = write_report(report, base / "report")
     assert base / "report" / "throughput_vs_batch_size.png" in files
+
+
+def test_a_temperature_sweep_draws_acceptance_and_speedup_against_temperature(
+        tmp_path: Path) -> None:
+    """A study sweeping generation.temperature gets a plot of acceptance and speedup per strategy.
+
+    Each setting is paired with the baseline at its own temperature; sampled
+    pairs are not compared token by token, the greedy one is.
+    """
+    StandInEngine.speed_by_tokens = {3: 1.4}
+    base = tmp_path / "temperature"
+    items = []
+    for temperature in (0, 0.5, 1.0):
+        for strategy in ("none", "ngram"):
+            name = f"{strategy}-t{temperature}"
+            config = load_config(None, [f"strategy.name={strategy}", "benchmark.limit=3",
+                                        "sinks=[log]", f"generation.temperature={temperature}",
+                                        "strategy.num_speculative_tokens=3" if strategy == "ngram"
+                                        else "warmup=true"])
+            run_experiment(config, base / name, engine_factory=StandInEngine)
+            setting = f"m__{strategy}__temperature={temperature}"
+            items.append(ItemStatus(name, setting, strategy, "smollm2-135m", 0,
+                                    {"generation.temperature": temperature}, status="done"))
+    write_json(base / "batch.json", BatchIndex("temperature", tuple(items)))
+    report = build_report([base])
+    assert report.baselines["m__ngram__temperature=0.5"] == "m__none__temperature=0.5"
+    assert report.lossless["m__ngram__temperature=0.5"].verdict == "sampled"
+    assert report.lossless["m__ngram__temperature=0"].verdict == "pass"
+    files = write_report(report, base / "report")
+    plot = base / "report" / "acceptance_and_speedup_vs_temperature.png"
+    assert plot in files
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Acceptance and speedup against the temperature" in (
+        base / "report" / "report.html").read_text()
 
 
 ENGINE_START_LOG = """\

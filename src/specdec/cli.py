@@ -36,13 +36,15 @@ from cyclopts.validators import Number
 
 from specdec.errors import ConfigError, InvalidOptionError, SpecdecError, UsageError
 from specdec.logs import LogFormat
-from specdec.records import ExperimentConfig, Mode
+from specdec.records import CONTROL_STEP, ExperimentConfig, Mode, SampledCheckSettings
 
 if TYPE_CHECKING:
     from specdec.study import BatchItem
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INCONCLUSIVE = 3
+"""``specdec lossless``: the check could not tell (its positive control was not seen)."""
 EXIT_INTERRUPTED = 130
 
 TRACEBACK_ENV = "SPECDEC_TRACEBACK"
@@ -71,6 +73,7 @@ strategies: see `specdec plugins`; options of each in QUICK_REFERENCE.md.
 EXPERIMENT = Group("Experiment", sort_key=1)
 BENCHMARK = Group("Benchmark", sort_key=2)
 REQUESTS = Group("Requests", sort_key=3)
+SAMPLING = Group("Sampling check", sort_key=3)
 OUTPUT = Group("Output", sort_key=4)
 
 
@@ -256,6 +259,50 @@ class OutputFlags:
             raise UsageError(msg)
 
 
+_CHECK = SampledCheckSettings()
+# The sampled check's defaults, shown by its help page, come from its settings record.
+
+
+@Parameter(name="*", group=SAMPLING)
+@frozen(kw_only=True)
+class SamplingCheckFlags:
+    """What the sampled lossless check draws: ``lossless`` only."""
+
+    samples: Annotated[int, Parameter(validator=Number(gte=2))] = _CHECK.samples
+    """samples per prompt in each arm (baseline, strategy, control)"""
+
+    tokens: Annotated[int, Parameter(validator=Number(gte=1))] = _CHECK.tokens
+    """tokens per sample: the first 1..TOKENS tokens are compared"""
+
+    temperature: Annotated[float | None, Parameter(
+        show_default=f"generation.temperature if above 0, else {_CHECK.temperature}")] = None
+    """temperature checked (above 0)"""
+
+    top_p: Annotated[float | None, Parameter(show_default="generation.top_p")] = None
+    """top-p of every arm"""
+
+    top_k: Annotated[int | None, Parameter(show_default="generation.top_k")] = None
+    """top-k of every arm"""
+
+    control_temperature: Annotated[float | None, Parameter(
+        show_default=f"TEMPERATURE + {CONTROL_STEP}")] = None
+    """the positive control: the baseline at this temperature must differ detectably"""
+
+    seed: int = _CHECK.seed
+    """the samples' seeds derive from it, each arm its own (docs/lossless.md)"""
+
+    def settings(self, config: ExperimentConfig) -> SampledCheckSettings:
+        """The check's settings: these flags, else ``config``'s sampling, else the defaults."""
+        gen = config.generation
+        temperature = (self.temperature if self.temperature is not None
+                       else gen.temperature if gen.sampled else _CHECK.temperature)
+        return SampledCheckSettings(
+            samples=self.samples, tokens=self.tokens, temperature=temperature,
+            top_p=self.top_p if self.top_p is not None else gen.top_p,
+            top_k=self.top_k if self.top_k is not None else gen.top_k,
+            control_temperature=self.control_temperature, seed=self.seed)
+
+
 LogFormatFlag = Annotated[LogFormat | None, Parameter(
     group=OUTPUT, help="structured log lines as console text or JSON (also SPECDEC_LOG_FORMAT)")]
 """``--log-format`` of ``run`` and ``serve``."""
@@ -271,6 +318,7 @@ _NO_EXPERIMENT = ExperimentFlags()
 _NO_BENCHMARK = BenchmarkFlags()
 _NO_REQUESTS = RequestFlags()
 _NO_OUTPUT = OutputFlags()
+_NO_SAMPLING = SamplingCheckFlags()
 
 
 def build_config(experiment: ExperimentFlags, benchmark: BenchmarkFlags = _NO_BENCHMARK,
@@ -561,6 +609,62 @@ def report(runs: Annotated[list[Path], Parameter(name="RUN_DIR")], /, *,
     return 0 if all(r.passed for r in built.lossless.values()) else EXIT_FAILED
 
 
+LOSSLESS_EPILOG = """\
+examples:
+  specdec lossless --strategy ngram --limit 8
+  specdec lossless --strategy draft_model \\
+      --set strategy.model=smollm2-135m-draft \\
+      --temperature 0.7 --samples 400 --tokens 3
+
+exit status: 0 no difference found and the positive control seen;
+1 a difference found for the strategy; 3 inconclusive (the control
+was not seen, or the strategy drafted nothing while sampling).
+See docs/lossless.md.
+"""
+
+
+def lossless(experiment: ExperimentFlags = _NO_EXPERIMENT,
+             benchmark: BenchmarkFlags = _NO_BENCHMARK,
+             sampling: SamplingCheckFlags = _NO_SAMPLING, *,
+             output: Annotated[Path | None, Parameter(
+                 group=OUTPUT, metavar="DIR", help="where to write lossless.json and samples.json",
+                 show_default="results/lossless-<UTC time>-<strategy>")] = None,
+             log_format: LogFormatFlag = None) -> int:
+    """Check that a strategy leaves the sampled output distribution unchanged.
+
+    For each prompt (each conversation's first turn), the baseline and the
+    strategy each draw SAMPLES seeded continuations of TOKENS tokens at the
+    same sampling settings, each arm with its own seeds; the baseline also
+    draws them at the control temperature (the positive control). For every
+    prefix length 1..TOKENS, a chi-square test per prompt (and over all
+    prompts at once) asks whether the two arms' prefixes differ, Holm-corrected
+    at a 5% family-wise false-alarm rate. The verdict says what was found and
+    at what power: "no difference detected; a total-variation distance above
+    D ... would have been detected with probability 0.80". The control must be
+    detected, or the check says its pass means little. Writes lossless.json
+    (the verdict, every test) and samples.json (every sample and seed).
+    Samples are not timed. Greedy runs are checked exactly by `specdec report`.
+    """
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    from specdec import logs  # noqa: PLC0415
+    from specdec.sampled_check import run_check  # noqa: PLC0415
+
+    if log_format is not None:
+        logs.configure(log_format)
+    config = build_config(experiment, benchmark)
+    settings = sampling.settings(config)
+    if output is None:
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        output = Path("results") / f"lossless-{stamp}-{config.name or config.strategy.name}"
+    result = run_check(config, settings, output)
+    for line in result.lines:
+        sys.stdout.write(f"{line}\n")
+    sys.stdout.write(f"{result.outcome}: wrote {output / 'lossless.json'} and "
+                     f"{output / 'samples.json'}\n")
+    return {"pass": 0, "difference": EXIT_FAILED}.get(result.outcome, EXIT_INCONCLUSIVE)
+
+
 def export(answer_format: Annotated[Literal["spec-bench"], Parameter(name="FORMAT")],
            run_dir: Annotated[Path, Parameter(name="RUN_DIR")], /, *,
            output: Annotated[Path, Parameter(alias="-o", metavar="FILE")],
@@ -621,6 +725,7 @@ def build_app() -> App:
     app.command(models)
     for command in (plugins, serve, batch, study, report, export):
         app.command(command)
+    app.command(lossless, help_epilogue=LOSSLESS_EPILOG)
     # Run by batches themselves; hidden from --help so users are not asked to.
     app.command(score, show=False)
     register_commands(app)

@@ -522,6 +522,7 @@ def print_report(report: Report) -> None:
     Each cell holds the Spec-Bench speedup over the throughput speedup, each with its
     confidence interval; A/A warnings come last, after the verdict they put in doubt.
     """
+    from specdec.lossless import SAMPLED_NOTE  # noqa: PLC0415
     from specdec.report_text import interval_kinds, speedup_cell  # noqa: PLC0415
 
     kinds = ", ".join(interval_kinds(report)) or "no intervals"
@@ -538,6 +539,10 @@ def print_report(report: Report) -> None:
     print_table(f"speedup over the baseline: Spec-Bench, then throughput (95% intervals, "
                 f"{kinds})", columns, rows)
     for name, result in report.lossless.items():
+        if result.sampled_temperature is not None:
+            stdout.print(escape(f"lossless {name}: " + SAMPLED_NOTE.format(
+                temperature=result.sampled_temperature)))
+            continue
         stdout.print(escape(f"lossless {name}: {result.verdict} ({result.equal} equal, "
                             f"{result.near_tie} near-tie flips, {result.mismatch} mismatches, "
                             f"{result.unclassified} unclassified of {result.turns} turns)"

@@ -265,6 +265,34 @@ SCORE_TOP = 2
 """How many most likely tokens :meth:`Engine.score` reports per position."""
 
 
+@frozen
+class SampleRequest:
+    """Seeded continuations of one prompt: one per seed, up to ``max_tokens`` tokens each.
+
+    ``token_ids`` is the prompt as :meth:`Engine.prompt_token_ids` gives it;
+    ``temperature``, ``top_p`` and ``top_k`` (None: off) are vLLM's.
+    """
+
+    token_ids: tuple[int, ...]
+    seeds: tuple[int, ...]
+    max_tokens: int
+    temperature: float
+    top_p: float = 1.0
+    top_k: int | None = None
+
+
+@frozen
+class SampleRun:
+    """What :meth:`Engine.sample` drew: per request, per seed, the output token ids.
+
+    ``counters`` are the engine's speculative counters accumulated while it
+    sampled (None without speculation, or where the engine cannot tell).
+    """
+
+    samples: tuple[tuple[tuple[int, ...], ...], ...]
+    counters: SpecStats | None = None
+
+
 class Engine(Protocol):
     """One run's inference engine, built by an :class:`EngineBackend`.
 
@@ -288,6 +316,12 @@ class Engine(Protocol):
         """Score token sequences (prefill only, nothing generated is used), in order.
 
         Not part of any timed run: a later pass (the lossless check) calls it.
+        """
+
+    def sample(self, requests: Sequence[SampleRequest]) -> SampleRun:
+        """Draw each request's seeded samples (one independent request per seed), in order.
+
+        Not timed: the sampled lossless check (``specdec lossless``) calls it.
         """
 
     def prompt_token_ids(self, conversation: Conversation,

@@ -145,16 +145,40 @@ class LosslessResult:
     comparisons: tuple[TurnComparison, ...]
     scoring_engine: Mapping[str, Any] | None = None
     """The engine settings of the scoring pass whose margins were used (None: none used)."""
+    sampled_temperature: float | None = None
+    """Set when either run sampled (temperature above 0; the larger of the two):
+    the exact comparison does not apply and was not made (:func:`not_compared_sampled`)."""
 
     @property
     def passed(self) -> bool:
-        """No real mismatch and nothing missing."""
+        """No real mismatch and nothing missing (a sampled pair claims nothing either way)."""
         return self.mismatch == 0 and self.missing == 0
 
     @property
     def verdict(self) -> str:
-        """``pass`` or ``FAIL``, as reports show it."""
+        """``pass`` or ``FAIL``, as reports show it; ``sampled`` where nothing was compared."""
+        if self.sampled_temperature is not None:
+            return "sampled"
         return "pass" if self.passed else "FAIL"
+
+
+SAMPLED_NOTE = ("sampled (temperature {temperature:g}): texts differ by chance, so they are not "
+                "compared token by token; `specdec lossless` tests the output distribution "
+                "(docs/lossless.md)")
+"""Why a sampled pair has no exact comparison, as reports say it."""
+
+
+def not_compared_sampled(threshold: float, temperature: float) -> LosslessResult:
+    """The result for a pair of runs of which one sampled: nothing compared, nothing failed.
+
+    Two samples of the same distribution differ by chance, so an exact
+    comparison would call every speculative run a mismatch; the
+    distributional check (:mod:`specdec.sampled_lossless`, ``specdec
+    lossless``) is the test for sampled runs.
+    """
+    return LosslessResult(threshold=threshold, turns=0, equal=0, near_tie=0, mismatch=0,
+                          unclassified=0, not_compared=0, missing=0, comparisons=(),
+                          sampled_temperature=temperature)
 
 
 def common_prefix(a: Sequence[Any], b: Sequence[Any]) -> int:

@@ -19,6 +19,7 @@ def draw_all(report: Report, out: Path) -> list[Path]:
         _acceptance_by_position(report, out / "acceptance_by_position.png"),
         _acceptance_histogram(report, out / "acceptance_length_histogram.png"),
         _throughput_vs_batch(report, out / "throughput_vs_batch_size.png"),
+        _by_temperature(report, out / "acceptance_and_speedup_vs_temperature.png"),
     ]
     return [p for p in drawn if p is not None]
 
@@ -135,3 +136,55 @@ def _throughput_vs_batch(report: Report, path: Path) -> Path | None:
     ax.set_xlabel("max_num_seqs (batch size limit)")
     ax.set_ylabel("throughput (output tokens/s)")
     return _save(fig, ax, path, "Throughput against batch size")
+
+
+TEMPERATURE = "generation.temperature"
+
+
+def _by_temperature(report: Report, path: Path) -> Path | None:
+    """Acceptance rate and Spec-Bench speedup against a swept temperature, a line per strategy.
+
+    Each point is a setting's overall figure against the baseline at its own
+    temperature, with its 95% interval as an error bar; drawn when
+    ``generation.temperature`` was swept over speculative settings.
+    """
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    from specdec.report import OVERALL  # noqa: PLC0415
+    from specdec.scoring import BASELINE  # noqa: PLC0415
+
+    index = {(c.setting, c.category): c for c in report.comparisons}
+    lines: dict[str, list[tuple[float, Any]]] = {}
+    for setting in report.settings:
+        temperature = setting.first.labels.get(TEMPERATURE)
+        comparison = index.get((setting.name, OVERALL))
+        if (not isinstance(temperature, int | float) or comparison is None
+                or setting.strategy == BASELINE or setting.is_aa):
+            continue
+        lines.setdefault(setting.family(without=TEMPERATURE), []).append(
+            (float(temperature), comparison))
+    if not lines:
+        return None
+    fig, (accept, speed) = plt.subplots(1, 2, figsize=(11.0, 4.2))
+    for family, points in lines.items():
+        points.sort(key=lambda p: p[0])
+        xs = [t for t, _ in points]
+        for ax, value, interval in (
+                (accept, "acceptance_rate", "acceptance_rate_interval"),
+                (speed, "speedup_spec_bench", "speedup_spec_bench_interval")):
+            ys = [getattr(c, value) or 0.0 for _, c in points]
+            bounds = [getattr(c, interval) for _, c in points]
+            below = [y - b.low if b else 0.0 for y, b in zip(ys, bounds, strict=True)]
+            above = [b.high - y if b else 0.0 for y, b in zip(ys, bounds, strict=True)]
+            ax.errorbar(xs, ys, yerr=[below, above], marker="o", capsize=3, label=family)
+    temperatures = sorted({t for points in lines.values() for t, _ in points})
+    for ax in (accept, speed):
+        ax.set_xticks(temperatures, [f"{t:g}" for t in temperatures])
+        ax.set_xlabel("temperature")
+    accept.set_ylabel("acceptance rate (accepted / draft tokens)")
+    accept.set_ylim(0, 1)
+    accept.set_title("Acceptance rate (95% intervals)")
+    accept.legend(fontsize=7)
+    speed.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+    speed.set_ylabel("speedup over the baseline at that temperature")
+    return _save(fig, speed, path, "Spec-Bench speedup (95% intervals)")

@@ -61,12 +61,21 @@ class GenerationConfig:
     top_p: float = field(default=1.0, validator=number(gt=0, le=1))
     top_k: int | None = field(default=None, validator=number(ge=-1, note="-1 and 0 turn it off"))
     seed: int | None = None
+    """The run's sampling seed.  Each request gets its own seed derived from it
+    (:func:`specdec.engines.requests.request_seed`), recorded in its
+    :attr:`TurnRecord.seed`; unset, sampled runs (``temperature`` above 0)
+    derive theirs from ``engine.seed`` and greedy runs send none."""
     ignore_eos: bool = False
     stop: tuple[str, ...] = field(default=(), validator=non_empty_strings)
     logprobs: int | None = field(default=None, validator=number(ge=0, also=(-1,),
                                                                  note="-1: every token"))
     """Top log-probabilities to ask for per token; 2 or more records each token's
     margin between the top two (used by the lossless check)."""
+
+    @property
+    def sampled(self) -> bool:
+        """Whether requests sample (``temperature`` above 0) rather than decode greedily."""
+        return self.temperature > 0
 
 
 VLLM_DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
@@ -210,6 +219,10 @@ class ExperimentConfig:
     written; ``json`` and ``jsonl``, its files' names as sinks in earlier
     releases, are accepted and add nothing."""
     name: str | None = None
+    repeat: int = field(default=0, validator=number(ge=0))
+    """Which repeat of its setting this run is (a study's round; 0 for a single
+    run).  It enters each request's sampling seed, so repeats of a sampled
+    setting draw different samples while a rerun of one repeat draws the same."""
 
 
 @frozen
@@ -257,6 +270,10 @@ class TurnRecord:
     """The output budget the engine gave this turn when it was smaller than
     ``generation.max_tokens`` (the prompt left less room in ``max_model_len``);
     None when the configured budget applied."""
+    seed: int | None = None
+    """The sampling seed this turn's request carried
+    (:func:`specdec.engines.requests.request_seed`); None for a greedy run
+    without ``generation.seed``, and in runs of earlier releases."""
 
     @property
     def walltime_s(self) -> float:
@@ -362,3 +379,40 @@ class RunSummary:
     failed_requests: int = 0
     """Requests that failed (their errors are in the per-request records); every
     aggregate above counts only the requests that succeeded."""
+
+
+CHECK_ALPHA = 0.05
+"""The sampled lossless check's family-wise false-alarm rate, per comparison."""
+CHECK_POWER = 0.8
+"""The detection probability the sampled check's power statement is made at."""
+CONTROL_STEP = 0.1
+"""The sampled check's control temperature: this far above the temperature checked."""
+
+
+@frozen
+class SampledCheckSettings:
+    """What the sampled lossless check draws and how it decides (:mod:`specdec.sampled_check`).
+
+    ``samples`` per prompt and arm, ``tokens`` per sample (the prefix length
+    ``M``), at ``temperature`` (above 0) with ``top_p`` and ``top_k``; the
+    control arm at ``control_temperature`` (None: ``temperature`` + 0.1).
+    ``alpha`` is each comparison's family-wise false-alarm rate and ``power``
+    the detection probability of the power statement.
+    """
+
+    samples: int = field(default=200, validator=number(ge=2))
+    tokens: int = field(default=4, validator=positive)
+    temperature: float = field(default=0.8, validator=number(gt=0, le=2))
+    top_p: float = field(default=1.0, validator=number(gt=0, le=1))
+    top_k: int | None = field(default=None, validator=number(ge=-1))
+    control_temperature: float | None = field(default=None, validator=number(gt=0, le=2))
+    seed: int = 0
+    alpha: float = field(default=CHECK_ALPHA, validator=number(gt=0, le=0.5))
+    power: float = field(default=CHECK_POWER, validator=number(gt=0, le=0.99))
+
+    @property
+    def control(self) -> float:
+        """The control arm's temperature."""
+        if self.control_temperature is not None:
+            return self.control_temperature
+        return round(self.temperature + CONTROL_STEP, 6)

@@ -29,7 +29,7 @@ from specdec import run_folder
 from specdec.errors import SpecdecError
 from specdec.formatting import interval_text
 from specdec.intervals import WITHIN_RUN, Interval, RunSample, paired_speedup, request_ratio
-from specdec.lossless import LosslessResult, check
+from specdec.lossless import LosslessResult, check, not_compared_sampled
 from specdec.metrics import spec_bench_mean_accepted_tokens_by_category, speedup
 from specdec.records import ExperimentConfig, GroupMetrics, RequestRecord, RunSummary
 from specdec.scoring import SettingRun, baseline_for
@@ -421,7 +421,11 @@ def build_report(folders: Sequence[Path], threshold: float | None = None) -> Rep
         baseline = _baseline_for(setting, settings)
         if baseline is not None:
             baselines[setting.name] = baseline.name
-            if setting is not baseline:
+            temperature = max(setting.first.config.generation.temperature,
+                              baseline.first.config.generation.temperature)
+            if setting is not baseline and temperature > 0:
+                lossless[setting.name] = not_compared_sampled(threshold, temperature)
+            elif setting is not baseline:
                 lossless[setting.name] = check(
                     setting.first.outputs.requests, baseline.first.outputs.requests,
                     threshold, margins=run_folder.read_margins(baseline.first.folder))

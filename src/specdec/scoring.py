@@ -159,7 +159,8 @@ def plan(batch: Path, items: Iterable[IndexedItem]) -> list[Job]:
 
     ``items`` are its index's items.  One job per baseline that some setting
     diverged from, with the positions its ``margins.json`` lacks (none left:
-    nothing to do).
+    nothing to do).  Sampled pairs (either run at temperature above 0) are not
+    scored: the report does not compare their texts.
     """
     settings = _finished_settings(batch, items)
     runs = [run for run, _ in settings]
@@ -169,6 +170,8 @@ def plan(batch: Path, items: Iterable[IndexedItem]) -> list[Job]:
         baseline = baseline_for(run, runs)
         if baseline is None or baseline is run:
             continue
+        if run.config.generation.sampled or baseline.config.generation.sampled:
+            continue  # sampled texts differ by chance: the report compares them by distribution
         base_requests = run_folder.read_outputs(folders[baseline.name]).requests
         mine = run_folder.read_outputs(folders[run.name]).requests
         by_id = {r.id: r for r in mine}

@@ -84,7 +84,8 @@ class StudyConfig:
     aa_check: bool = False
     """Add a second run of each baseline (setting ``<baseline>__aa``, label ``aa_check``)."""
     seed: int = 0
-    """Seeds the shuffled order of each round of repeats."""
+    """Seeds the shuffled order of each round of repeats, and is the run seed
+    (``generation.seed``) of sampled items that set none."""
 
 
 @frozen
@@ -197,11 +198,29 @@ def _check_items(items: Sequence[BatchItem], source: str, kind: str = "study") -
         raise ConfigError(source, found)
 
 
+def _seeded(experiment: dict[str, Any], seed: int) -> dict[str, Any]:
+    """A sampled item's experiment with the study's seed as its run seed, unless it has one.
+
+    Each request's seed derives from (run seed, request id, turn, repeat)
+    (:func:`specdec.engines.requests.request_seed`); greedy items are left as they are.
+    """
+    generation = experiment.get("generation")
+    if not isinstance(generation, Mapping):
+        return experiment
+    temperature = generation.get("temperature", 0)
+    if not isinstance(temperature, int | float) or temperature <= 0 or "seed" in generation:
+        return experiment
+    return {**experiment, "generation": {**generation, "seed": seed}}
+
+
 def expand_study(study: StudyConfig) -> list[BatchItem]:
     """Every run of a study, baseline first, each checked as an experiment config.
 
     With ``aa_check``, each baseline is followed by its A/A item: the same
     experiment under the setting ``<baseline>__aa``, labelled ``aa_check: true``.
+    Repeat ``r`` runs with ``repeat: r``; a sampled item (``temperature`` above 0)
+    without a ``generation.seed`` gets the study's ``seed``, so its requests'
+    seeds derive from (study seed, request id, turn, repeat).
 
     Every item's config and strategy options are checked (:func:`check_item`)
     before this returns, so a typo in a ``sweep:`` option fails ``--dry-run``
@@ -221,6 +240,7 @@ def expand_study(study: StudyConfig) -> list[BatchItem]:
             experiment = apply_overrides(
                 experiment, [f"{k}={orjson.dumps(v).decode()}" for k, v in engine_values.items()]
             )
+            experiment = _seeded(experiment, study.seed)
             labels = {**option_values, **engine_values}
             parts = [_slug(model.rstrip("/").split("/")[-1]), spec.name]
             parts += [f"{k.split('.')[-1]}={_slug(v)}" for k, v in labels.items()]
@@ -230,7 +250,7 @@ def expand_study(study: StudyConfig) -> list[BatchItem]:
                 variants.append((setting + AA_SUFFIX, {**labels, scoring.AA_LABEL: True}))
             items += [
                 BatchItem(f"{name}__r{r}" if study.repeats > 1 else name, name,
-                          experiment, shown, r)
+                          {**experiment, "repeat": r} if r else experiment, shown, r)
                 for name, shown in variants
                 for r in range(study.repeats)
             ]

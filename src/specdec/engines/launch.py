@@ -27,11 +27,19 @@ import httpx
 import orjson
 import structlog
 
-from specdec.engines.device import installed_vllm, local_device, memory_utilization
+from specdec.engines.device import (
+    installed_vllm,
+    local_device,
+    memory_utilization,
+    seeded_prefill,
+)
 from specdec.errors import EngineError
 from specdec.records import ExperimentConfig
 
 log = structlog.get_logger("specdec.launch")
+
+SWITCHES = frozenset({"enable_chunked_prefill", "enable_prefix_caching"})
+"""``engine.extra`` switches whose false is passed as ``--no-...`` (vLLM's default is on)."""
 
 
 def free_port() -> int:
@@ -69,13 +77,22 @@ def server_command(config: ExperimentConfig, model: Path | str,
     if speculative_config:
         command += ["--speculative-config", orjson.dumps(dict(speculative_config)).decode(),
                     "--per-request-spec-decode-metrics", "detailed"]
-    for key, value in engine.extra.items():
+    return command + _flags({**seeded_prefill(config, local_device(installed_vllm())),
+                             **engine.extra})
+
+
+def _flags(extra: Mapping[str, Any]) -> list[str]:
+    """``engine.extra`` as server flags: true a bare flag, false nothing (or ``--no-``)."""
+    flags: list[str] = []
+    for key, value in extra.items():
         flag = "--" + key.replace("_", "-")
         if value is True:
-            command.append(flag)
+            flags.append(flag)
+        elif value is False and key in SWITCHES:
+            flags.append(f"--no-{flag[2:]}")
         elif value is not False and value is not None:
-            command += [flag, value if isinstance(value, str) else orjson.dumps(value).decode()]
-    return command
+            flags += [flag, value if isinstance(value, str) else orjson.dumps(value).decode()]
+    return flags
 
 
 class ServerProcess:

@@ -53,12 +53,23 @@ from specdec.engines.requests import (
     RawPromptError,
     chat_messages,
     raw_prompt,
+    request_seed,
+    sample_settings,
     sampling_settings,
+    seeded,
     token_score,
     warmup_conversation,
 )
 from specdec.errors import EngineError
-from specdec.interfaces import SCORE_TOP, Capabilities, EngineRun, ScoreRequest, ScoreResult
+from specdec.interfaces import (
+    SCORE_TOP,
+    Capabilities,
+    EngineRun,
+    SampleRequest,
+    SampleRun,
+    ScoreRequest,
+    ScoreResult,
+)
 from specdec.metrics import stats_from_histogram, subtract_stats
 from specdec.records import (
     Conversation,
@@ -75,6 +86,8 @@ BACKEND = "server"
 PREFIX = "vllm:spec_decode_"
 SCORE_CONCURRENCY = 8
 """Scoring requests in flight when engine.concurrency is unset: the server batches them."""
+SAMPLE_CONCURRENCY = 64
+"""Sampling requests (a few tokens each) in flight when engine.concurrency is unset."""
 NO_URL = "the server backend needs engine.url (or --endpoint URL), or engine.launch: true"
 
 IDS_RETURNED = "returned"
@@ -402,6 +415,8 @@ class OpenAIServerEngine:
         outputs is by text); ``arrivals`` is the request schedule, when a rate is set.
         """
         shared: dict[str, Any] = {"token_ids": self.token_ids()}
+        if seeded(self.config.generation):
+            shared["seed"] = "per request: each turn's record holds its seed"
         engine = self.config.engine
         if engine.request_rate:
             shared["arrivals"] = {"request_rate": engine.request_rate,
@@ -539,6 +554,64 @@ class OpenAIServerEngine:
                         turns=self._incomplete)
         return EngineRun(elapsed, counters if self.speculative_config else None)
 
+    def sample(self, requests: Sequence[SampleRequest]) -> SampleRun:
+        """One ``/v1/completions`` request per seed, with the prompt's token ids; not streamed.
+
+        :data:`SAMPLE_CONCURRENCY` in flight (``engine.concurrency`` if set), so
+        the server batches them.  The output ids come from ``return_token_ids``
+        where the server offers it, else from ``logprobs: 0`` with
+        ``return_tokens_as_token_ids``.  The speculative counters are read
+        around the sampling (from ``/metrics``).  A failure raises: the check
+        needs every sample.
+        """
+        if not self.model_name:
+            msg = "the engine is not started: call start() first"
+            raise EngineError(msg)
+        before = self._read_counters()
+        samples = asyncio.run(self._sample_all(requests))
+        counters = counter_delta(self._read_counters(), before)
+        return SampleRun(samples, counters if self.speculative_config else None)
+
+    async def _sample_all(self, requests: Sequence[SampleRequest]
+                          ) -> tuple[tuple[tuple[int, ...], ...], ...]:
+        limit = asyncio.Semaphore(self.config.engine.concurrency or SAMPLE_CONCURRENCY)
+        timeout = httpx.Timeout(self.config.engine.timeout_s, connect=10.0)
+        async with httpx.AsyncClient(timeout=timeout, headers=self._headers) as client:
+
+            async def one(request: SampleRequest, seed: int) -> tuple[int, ...]:
+                async with limit:
+                    return await self._sample(client, request, seed)
+
+            drawn = await asyncio.gather(*(one(r, s) for r in requests for s in r.seeds))
+        flat = iter(drawn)
+        return tuple(tuple(next(flat) for _ in r.seeds) for r in requests)
+
+    async def _sample(self, client: httpx.AsyncClient, request: SampleRequest,
+                      seed: int) -> tuple[int, ...]:
+        returned = self.token_ids() == IDS_RETURNED
+        payload = {"model": self.model_name, "prompt": list(request.token_ids),
+                   **sample_settings(request, seed)}
+        payload |= ({"return_token_ids": True} if returned
+                    else {"logprobs": 0, "return_tokens_as_token_ids": True})
+        url = f"{self.base_url}/v1/completions"
+        try:
+            response = await client.post(url, json=payload)
+        except httpx.HTTPError as exc:
+            msg = f"sampling at {url} failed: {type(exc).__name__}: {exc}"
+            raise EngineError(msg) from exc
+        if response.status_code >= 400:  # noqa: PLR2004 - HTTP error statuses
+            msg = f"sampling at {url} failed: HTTP {response.status_code}: {response.text[:300]}"
+            raise EngineError(msg)
+        try:
+            choice = response.json()["choices"][0]
+            tokens: list[Any] = (choice["token_ids"] if returned
+                                 else [_token_id(t) for t in choice["logprobs"]["tokens"]])
+            return tuple(int(t) for t in tokens)
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            msg = (f"the server at {self.base_url} answered a sample without its token ids "
+                   f"({type(exc).__name__}: {exc}): is it a vLLM server?")
+            raise EngineError(msg) from exc
+
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         """Score sequences with ``/v1/completions``: token-id prompts, ``prompt_logprobs=2``.
 
@@ -644,7 +717,8 @@ class OpenAIServerEngine:
         gen = self.config.generation
         payload: dict[str, Any] = {
             "model": self.model_name,
-            **sampling_settings(gen, max_tokens),
+            **sampling_settings(gen, max_tokens,
+                                request_seed(self.config, conv.id, len(earlier))),
             "stream": True,
             "stream_options": {"include_usage": True},
         }
@@ -724,6 +798,7 @@ class OpenAIServerEngine:
             spec=_spec_from_response(stream.metrics),
             logprob_margins=tuple(stream.margins),
             max_tokens=self._budget(prompt_tokens, max_tokens),
+            seed=payload.get("seed"),
         )
 
     def _output_ids(self, stream: _Stream) -> tuple[int, ...]:

@@ -1,20 +1,22 @@
-"""What a request carries, the same on every backend: sampling, chat messages, warm-up.
+"""What a request carries, the same on every backend: sampling, seeds, chat messages, warm-up.
 
 The offline engine hands these to ``vllm.SamplingParams`` and the chat
 template; the server engine puts them in an OpenAI-compatible request body.
-Keeping them here means a sampling setting or a conversation's layout cannot
-differ between the two.  Scoring's answer is read here too: both backends get
-vLLM's prompt log-probabilities, one as objects and one as JSON.
+Keeping them here means a sampling setting, a request's seed or a
+conversation's layout cannot differ between the two.  Scoring's answer is read
+here too: both backends get vLLM's prompt log-probabilities, one as objects
+and one as JSON.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from specdec.errors import EngineError
-from specdec.interfaces import SCORE_TOP, TokenScore
-from specdec.records import Conversation, GenerationConfig
+from specdec.interfaces import SCORE_TOP, SampleRequest, TokenScore
+from specdec.records import Conversation, ExperimentConfig, GenerationConfig
 
 WARMUP_PROMPT = "Say hello."
 WARMUP_MAX_TOKENS = 8
@@ -30,10 +32,51 @@ def warmup_conversation() -> Conversation:
     return Conversation(id="warmup", turns=(WARMUP_PROMPT,))
 
 
-def sampling_settings(gen: GenerationConfig, max_tokens: int | None = None) -> dict[str, Any]:
+SEED_BITS = 63
+"""Derived seeds are below ``2**63``: vLLM's server takes seeds in ``torch.long``'s range."""
+
+
+def derive_seed(*parts: object) -> int:
+    """A seed from ``parts``, the same in every Python process and on every machine.
+
+    ``sha256`` of the parts' ``str()`` joined by the unit separator (U+001F);
+    the digest's first :data:`SEED_BITS` bits (big-endian) are the seed.
+    Python's ``hash()`` of a string changes between processes, so it is not used.
+    """
+    text = "\x1f".join(str(part) for part in parts)
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") >> (64 - SEED_BITS)
+
+
+def seeded(gen: GenerationConfig) -> bool:
+    """Whether each request carries its own seed: a sampled run, or ``generation.seed`` set."""
+    return gen.seed is not None or gen.sampled
+
+
+def request_seed(config: ExperimentConfig, request_id: str, turn: int) -> int | None:
+    """The sampling seed of turn ``turn`` (0-based) of request ``request_id``, or None.
+
+    ``derive_seed(run seed, request id, turn, repeat)``, where the run seed is
+    ``generation.seed``, else ``engine.seed``, and the repeat is
+    ``config.repeat``.  Every request (and turn) of a run so draws its own
+    random stream, a rerun draws the same ones, and so does every strategy of
+    one repeat of a study (their samples are comparable).  None, and no seed
+    sent, for a greedy run without ``generation.seed``: its requests are as
+    before per-request seeds existed.
+    """
+    gen = config.generation
+    if not seeded(gen):
+        return None
+    base = gen.seed if gen.seed is not None else config.engine.seed
+    return derive_seed(base, request_id, turn, config.repeat)
+
+
+def sampling_settings(gen: GenerationConfig, max_tokens: int | None = None,
+                      seed: int | None = None) -> dict[str, Any]:
     """Sampling settings by vLLM's names (``SamplingParams`` and the server's request body).
 
-    ``max_tokens`` overrides the configured budget (the warm-up's short answer).
+    ``max_tokens`` overrides the configured budget (the warm-up's short answer);
+    ``seed`` is the request's own (:func:`request_seed`; None: none is sent).
     Log-probabilities are left to each backend: the APIs ask for them differently.
     """
     settings: dict[str, Any] = {
@@ -44,10 +87,20 @@ def sampling_settings(gen: GenerationConfig, max_tokens: int | None = None) -> d
     }
     if gen.top_k is not None:
         settings["top_k"] = gen.top_k
-    if gen.seed is not None:
-        settings["seed"] = gen.seed
+    if seed is not None:
+        settings["seed"] = seed
     if gen.stop:
         settings["stop"] = list(gen.stop)
+    return settings
+
+
+def sample_settings(request: SampleRequest, seed: int) -> dict[str, Any]:
+    """One seeded sample's settings by vLLM's names (``SamplingParams``, a completions body)."""
+    settings: dict[str, Any] = {"max_tokens": request.max_tokens,
+                                "temperature": request.temperature, "top_p": request.top_p,
+                                "seed": seed}
+    if request.top_k is not None:
+        settings["top_k"] = request.top_k
     return settings
 
 

@@ -25,6 +25,10 @@ length limit silently), and the run logs one warning with how many turns
 were capped.  Should vLLM still refuse a request of a batch, the batch's
 requests are sent one by one so only the refused one fails; an engine crash
 or running out of memory is not a request's fault and still ends the run.
+
+Seeded requests (a sampled run, or ``generation.seed`` set) prefill every
+prompt whole on the CPU, where vLLM 0.32 dies on a seeded chunked prefill
+(:func:`~specdec.engines.device.seeded_prefill`).
 """
 
 from __future__ import annotations
@@ -42,13 +46,16 @@ from typing import Any
 import structlog
 from attrs import frozen
 
-from specdec.engines.device import installed_vllm, memory_utilization
+from specdec.engines.device import installed_vllm, memory_utilization, seeded_prefill
 from specdec.engines.requests import (
     WARMUP_MAX_TOKENS,
     RawPromptError,
     chat_token_ids,
     raw_prompt,
+    request_seed,
+    sample_settings,
     sampling_settings,
+    seeded,
     text_token_ids,
     token_score,
     warmup_conversation,
@@ -58,6 +65,8 @@ from specdec.interfaces import (
     SCORE_TOP,
     Capabilities,
     EngineRun,
+    SampleRequest,
+    SampleRun,
     ScoreRequest,
     ScoreResult,
 )
@@ -80,6 +89,7 @@ COUNTER_DRAFTS = "vllm:spec_decode_num_drafts"
 COUNTER_DRAFT_TOKENS = "vllm:spec_decode_num_draft_tokens"
 COUNTER_ACCEPTED = "vllm:spec_decode_num_accepted_tokens"
 COUNTER_PER_POS = "vllm:spec_decode_num_accepted_tokens_per_pos"
+
 
 
 def _literal_values(tp: Any) -> set[str]:
@@ -207,6 +217,7 @@ class VllmOfflineEngine:
         if self.speculative_config is not None:
             kwargs["speculative_config"] = dict(self.speculative_config)
             kwargs["per_request_spec_decode_metrics"] = "detailed"
+        kwargs.update(seeded_prefill(self.config, device))
         kwargs.update(engine.extra)
         return kwargs
 
@@ -231,7 +242,8 @@ class VllmOfflineEngine:
         if self.config.warmup:
             warm = warmup_conversation()
             self._generate([self._prompt(warm, [])],
-                           _sampling(self.config.generation, WARMUP_MAX_TOKENS))
+                           _sampling(self.config.generation, WARMUP_MAX_TOKENS,
+                                     request_seed(self.config, warm.id, 0)))
 
     def close(self) -> None:
         """Shut the engine down and free its memory."""
@@ -247,10 +259,15 @@ class VllmOfflineEngine:
 
         Also the ``SamplingParams`` keyword arguments of its timed requests
         (``sampling``; a turn capped to fit ``max_model_len`` gets a smaller
-        ``max_tokens``): what a timed request carries, no more.
+        ``max_tokens``, and each request its own ``seed``, recorded in its
+        turns): what a timed request carries, no more.
         """
         kwargs = self.engine_kwargs(capabilities().device)
-        return {"llm_kwargs": kwargs, "sampling": sampling_kwargs(self.config.generation, None)}
+        described: dict[str, Any] = {"llm_kwargs": kwargs,
+                                     "sampling": sampling_kwargs(self.config.generation, None)}
+        if seeded(self.config.generation):
+            described["seed"] = "per request: each turn's record holds its seed"
+        return described
 
     def _prompt(self, conv: Conversation, answers: Sequence[str]) -> dict[str, Any]:
         if not self.config.chat_template:
@@ -298,7 +315,8 @@ class VllmOfflineEngine:
                     "leaves no room for an output token in")
             return (f"prompt of {length} tokens {what} max_model_len {limit} (turn {turn}); "
                     "raise engine.max_model_len or shorten the prompt")
-        return _Send(conv, prompt, min(self.config.generation.max_tokens, limit - length))
+        return _Send(conv, prompt, min(self.config.generation.max_tokens, limit - length),
+                     request_seed(self.config, conv.id, len(answers)))
 
     def _generate(self, prompts: list[dict[str, Any]], params: Any) -> list[Any]:
         outputs: list[Any] = self._llm.generate(prompts, params, use_tqdm=False)
@@ -341,6 +359,7 @@ class VllmOfflineEngine:
             spec=_spec_stats(getattr(completion, "spec_decode_metrics", None)),
             logprob_margins=_margins(completion.logprobs),
             max_tokens=send.budget if send.budget < self.config.generation.max_tokens else None,
+            seed=send.seed,
         )
 
     def _started(self) -> None:
@@ -409,14 +428,15 @@ class VllmOfflineEngine:
         """Each send's ``RequestOutput``, or for one vLLM refused, the reason (a string)."""
         if not sends:
             return []
-        params: dict[int, Any] = {}
+        params: dict[tuple[int, int | None], Any] = {}
         for send in sends:
-            if send.budget not in params:
-                params[send.budget] = _sampling(self.config.generation, send.budget)
+            if (send.budget, send.seed) not in params:
+                params[send.budget, send.seed] = _sampling(self.config.generation, send.budget,
+                                                           send.seed)
             if send.budget < self.config.generation.max_tokens:
                 self._capped += 1
         prompts = [send.prompt for send in sends]
-        per_send = [params[send.budget] for send in sends]
+        per_send = [params[send.budget, send.seed] for send in sends]
         refused = _request_errors()
         try:
             return self._generate(prompts, per_send)
@@ -434,6 +454,28 @@ class VllmOfflineEngine:
             except refused as exc:
                 outputs.append(_refusal(exc, turn))
         return outputs
+
+    def sample(self, requests: Sequence[SampleRequest]) -> SampleRun:
+        """One vLLM request per seed, all sent at once; the output token ids, not detokenized.
+
+        The speculative counters are read around the sampling, as around a run.
+        """
+        self._started()
+        sampling = _import_vllm().SamplingParams
+        prompts: list[dict[str, Any]] = []
+        params: list[Any] = []
+        for request in requests:
+            for seed in request.seeds:
+                prompts.append({"prompt_token_ids": list(request.token_ids)})
+                params.append(sampling(**sample_settings(request, seed), detokenize=False))
+        before = self._counters()
+        outputs = iter(self._generate(prompts, params) if prompts else [])
+        samples = tuple(
+            tuple(tuple(int(t) for t in next(outputs).outputs[0].token_ids)
+                  for _ in request.seeds)
+            for request in requests)
+        counters = subtract_stats(self._counters(), before) if self.speculative_config else None
+        return SampleRun(samples, counters)
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         """Prefill each sequence once with ``prompt_logprobs=2``; report the chosen positions.
@@ -463,11 +505,12 @@ class VllmOfflineEngine:
 
 @frozen
 class _Send:
-    """One turn ready for the engine: its prompt and its output budget."""
+    """One turn ready for the engine: its prompt, its output budget and its seed."""
 
     conv: Conversation
     prompt: dict[str, Any]
     budget: int
+    seed: int | None
 
 
 def _request_errors() -> tuple[type[BaseException], ...]:
@@ -481,17 +524,19 @@ def _refusal(exc: BaseException, turn: int) -> str:
     return f"turn {turn + 1}: vLLM refused the request: {type(exc).__name__}: {exc}"
 
 
-def sampling_kwargs(gen: GenerationConfig, max_tokens: int | None) -> dict[str, Any]:
+def sampling_kwargs(gen: GenerationConfig, max_tokens: int | None,
+                    seed: int | None = None) -> dict[str, Any]:
     """The ``SamplingParams`` keyword arguments of a request: what the user configured only.
 
+    ``seed`` is the request's own (:func:`~specdec.engines.requests.request_seed`).
     Log-probabilities only when ``generation.logprobs`` asks for them: the
     lossless check reads its margins from a scoring pass after the timed runs.
     """
-    kwargs = sampling_settings(gen, max_tokens)
+    kwargs = sampling_settings(gen, max_tokens, seed)
     if gen.logprobs is not None:
         kwargs["logprobs"] = gen.logprobs
     return kwargs
 
 
-def _sampling(gen: GenerationConfig, max_tokens: int | None) -> Any:
-    return _import_vllm().SamplingParams(**sampling_kwargs(gen, max_tokens))
+def _sampling(gen: GenerationConfig, max_tokens: int | None, seed: int | None) -> Any:
+    return _import_vllm().SamplingParams(**sampling_kwargs(gen, max_tokens, seed))
