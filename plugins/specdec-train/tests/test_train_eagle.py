@@ -362,11 +362,13 @@ def test_save_writes_vllm_layout_atomically(tiny_target: Path, tmp_path: Path,
 
 
 def test_bundled_alias_until_trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The alias is listed, refuses with the command to run, then resolves once written."""
+    """Without a shipped head the alias refuses with the command to run, then resolves once
+    trained; the trained head is what the alias names (and wins over a shipped one)."""
     from specdec.serialization import structure
     from specdec.strategies.eagle import Eagle3Options, EagleOptions
 
     monkeypatch.setenv("SPECDEC_HOME", str(tmp_path))
+    monkeypatch.setattr(models, "HEADS", tmp_path / "no-shipped-heads")
     alias = models.bundled(EAGLE_ALIAS)
     assert not alias.prepared
     with pytest.raises(ModelError, match="not trained yet: run `specdec train eagle`"):

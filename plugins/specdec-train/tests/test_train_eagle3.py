@@ -288,13 +288,15 @@ def test_eagle3_saved_layout_is_vllms(deep_target: Path, tmp_path: Path) -> None
 
 
 def test_eagle3_options_and_alias(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """--head eagle3 parses; the alias waits for training; bad combinations are refused."""
+    """--head eagle3 parses; without a shipped head the alias waits for training; bad
+    combinations are refused."""
     from cyclopts import CycloptsError
 
     assert parse_train_eagle("--head", "eagle3").head == "eagle3"
     with pytest.raises(CycloptsError):
         parse_train_eagle("--head", "medusa")
     monkeypatch.setenv("SPECDEC_HOME", str(tmp_path))
+    monkeypatch.setattr(models, "HEADS", tmp_path / "no-shipped-heads")
     assert EAGLE3_ALIAS in models.BUNDLED
     with pytest.raises(ModelError, match=r"not trained yet: run `specdec train eagle --head "
                                          r"eagle3`"):
