@@ -602,6 +602,8 @@ def print_tune(result: TuneResult) -> None:
             print_table(f"predicted ranking ({files.group_label(group)})",
                         [Column(h, "right" if i >= 3 else "left", whole_lines=i >= 3)  # noqa: PLR2004
                          for i, h in enumerate(files.RANKING_HEADERS)], rows, keys=2)
+    if any(c.exact is False for c in ranking.candidates):
+        stdout.print(escape(files.UNRESOLVED_NOTE))
     for line in files.skipped_lines(ranking):
         stdout.print(escape(f"not predicted: {line}"))
     rows = files.confirmed_rows(result)

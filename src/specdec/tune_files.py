@@ -37,12 +37,21 @@ RANKING_HEADERS = ("rank", "setting", "source", "predicted speedup", "throughput
                    "acceptance rate", "mean acceptance length")
 
 
+UNRESOLVED_NOTE = ("replay*: a last step's draft ran past the baseline's known tokens and "
+                   "was counted rejected; the engine may accept more there (docs/prediction.md, "
+                   "'The last step').")
+
+
 def ranking_rows(ranking: Ranking, max_num_seqs: int | None) -> list[tuple[str, ...]]:
-    """The ranking of one batch size as table rows (:data:`RANKING_HEADERS`)."""
+    """The ranking of one batch size as table rows (:data:`RANKING_HEADERS`).
+
+    A replay that left a last step unresolved shows as ``replay*`` (:data:`UNRESOLVED_NOTE`).
+    """
     rows: list[tuple[str, ...]] = []
     for place, candidate in enumerate(ranked(ranking.candidates, OVERALL, max_num_seqs), 1):
         overall = candidate.predictions[OVERALL]
-        rows.append((str(place), candidate.setting, candidate.source, _speedup_text(candidate),
+        source = f"{candidate.source}*" if candidate.exact is False else candidate.source
+        rows.append((str(place), candidate.setting, source, _speedup_text(candidate),
                      number(overall.speedup_total, 2, "x"), percent(candidate.acceptance_rate),
                      number(candidate.mean_acceptance_length)))
     return rows
@@ -138,6 +147,8 @@ def prediction_markdown(result: TuneResult) -> str:
     for group in dict.fromkeys(c.max_num_seqs for c in ranking.candidates):
         lines += [f"## Ranking ({group_label(group)})", ""]
         lines += _table(RANKING_HEADERS, ranking_rows(ranking, group))
+    if any(c.exact is False for c in ranking.candidates):
+        lines += [UNRESOLVED_NOTE, ""]
     skipped = skipped_lines(ranking)
     if skipped:
         lines += ["## Not predicted", "", *(f"- {line}" for line in skipped), ""]
