@@ -600,7 +600,8 @@ def print_tune(result: TuneResult) -> None:
         rows = files.ranking_rows(ranking, group)
         if rows:
             print_table(f"predicted ranking ({files.group_label(group)})",
-                        [Column(h, "right" if i >= 3 else "left", whole_lines=i >= 3)  # noqa: PLR2004
+                        [Column(h, "right" if 3 <= i < 7 else "left",  # noqa: PLR2004
+                                whole_lines=i >= 3)  # noqa: PLR2004
                          for i, h in enumerate(files.RANKING_HEADERS)], rows, keys=2)
     if any(c.exact is False for c in ranking.candidates):
         stdout.print(escape(files.UNRESOLVED_NOTE))

@@ -34,7 +34,7 @@ def group_label(max_num_seqs: int | None) -> str:
 
 
 RANKING_HEADERS = ("rank", "setting", "source", "predicted speedup", "throughput speedup",
-                   "acceptance rate", "mean acceptance length")
+                   "acceptance rate", "mean acceptance length", "step time at k")
 
 
 UNRESOLVED_NOTE = ("replay*: a last step's draft ran past the baseline's known tokens and "
@@ -45,7 +45,8 @@ UNRESOLVED_NOTE = ("replay*: a last step's draft ran past the baseline's known t
 def ranking_rows(ranking: Ranking, max_num_seqs: int | None) -> list[tuple[str, ...]]:
     """The ranking of one batch size as table rows (:data:`RANKING_HEADERS`).
 
-    A replay that left a last step unresolved shows as ``replay*`` (:data:`UNRESOLVED_NOTE`).
+    A replay that left a last step unresolved shows as ``replay*`` (:data:`UNRESOLVED_NOTE`);
+    the last column says whether k lies within the k its drafter's step time was calibrated at.
     """
     rows: list[tuple[str, ...]] = []
     for place, candidate in enumerate(ranked(ranking.candidates, OVERALL, max_num_seqs), 1):
@@ -53,7 +54,8 @@ def ranking_rows(ranking: Ranking, max_num_seqs: int | None) -> list[tuple[str, 
         source = f"{candidate.source}*" if candidate.exact is False else candidate.source
         rows.append((str(place), candidate.setting, source, _speedup_text(candidate),
                      number(overall.speedup_total, 2, "x"), percent(candidate.acceptance_rate),
-                     number(candidate.mean_acceptance_length)))
+                     number(candidate.mean_acceptance_length),
+                     "extrapolated" if overall.extrapolated else "calibrated"))
     return rows
 
 
