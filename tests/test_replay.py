@@ -37,6 +37,7 @@ from specdec.replay import (
     merge_agreement,
     ngram_draft,
     proposer_for,
+    replay_agreement,
     replay_run,
     replay_turn,
 )
@@ -587,3 +588,73 @@ def test_measured_agreement_predicts_other_k_within_its_bounds() -> None:
                 assert low == true == high
                 exact += 1
     assert exact > 100
+
+
+def _draft_source(tmp_path: Path, outputs: dict[str, list[str]], k: int) -> Path:
+    """A finished draft-model run at ``k`` over _run's benchmark: its outputs, its counts as a
+    draft that always agrees would give them (its own steps over its own text)."""
+    from specdec.serialization import unstructure
+
+    baseline = run_folder.read_config(tmp_path / "baseline")
+    _, options = registry.strategy_options("draft_model", {"num_speculative_tokens": k})
+    config = attrs.evolve(baseline, strategy=StrategyConfig("draft_model", unstructure(options)))
+    records = []
+    for request_id, questions in QUESTIONS.items():
+        answers = outputs[request_id]
+        turns = []
+        for index, question in enumerate(questions):
+            earlier = "".join(q + a for q, a in zip(questions[:index], answers, strict=False))
+            prompt, output = _as_ids(earlier + question), _as_ids(answers[index])
+            truth = (None,) + (True,) * (len(output) - 1)
+            spec = replay_turn(prompt, output, AgreementProposer(len(prompt), output, truth),
+                               k, 2048).spec
+            turns.append(_turn(question, earlier + question, answers[index], spec))
+        records.append(RequestRecord(request_id, "c", tuple(turns)))
+    folder = tmp_path / f"draft-k{k}"
+    writer = run_folder.RunWriter(folder)
+    writer.claim(config)
+    writer.start(config, {"test": True})
+    for record in records:
+        writer.append(record)
+    writer.finish(summarise(records, 1.0, None), records)
+    return folder
+
+
+def test_a_draft_model_replays_from_a_run_folder_up_to_where_its_text_differs(
+        tmp_path: Path) -> None:
+    """The source run at k=2 answered 'single' as the baseline did: agreement at positions 1
+    and 2, position 3 a bonus (unknown).  Its first 'double' turn differs at index 2 (A for
+    y): positions 0-1 keep its agreement, position 2 (it drafted its own token, not ours) is a
+    disagreement, after it nothing is known; its second turn's prompt differs, so nothing.
+    Each turn replays as replay_turn does with that agreement, and coverage counts the
+    known positions after each turn's first: 2 of 3, 2 of 4 and 0 of 3."""
+    baseline = _run(tmp_path)
+    source = _draft_source(tmp_path, {"single": ["cabd"], "double": ["zxAzq", "yzxy"]}, 2)
+    setting = StrategyConfig("draft_model", {"num_speculative_tokens": 1})
+    (low,) = replay_agreement(baseline, [setting], [source], tokenizer=CharTokenizer())
+    (high,) = replay_agreement(baseline, [setting], [source], optimistic=True,
+                               tokenizer=CharTokenizer())
+    expected = {("single", 0): (None, True, True, None),
+                ("double", 0): (None, True, False, None, None),
+                ("double", 1): (None, None, None, None)}
+    prompts = {("single", 0): "abcab", ("double", 0): "xyzxy", ("double", 1): "xyzxyzxyzqzx"}
+    outputs = {("single", 0): "cabd", ("double", 0): "zxyzq", ("double", 1): "yzxy"}
+    for run, optimistic in ((low, False), (high, True)):
+        for (request_id, index), bits in expected.items():
+            prompt = _as_ids(prompts[request_id, index])
+            output = _as_ids(outputs[request_id, index])
+            proposer = AgreementProposer(len(prompt), output, bits, optimistic)
+            record = next(r for r in run.records if r.id == request_id)
+            assert record.turns[index].spec == replay_turn(prompt, output, proposer, 1,
+                                                           2048).spec
+    assert low.coverage == pytest.approx(4 / 10)
+    assert request_spec(low.records[0]) != request_spec(high.records[0])  # 'single' position 3
+    assert (low.strategy.options["num_speculative_tokens"], low.speculative_config["method"]) == (
+        1, "draft_model")
+    with pytest.raises(ReplayError, match="measured agreement replays draft_model only"):
+        replay_agreement(baseline, [StrategyConfig("ngram", {"num_speculative_tokens": 1})],
+                         [source], tokenizer=CharTokenizer())
+    with pytest.raises(ReplayError, match="not draft_model with"):
+        replay_agreement(baseline, [StrategyConfig("draft_model", {
+            "num_speculative_tokens": 1, "model": "smollm2-135m"})], [source],
+            tokenizer=CharTokenizer())
