@@ -446,6 +446,8 @@ def test_the_prediction_table_shows_each_residual(tuned: tuple[Path, TuneResult]
         assert row[4].startswith(f"{check.measured:.2f}x [")
         assert f"| {' | '.join(row)} |" in text
     assert "## A setting per category" in text
+    first = ranked(result.ranking.candidates, "w")[0]
+    assert f"| w | {first.setting} {first.speedup('w'):.2f}x" in text
 
 
 def test_a_finished_tune_is_not_redone(tuned: tuple[Path, TuneResult],

@@ -603,6 +603,9 @@ def print_tune(result: TuneResult) -> None:
                         [Column(h, "right" if 3 <= i < 7 else "left",  # noqa: PLR2004
                                 whole_lines=i >= 3)  # noqa: PLR2004
                          for i, h in enumerate(files.RANKING_HEADERS)], rows, keys=2)
+            print_table(f"predicted fastest by category ({files.group_label(group)})",
+                        [Column(h) for h in files.CATEGORY_RANKING_HEADERS],
+                        files.category_ranking_rows(ranking, group), fallback="records")
     if any(c.exact is False for c in ranking.candidates):
         stdout.print(escape(files.UNRESOLVED_NOTE))
     for line in files.skipped_lines(ranking):

@@ -59,6 +59,23 @@ def ranking_rows(ranking: Ranking, max_num_seqs: int | None) -> list[tuple[str, 
     return rows
 
 
+TOP = 3
+"""Candidates the per-category ranking shows."""
+
+
+def category_ranking_rows(ranking: Ranking, max_num_seqs: int | None) -> list[tuple[str, ...]]:
+    """Per category (and overall), the :data:`TOP` fastest predicted settings with speedups."""
+    rows: list[tuple[str, ...]] = []
+    for category in (*ranking.categories, OVERALL):
+        top = ranked(ranking.candidates, category, max_num_seqs)[:TOP]
+        cells = [f"{c.setting} {_speedup_text(c, category)}" for c in top]
+        rows.append((category, *cells, *(MISSING,) * (TOP - len(cells))))
+    return rows
+
+
+CATEGORY_RANKING_HEADERS = ("category", *(f"predicted #{n}" for n in range(1, TOP + 1)))
+
+
 def skipped_lines(ranking: Ranking) -> list[str]:
     """One line per candidate that was not predicted, with the reason."""
     return [f"{c.setting}: {c.note}" for c in ranking.candidates if c.source == "skipped"]
@@ -149,6 +166,8 @@ def prediction_markdown(result: TuneResult) -> str:
     for group in dict.fromkeys(c.max_num_seqs for c in ranking.candidates):
         lines += [f"## Ranking ({group_label(group)})", ""]
         lines += _table(RANKING_HEADERS, ranking_rows(ranking, group))
+        lines += ["By category:", ""]
+        lines += _table(CATEGORY_RANKING_HEADERS, category_ranking_rows(ranking, group))
     if any(c.exact is False for c in ranking.candidates):
         lines += [UNRESOLVED_NOTE, ""]
     skipped = skipped_lines(ranking)
