@@ -480,7 +480,7 @@ def test_quick_reference_lists_every_flag() -> None:
 
     text = (Path(__file__).parents[1] / "QUICK_REFERENCE.md").read_text(encoding="utf-8")
     app = cli.build_app()
-    for path in (("run",), ("serve",), ("batch",), ("study",), ("report",), ("export",),
+    for path in (("run",), ("serve",), ("batch",), ("study",), ("tune",), ("report",), ("export",),
                  ("models", "prepare")):
         for flag in _flags(app, *path):
             assert re.search(rf"(?<![\w-]){flag}(?![\w-])", text), (path, flag)

@@ -540,3 +540,22 @@ def test_calibrate_folders_reads_finished_runs(tmp_path: Path) -> None:
     (tmp_path / "unfinished").mkdir()
     with pytest.raises(SpecdecError, match="holds no finished run"):
         calibrate_folders([tmp_path / "unfinished"])
+
+
+def test_a_sweep_of_max_num_seqs_calibrates_each_batch_size() -> None:
+    """Runs at max_num_seqs 2 and 4 differ only in the setting that makes their batch size:
+    calibrated together, one fit each; a prediction's config at either size is accepted, one
+    with another dtype is not."""
+    def at(run: MeasuredRun, seqs: int) -> MeasuredRun:
+        config = attrs.evolve(run.config, mode="batch",
+                              engine=attrs.evolve(run.config.engine, max_num_seqs=seqs))
+        return attrs.evolve(run, folder=f"{run.folder}-{seqs}", config=config)
+
+    runs = calibration_set(linear_law)
+    calibration = calibrate([*(at(r, 2) for r in runs), *(at(r, 4) for r in runs)])
+    assert [f.batch_size for f in calibration.fits] == [2, 4]
+    swept = ExperimentConfig(mode="batch", engine=EngineConfig(max_num_seqs=4))
+    costmodel.require_same_settings(calibration, swept)
+    with pytest.raises(CalibrationError, match=r"engine\.dtype"):
+        costmodel.require_same_settings(calibration, ExperimentConfig(
+            engine=EngineConfig(dtype="float32", max_num_seqs=4)))

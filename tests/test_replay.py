@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import attrs
 import numpy as np
 import orjson
 import pytest
@@ -26,12 +27,17 @@ from specdec.metrics import request_spec, spec_metrics, summarise
 from specdec.records import RequestRecord, SpecStats, StrategyConfig, TurnRecord
 from specdec.replay import (
     FILLER_TOKEN,
+    Agreement,
+    AgreementProposer,
     CustomClassProposer,
     NgramProposer,
     Tokens,
     draft_lengths,
+    measured_agreement,
+    merge_agreement,
     ngram_draft,
     proposer_for,
+    replay_agreement,
     replay_run,
     replay_turn,
 )
@@ -507,3 +513,148 @@ def test_a_plugin_strategy_replays_by_name(tmp_path: Path) -> None:
         record = next(r for r in run.records if r.id == "single")
         assert record.turns[0].spec == replay_turn(_as_ids("abcab"), _as_ids("cabd"), Plugin(),
                                                    k, 2048).spec
+
+
+# --- a draft model's measured agreement ------------------------------------------------------
+
+
+def test_agreement_read_off_a_measured_turn_by_hand() -> None:
+    """k=2, accepted per step (2, 0, 1) over a 7-token output.  Step 1 starts at output
+    position 1 and accepts 2: positions 1 and 2 agreed, 3 was the bonus (unknown); step 2 at
+    4 accepts 0: 4 disagreed; step 3 at 5 accepts 1: 5 agreed, 6 disagreed.  Position 0 is
+    the prefill's.  Steps that do not cover the output (a step without a draft in between)
+    or an engine that listed no steps give nothing.  With max_model_len 12, step 2 holds 4 +
+    4 tokens, within 2k of 12, where vLLM may have drafted zeros: unknown from there on."""
+    spec = _stats((1, 1, 1), 6, (2, 0, 1))
+    output = tuple(range(10, 17))
+    assert measured_agreement(output, spec, 2, prompt_tokens=4, max_model_len=BIG) == (
+        None, True, True, None, False, True, False)
+    assert measured_agreement((*output, 17, 18), spec, 2, prompt_tokens=4,
+                              max_model_len=BIG) is None
+    unlisted = attrs.evolve(spec, accepted_per_step=())
+    assert measured_agreement(output, unlisted, 2, prompt_tokens=4, max_model_len=BIG) is None
+    near = measured_agreement(output, spec, 2, prompt_tokens=4, max_model_len=12)
+    assert near == (None, True, True, None, None, None, None)
+
+
+def test_merged_agreement_fills_gaps_and_drops_conflicts() -> None:
+    """Runs at other k know other positions; a position two runs disagree about is unknown."""
+    merged, conflicts = merge_agreement([(None, True, None, False), (None, None, True, True)])
+    assert merged == (None, True, True, None)
+    assert conflicts == 1
+
+
+def _draft_turn(rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int, ...], Agreement]:
+    prompt = tuple(int(t) for t in rng.integers(1, 50, 5))
+    output = tuple(int(t) for t in rng.integers(1, 50, int(rng.integers(2, 60))))
+    # Agreement in runs, as a draft model copies stretches: each position keeps the last one's
+    # fate with probability 0.8.
+    truth: list[bool | None] = [None]
+    for _ in output[1:]:
+        last = truth[-1] if truth[-1] is not None else True
+        truth.append(last if rng.random() < 0.8 else not last)
+    return prompt, output, tuple(truth)
+
+
+def test_measured_agreement_predicts_other_k_within_its_bounds() -> None:
+    """A draft model whose agreement is known everywhere is the truth.  Measured at k = 1, 2
+    and 4, each run's agreement is the truth where known; merged, the pessimistic and
+    optimistic replays bound the truth's accepted tokens at every k, equal it where nothing
+    was unknown, and drafts and draft tokens never depend on it (a draft model drafts k)."""
+    rng = np.random.default_rng(11)
+    exact = 0
+    for _ in range(150):
+        prompt, output, truth = _draft_turn(rng)
+        oracle = AgreementProposer(len(prompt), output, truth)
+        parts = []
+        for k in (1, 2, 4):
+            spec = replay_turn(prompt, output, oracle, k, BIG).spec
+            bits = measured_agreement(output, spec, k, prompt_tokens=len(prompt),
+                                      max_model_len=BIG)
+            assert bits is not None
+            assert all(b is None or b == t for b, t in zip(bits, truth, strict=True))
+            parts.append(bits)
+        merged, conflicts = merge_agreement(parts)
+        assert conflicts == 0
+        for k in range(1, 7):
+            true = replay_turn(prompt, output, oracle, k, BIG).spec
+            low = replay_turn(prompt, output, AgreementProposer(len(prompt), output, merged),
+                              k, BIG).spec
+            high = replay_turn(prompt, output,
+                               AgreementProposer(len(prompt), output, merged, optimistic=True),
+                               k, BIG).spec
+            assert low.num_accepted_tokens <= true.num_accepted_tokens <= high.num_accepted_tokens
+            if None not in merged[1:]:
+                assert low == true == high
+                exact += 1
+    assert exact > 100
+
+
+def _draft_source(tmp_path: Path, outputs: dict[str, list[str]], k: int) -> Path:
+    """A finished draft-model run at ``k`` over _run's benchmark: its outputs, its counts as a
+    draft that always agrees would give them (its own steps over its own text)."""
+    from specdec.serialization import unstructure
+
+    baseline = run_folder.read_config(tmp_path / "baseline")
+    _, options = registry.strategy_options("draft_model", {"num_speculative_tokens": k})
+    config = attrs.evolve(baseline, strategy=StrategyConfig("draft_model", unstructure(options)))
+    records = []
+    for request_id, questions in QUESTIONS.items():
+        answers = outputs[request_id]
+        turns = []
+        for index, question in enumerate(questions):
+            earlier = "".join(q + a for q, a in zip(questions[:index], answers, strict=False))
+            prompt, output = _as_ids(earlier + question), _as_ids(answers[index])
+            truth = (None,) + (True,) * (len(output) - 1)
+            spec = replay_turn(prompt, output, AgreementProposer(len(prompt), output, truth),
+                               k, 2048).spec
+            turns.append(_turn(question, earlier + question, answers[index], spec))
+        records.append(RequestRecord(request_id, "c", tuple(turns)))
+    folder = tmp_path / f"draft-k{k}"
+    writer = run_folder.RunWriter(folder)
+    writer.claim(config)
+    writer.start(config, {"test": True})
+    for record in records:
+        writer.append(record)
+    writer.finish(summarise(records, 1.0, None), records)
+    return folder
+
+
+def test_a_draft_model_replays_from_a_run_folder_up_to_where_its_text_differs(
+        tmp_path: Path) -> None:
+    """The source run at k=2 answered 'single' as the baseline did: agreement at positions 1
+    and 2, position 3 a bonus (unknown).  Its first 'double' turn differs at index 2 (A for
+    y): positions 0-1 keep its agreement, position 2 (it drafted its own token, not ours) is a
+    disagreement, after it nothing is known; its second turn's prompt differs, so nothing.
+    Each turn replays as replay_turn does with that agreement, and coverage counts the
+    known positions after each turn's first: 2 of 3, 2 of 4 and 0 of 3."""
+    baseline = _run(tmp_path)
+    source = _draft_source(tmp_path, {"single": ["cabd"], "double": ["zxAzq", "yzxy"]}, 2)
+    setting = StrategyConfig("draft_model", {"num_speculative_tokens": 1})
+    (low,) = replay_agreement(baseline, [setting], [source], tokenizer=CharTokenizer())
+    (high,) = replay_agreement(baseline, [setting], [source], optimistic=True,
+                               tokenizer=CharTokenizer())
+    expected = {("single", 0): (None, True, True, None),
+                ("double", 0): (None, True, False, None, None),
+                ("double", 1): (None, None, None, None)}
+    prompts = {("single", 0): "abcab", ("double", 0): "xyzxy", ("double", 1): "xyzxyzxyzqzx"}
+    outputs = {("single", 0): "cabd", ("double", 0): "zxyzq", ("double", 1): "yzxy"}
+    for run, optimistic in ((low, False), (high, True)):
+        for (request_id, index), bits in expected.items():
+            prompt = _as_ids(prompts[request_id, index])
+            output = _as_ids(outputs[request_id, index])
+            proposer = AgreementProposer(len(prompt), output, bits, optimistic)
+            record = next(r for r in run.records if r.id == request_id)
+            assert record.turns[index].spec == replay_turn(prompt, output, proposer, 1,
+                                                           2048).spec
+    assert low.coverage == pytest.approx(4 / 10)
+    assert request_spec(low.records[0]) != request_spec(high.records[0])  # 'single' position 3
+    assert (low.strategy.options["num_speculative_tokens"], low.speculative_config["method"]) == (
+        1, "draft_model")
+    with pytest.raises(ReplayError, match="measured agreement replays draft_model only"):
+        replay_agreement(baseline, [StrategyConfig("ngram", {"num_speculative_tokens": 1})],
+                         [source], tokenizer=CharTokenizer())
+    with pytest.raises(ReplayError, match="not draft_model with"):
+        replay_agreement(baseline, [StrategyConfig("draft_model", {
+            "num_speculative_tokens": 1, "model": "smollm2-135m"})], [source],
+            tokenizer=CharTokenizer())

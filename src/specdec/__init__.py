@@ -65,6 +65,7 @@ from specdec.replay import (
     RequestReplay,
     TurnReplay,
     draft_lengths,
+    replay_agreement,
     replay_run,
     replay_turn,
 )
@@ -130,6 +131,7 @@ __all__ = [
     "read_records",
     "read_run",
     "read_summary",
+    "replay_agreement",
     "replay_run",
     "replay_turn",
     "run_experiment",

@@ -561,6 +561,120 @@ def study(study: Path, /, *, output_base: Annotated[Path | None, Parameter(metav
                           loaded.near_tie_threshold, loaded.seed)
 
 
+TUNE = Group("Tune", sort_key=5)
+
+
+def _values(flag: str, text: str) -> list[int]:
+    """``1-8`` or ``1,2,4`` as integers, for --k and --batch-sizes."""
+    low, dash, high = text.partition("-")
+    try:
+        if dash:
+            return list(range(int(low), int(high) + 1))
+        return [int(part) for part in _split(text)]
+    except ValueError:
+        msg = f"{flag} takes integers as 1-8 or 1,2,4, got {text!r}"
+        raise UsageError(msg) from None
+
+
+@Parameter(name="*", group=TUNE)
+@frozen(kw_only=True)
+class TuneFlags:
+    """The flags of ``tune``: each replaces its tune-file key (docs/prediction.md)."""
+
+    output_base: Annotated[Path | None, Parameter(metavar="DIR",
+                                                  show_default="results/<tune name>")] = None
+    """the tune's folder: its runs, calibration.json, ranking.json, prediction.md"""
+
+    methods: str | None = None
+    """comma-separated methods to tune, without options (e.g. ngram,draft_model)"""
+
+    k: str | None = None
+    """num_speculative_tokens of the candidates: 1-8 or 1,2,4 (default 1-8)"""
+
+    batch_sizes: str | None = None
+    """engine.max_num_seqs values to sweep in batch mode: 1,4,16"""
+
+    confirm: Annotated[int | None, Parameter(validator=Number(gte=0))] = None
+    """top settings per batch size confirmed with real runs (default 3)"""
+
+    overrides: Annotated[tuple[str, ...], Parameter(name="--set", metavar="KEY.PATH=VALUE")] = ()
+    """override a tune-file value, e.g. base.generation.max_tokens=64; VALUE is YAML"""
+
+    predict_only: bool = False
+    """stop after the ranking: no confirmation runs"""
+
+    dry_run: bool = False
+    """list what would run and how each candidate is predicted, and stop"""
+
+    def settings(self) -> dict[str, Any]:
+        """The tune-file keys these flags set."""
+        flags: dict[str, Any] = {}
+        if self.methods:
+            flags["methods"] = [{"name": name} for name in _split(self.methods)]
+        if self.k:
+            flags["k"] = _values("--k", self.k)
+        if self.batch_sizes:
+            flags["batch_sizes"] = _values("--batch-sizes", self.batch_sizes)
+        if self.confirm is not None:
+            flags["confirm"] = self.confirm
+        return flags
+
+
+_NO_TUNE = TuneFlags()
+
+
+def tune(tune_file: Annotated[Path | None, Parameter(name="TUNE_FILE")] = None, /, *,
+         flags: TuneFlags = _NO_TUNE) -> int:
+    """Predict every candidate setting from a greedy baseline, then confirm the best.
+
+    Run (or reuse) the baseline and a few calibration runs per method, fit
+    the cost model, replay every candidate (methods x option grid x k x batch
+    sizes) over the baseline's tokens, rank them by predicted speedup per
+    category and overall, run the top ones for real, and write predicted
+    against measured with the residual (measured / predicted - 1) into
+    prediction.md and prediction.json. Rerunning the same command resumes at
+    the first phase not done. Greedy decoding only. Exit 1 if any run failed.
+    See docs/prediction.md, "specdec tune".
+
+    Args:
+        tune_file: tune file (YAML or JSON); without one, the defaults and the flags.
+        flags: each replaces its tune-file key.
+    """
+    from specdec.config import apply_overrides, read_mapping  # noqa: PLC0415
+    from specdec.display import BatchProgress, print_tune  # noqa: PLC0415
+    from specdec.study import BatchIndex, run_batch  # noqa: PLC0415
+    from specdec.tune import describe_plan, plan_tune, run_tune, tune_from_mapping  # noqa: PLC0415
+    from specdec.tune_files import write_prediction  # noqa: PLC0415
+
+    data: dict[str, Any] = read_mapping(tune_file) if tune_file else {}
+    data.update(flags.settings())
+    source = str(tune_file) if tune_file else "command line"
+    if flags.overrides:
+        data = apply_overrides(data, flags.overrides)
+        source += " with --set overrides"
+    loaded = tune_from_mapping(data, source)
+    if flags.dry_run:
+        sys.stdout.write("".join(f"{line}\n" for line in describe_plan(plan_tune(loaded, source))))
+        return 0
+    output = flags.output_base or Path("results") / loaded.name
+
+    def run_items(items: Sequence[BatchItem], folder: Path) -> BatchIndex:
+        with BatchProgress([item.name for item in items], folder) as bar:
+            return run_batch(items, folder, name=loaded.name,
+                             near_tie_threshold=loaded.near_tie_threshold,
+                             on_item=bar.item_ended, on_progress=bar.update, seed=loaded.seed)
+
+    def say(line: str) -> None:
+        sys.stderr.write(f"specdec tune: {line}\n")
+
+    result = run_tune(loaded, output, predict_only=flags.predict_only, run_items=run_items,
+                      say=say)
+    written = write_prediction(output, result)
+    print_tune(result)
+    sys.stdout.write("wrote " + ", ".join(str(f) for f in written) + f" and {output}/report/\n")
+    return EXIT_FAILED if result.failed else 0
+
+
 def score(batch_dir: Annotated[Path, Parameter(name="BATCH_DIR")], /, *,
           log_format: LogFormatFlag = None) -> int:
     """Score a batch's divergences from its baselines (the scoring pass).
@@ -723,7 +837,7 @@ def build_app() -> App:
     models.command(models_list, name="list")
     models.command(models_prepare, name="prepare")
     app.command(models)
-    for command in (plugins, serve, batch, study, report, export):
+    for command in (plugins, serve, batch, study, tune, report, export):
         app.command(command)
     app.command(lossless, help_epilogue=LOSSLESS_EPILOG)
     # Run by batches themselves; hidden from --help so users are not asked to.

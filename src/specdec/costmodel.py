@@ -50,6 +50,7 @@ from specdec.records import (
 from specdec.serialization import loads, problems, structure, write_json
 
 __all__ = [
+    "BATCH_SIZE_SETTINGS",
     "FORMS",
     "PARSIMONY",
     "BatchFit",
@@ -435,8 +436,9 @@ class Calibration:
     """A calibrated cost model: a fit per batch size, on one model and engine settings.
 
     Stored with a study as JSON (:func:`write_calibration`,
-    :func:`read_calibration`); ``vllm``, ``device``, ``host`` and ``cpu_count``
-    come from the first run's provenance.
+    :func:`read_calibration`); ``engine`` is the first run's settings (the runs
+    share them but for :data:`BATCH_SIZE_SETTINGS`); ``vllm``, ``device``, ``host``
+    and ``cpu_count`` come from the first run's provenance.
     """
 
     model: str
@@ -586,17 +588,25 @@ def _run_fit(run: _Run, coefficients: Mapping[str, float], held_out: float) -> R
     )
 
 
+BATCH_SIZE_SETTINGS = ("max_num_seqs", "concurrency")
+"""Engine settings that set a run's batch size (:func:`batch_size`): runs may differ in them,
+as each batch size is fitted on its own runs; every other engine setting must be shared."""
+
+
 def _differences(name: str, first: ExperimentConfig, other: ExperimentConfig) -> list[str]:
     found = [] if first.model == other.model else [f"model ({first.model!r} / {other.model!r})"]
     for attribute in attrs.fields(EngineConfig):
         a, b = getattr(first.engine, attribute.name), getattr(other.engine, attribute.name)
-        if a != b:
+        if a != b and attribute.name not in BATCH_SIZE_SETTINGS:
             found.append(f"engine.{attribute.name} ({a!r} / {b!r})")
     return [f"{name}: {item}" for item in found]
 
 
 def require_same_settings(calibration: Calibration, config: ExperimentConfig) -> None:
     """Refuse a config whose model or engine settings differ from the calibration's.
+
+    The settings that set the batch size (:data:`BATCH_SIZE_SETTINGS`) may differ: a
+    prediction at a batch size the calibration lacks is refused by :meth:`Calibration.fit_for`.
 
     Raises:
         CalibrationError: naming each setting that differs.
@@ -613,7 +623,8 @@ def require_same_settings(calibration: Calibration, config: ExperimentConfig) ->
 def calibrate(runs: Sequence[MeasuredRun]) -> Calibration:
     """Fit the cost model on finished runs, at each batch size they were run at.
 
-    Every run must share the model and engine settings.  At each batch size
+    Every run must share the model and engine settings, but for those that set the batch
+    size (:data:`BATCH_SIZE_SETTINGS`, a sweep of ``engine.max_num_seqs``).  At each batch size
     (:func:`batch_size`), every :data:`FORMS` candidate is fitted over the turns
     of every run and tested by predicting each run from a fit over the others;
     the simplest form whose root-mean-square held-out residual is within

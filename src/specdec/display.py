@@ -33,13 +33,14 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from specdec.formatting import MISSING, duration, number
+from specdec.formatting import MISSING, duration, number, percent
 
 if TYPE_CHECKING:
     from specdec.records import GroupMetrics, RequestRecord, SpecMetrics
     from specdec.report import Report
     from specdec.runner import RunResult
     from specdec.study import ItemStatus
+    from specdec.tune import TuneResult
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -599,3 +600,41 @@ def print_verdict(report: Report) -> None:
         line = (f"verdict: {best['setting']} {best['speedup']} is the best setting overall "
                 "(faster only when its interval lies above 1; docs/studies.md)")
     stdout.print(escape(line))
+
+
+def print_tune(result: TuneResult) -> None:
+    """What ``specdec tune`` ends with: the ranking, predicted against measured, the advice."""
+    from specdec import tune_files as files  # noqa: PLC0415
+
+    ranking = result.ranking
+    for fit in result.fits:
+        stdout.print(escape(f"cost model at batch size {fit.batch_size}: {fit.form} (held-out "
+                            f"error {percent(fit.held_out_error, 1)})"))
+    for group in dict.fromkeys(c.max_num_seqs for c in ranking.candidates):
+        rows = files.ranking_rows(ranking, group)
+        if rows:
+            print_table(f"predicted ranking ({files.group_label(group)})",
+                        [Column(h, "right" if 3 <= i < 7 else "left",  # noqa: PLR2004
+                                whole_lines=i >= 3)  # noqa: PLR2004
+                         for i, h in enumerate(files.RANKING_HEADERS)], rows, keys=2)
+            print_table(f"predicted fastest by category ({files.group_label(group)})",
+                        [Column(h) for h in files.CATEGORY_RANKING_HEADERS],
+                        files.category_ranking_rows(ranking, group), fallback="records")
+    if any(c.exact is False for c in ranking.candidates):
+        stdout.print(escape(files.UNRESOLVED_NOTE))
+    for line in files.skipped_lines(ranking):
+        stdout.print(escape(f"not predicted: {line}"))
+    rows = files.confirmed_rows(result)
+    if rows:
+        print_table("predicted against measured (overall; residual = measured / predicted - 1)",
+                    [Column(h, "right" if i >= 3 else "left", whole_lines=i >= 3)  # noqa: PLR2004
+                     for i, h in enumerate(files.CONFIRMED_HEADERS)], rows, fallback="records")
+    print_table("a setting per category",
+                [Column(h) for h in files.CATEGORY_HEADERS], files.category_rows(result),
+                fallback="records")
+    for line in files.schedule_lines(result):
+        stdout.print(escape(line))
+    for failed in result.failed:
+        stderr.print(escape(f"failed: {failed}"))
+    for warning in result.warnings:
+        stdout.print(f"[bold yellow]warning:[/] {escape(warning)}")

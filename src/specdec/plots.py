@@ -1,9 +1,12 @@
-"""PNG plots of a report, drawn with matplotlib (headless)."""
+"""PNG plots of a report and of a tune's predictions, drawn with matplotlib (headless)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from attrs import frozen
 
 if TYPE_CHECKING:
     from specdec.report import Report
@@ -188,3 +191,58 @@ def _by_temperature(report: Report, path: Path) -> Path | None:
     speed.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
     speed.set_ylabel("speedup over the baseline at that temperature")
     return _save(fig, speed, path, "Spec-Bench speedup (95% intervals)")
+
+
+
+@frozen
+class KLine:
+    """One method's line on the plot of speedup over k: predicted, and measured points.
+
+    ``upper`` is an agreement prediction's optimistic bound (drawn as a band);
+    ``measured`` holds (k, speedup, interval low, interval high).
+    """
+
+    label: str
+    predicted: tuple[tuple[int, float], ...]
+    upper: tuple[tuple[int, float], ...] = ()
+    measured: tuple[tuple[int, float, float | None, float | None], ...] = ()
+
+
+def draw_prediction_over_k(lines: Sequence[KLine], path: Path) -> Path | None:
+    """Predicted speedup over k, one line per method, with the measured points on it.
+
+    Measured points carry their 95% interval as error bars; None when there is no line.
+    """
+    import matplotlib as mpl  # noqa: PLC0415 - heavy, only when drawing
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    shown = [line for line in lines if line.predicted or line.measured]
+    if not shown:
+        return None
+    fig, ax = plt.subplots(figsize=(7.0, 4.5))
+    for index, line in enumerate(shown):
+        color = f"C{index % 10}"
+        if line.predicted:
+            ax.plot([k for k, _ in line.predicted], [s for _, s in line.predicted], marker=".",
+                    color=color, label=f"{line.label} (predicted)")
+        if line.upper:
+            low = dict(line.predicted)
+            ks = [k for k, _ in line.upper if k in low]
+            ax.fill_between(ks, [low[k] for k in ks], [dict(line.upper)[k] for k in ks],
+                            color=color, alpha=0.15, linewidth=0)
+        if line.measured:
+            values = [m[1] for m in line.measured]
+            below = [m[1] - m[2] if m[2] is not None else 0.0 for m in line.measured]
+            above = [m[3] - m[1] if m[3] is not None else 0.0 for m in line.measured]
+            ax.errorbar([m[0] for m in line.measured], values, yerr=[below, above], fmt="o",
+                        color=color, capsize=3, markerfacecolor="white",
+                        label=f"{line.label} (measured)")
+    ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+    ks = sorted({k for line in shown for k, _ in line.predicted}
+                | {int(m[0]) for line in shown for m in line.measured})
+    ax.set_xticks(ks)
+    ax.set_xlabel("num_speculative_tokens (k)")
+    ax.set_ylabel("speedup over the baseline (Spec-Bench)")
+    return _save(fig, ax, path, "Predicted speedup over k, measured points with 95% intervals")

@@ -37,13 +37,17 @@ past the known tokens (past EOS, or past the output of a run whose budget was
 the replayed one), what the engine accepted there is unknown: replay counts
 those tokens rejected and reports them as :attr:`TurnReplay.unresolved`.  A
 baseline run with a larger ``max_tokens`` than the one replayed leaves none.
-``docs/prediction.md`` says what is exact per strategy.
+
+A draft model has no offline drafter here, but its greedy draft agrees with the
+target position by position whatever k, so :func:`replay_agreement` replays it
+from finished runs of it at other k (:func:`measured_agreement`), bounded where
+they do not tell.  ``docs/prediction.md`` says what is exact per strategy.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Protocol
@@ -372,6 +376,9 @@ class ReplayedRun:
     max_model_len: int
     requests: tuple[RequestReplay, ...]
     records: tuple[RequestRecord, ...] = field(repr=False)
+    coverage: float | None = None
+    """Replayed from measured agreement (:func:`replay_agreement`): the share of drafted
+    positions whose agreement the measured runs gave; None for a drafter run offline."""
 
     @property
     def exact(self) -> bool:
@@ -511,15 +518,53 @@ def _record(request: _Request, replays: Sequence[TurnReplay], max_tokens: int,
     return attrs.evolve(request.record, turns=tuple(turns), error=request.error)
 
 
-def _resolve(setting: StrategyConfig, config: ExperimentConfig, limit: int
-             ) -> tuple[StrategyConfig, dict[str, Any], Proposer, int]:
+def _speculative_config(setting: StrategyConfig, config: ExperimentConfig
+                        ) -> tuple[StrategyConfig, dict[str, Any], int]:
     strategy, options = registry.strategy_options(setting.name, setting.options)
     spec = strategy.speculative_config(options, TargetInfo(model=config.model, path=None))
     if spec is None:
         msg = f"strategy {setting.name!r} does not speculate: there is nothing to replay"
         raise ReplayError(msg)
     resolved = attrs.evolve(setting, options=unstructure(options))
-    return resolved, spec, proposer_for(spec, limit), _draft_length(spec)
+    return resolved, spec, _draft_length(spec)
+
+
+def _resolve(setting: StrategyConfig, config: ExperimentConfig, limit: int
+             ) -> tuple[StrategyConfig, dict[str, Any], Proposer, int]:
+    resolved, spec, k = _speculative_config(setting, config)
+    return resolved, spec, proposer_for(spec, limit), k
+
+
+TurnProposer = Callable[[RequestRecord, int], Proposer]
+"""The proposer of one turn (a request's record in the replayed run, the turn's index)."""
+
+
+def _replay(requests: Sequence[_Request], strategy: StrategyConfig, spec: Mapping[str, Any],
+            k: int, proposer: TurnProposer, *, budget: int, limit: int,
+            encoder: ReplayTokenizer, coverage: float | None = None) -> ReplayedRun:
+    replays: list[RequestReplay] = []
+    records: list[RequestRecord] = []
+    for request in requests:
+        turns = tuple(replay_turn(t.prompt_ids, t.output_ids, proposer(request.record, index), k,
+                                  limit, output_tokens=t.output_tokens)
+                      for index, t in enumerate(request.turns))
+        replays.append(RequestReplay(request.record.id, turns, request.error))
+        records.append(_record(request, turns, budget, encoder))
+    return ReplayedRun(strategy, spec, budget, limit, tuple(replays), tuple(records), coverage)
+
+
+def _baseline(folder: Path, max_tokens: int | None, max_model_len: int | None
+              ) -> tuple[ExperimentConfig, int, int]:
+    """The greedy run's config, the budget to replay and its context length."""
+    config = run_folder.read_config(folder)
+    _check_run(config, folder)
+    own = config.generation.max_tokens
+    budget = own if max_tokens is None else max_tokens
+    if not 1 <= budget <= own:
+        msg = (f"max_tokens {budget} is outside 1..{own}: replay cannot predict tokens "
+               f"beyond the run's own budget ({folder})")
+        raise ReplayError(msg)
+    return config, budget, _context_length(config, max_model_len, folder)
 
 
 def replay_run(folder: Path, settings: Sequence[StrategyConfig], *,
@@ -544,26 +589,242 @@ def replay_run(folder: Path, settings: Sequence[StrategyConfig], *,
         UnknownPluginError, ConfigError: a setting names no strategy or has
             options it refuses.
     """
-    config = run_folder.read_config(folder)
-    _check_run(config, folder)
-    own = config.generation.max_tokens
-    budget = own if max_tokens is None else max_tokens
-    if not 1 <= budget <= own:
-        msg = (f"max_tokens {budget} is outside 1..{own}: replay cannot predict tokens "
-               f"beyond the run's own budget ({folder})")
-        raise ReplayError(msg)
-    limit = _context_length(config, max_model_len, folder)
+    config, budget, limit = _baseline(folder, max_tokens, max_model_len)
     resolved = [_resolve(setting, config, limit) for setting in settings]
     encoder = tokenizer if tokenizer is not None else load_tokenizer(config)
     requests = _requests(folder, config, encoder, budget, limit)
+    return tuple(_replay(requests, strategy, spec, k, _every_turn(proposer), budget=budget,
+                         limit=limit, encoder=encoder)
+                 for strategy, spec, proposer, k in resolved)
+
+
+def _every_turn(proposer: Proposer) -> TurnProposer:
+    def same(_record: RequestRecord, _turn: int) -> Proposer:
+        return proposer
+    return same
+
+
+# -- a draft model's agreement, measured ---------------------------------------------------
+
+
+AGREEMENT_METHODS = ("draft_model",)
+"""The speculative methods :func:`replay_agreement` replays: those whose draft of k tokens
+is the draft model's greedy continuation of the tokens alone (vLLM's ``DraftModelProposer``
+passes the draft no hidden state of the target), so that its first j tokens are the same
+whatever k.  EAGLE and MTP heads draft from the target's hidden states and their own
+predicted ones, so a token's fate depends on its depth in the draft: not replayed."""
+
+MISS_TOKEN = -1
+"""A draft token where the draft model disagreed with the target: which token it drafted is
+not known, only that it was not the target's, and no vocabulary has this id."""
+
+Agreement = tuple[bool | None, ...]
+"""Per output position of one turn: whether the draft model's greedy next token, given the
+target's tokens before it, is the target's own (None: not known).  Position 0, the prefill's
+token, is never drafted."""
+
+
+def measured_agreement(output_ids: Sequence[int], spec: SpecStats, k: int, *,
+                       prompt_tokens: int, max_model_len: int) -> Agreement | None:
+    """What one measured greedy turn of a draft-model run at ``k`` says of its draft's agreement.
+
+    vLLM's loop (module docstring) places each step: the first starts at output
+    position 1, and a step at position m that accepted a tokens ends at m + a + 1.
+    Its accepted positions m .. m+a-1 agreed with the target; if a < k, the draft
+    disagreed at m + a; if a = k, position m + k was the target's own token (the
+    bonus), which says nothing of the draft there: unknown.  From the first step
+    within 2k tokens of ``max_model_len`` on, the drafter may not have run (vLLM
+    drafts zeros there), so those positions stay unknown.
+
+    None when the steps cannot be placed: the engine did not list every step's
+    accepted tokens (``accepted_per_step``), or the steps do not cover the output
+    as every step drafting would (a step without a draft happened).
+    """
+    length = len(output_ids)
+    bits: list[bool | None] = [None] * length
+    steps = spec.accepted_per_step
+    if len(steps) != spec.num_drafts or any(not 0 <= a <= k for a in steps):
+        return None
+    start = 1
+    for accepted in steps:
+        if start >= length:
+            return None
+        if prompt_tokens + start + 2 * k >= max_model_len:
+            return tuple(bits)
+        for position in range(start, min(start + accepted, length)):
+            bits[position] = True
+        if accepted < k and start + accepted < length:
+            bits[start + accepted] = False
+        start += accepted + 1
+    return tuple(bits) if start >= length or length <= 1 else None
+
+
+def merge_agreement(parts: Sequence[Agreement]) -> tuple[Agreement, int]:
+    """One turn's agreement from several measured runs, and the positions where they conflict.
+
+    Agreement is a property of the position (the draft model's greedy token given
+    the same tokens), so runs at different k fill in each other's unknown
+    positions.  Runs that disagree about a position (numerics: a near-tie in the
+    draft model) leave it unknown; their number is returned.
+    """
+    length = max((len(p) for p in parts), default=0)
+    merged: list[bool | None] = []
+    conflicts = 0
+    for position in range(length):
+        seen = {p[position] for p in parts if position < len(p) and p[position] is not None}
+        if len(seen) > 1:
+            conflicts += 1
+        merged.append(seen.pop() if len(seen) == 1 else None)
+    return tuple(merged), conflicts
+
+
+@frozen
+class AgreementProposer:
+    """A draft model's drafts over one known turn, from its measured agreement.
+
+    It drafts k tokens as a draft model does: the target's own token at each
+    position where the draft agreed, and :data:`MISS_TOKEN` from the first where
+    it did not.  An unknown position counts as a disagreement unless
+    ``optimistic`` (the two bound what the draft model would do).
+    """
+
+    prompt_tokens: int
+    output_ids: tuple[int, ...]
+    agreement: Agreement
+    optimistic: bool = False
+
+    def propose(self, token_ids: Tokens, k: int) -> Sequence[int]:
+        """The draft of ``k`` tokens for a request holding ``token_ids`` (this turn's so far)."""
+        start = int(token_ids.shape[0]) - self.prompt_tokens
+        draft: list[int] = []
+        for position in range(start, start + k):
+            agreed = self.agreement[position] if 0 <= position < len(self.agreement) else False
+            if not (self.optimistic if agreed is None else agreed):
+                break
+            draft.append(self.output_ids[position])
+        return draft + [MISS_TOKEN] * (k - len(draft))
+
+
+@frozen
+class _Source:
+    """A measured draft-model run whose steps give agreement: its folder, k and records."""
+
+    folder: Path
+    k: int
+    records: Mapping[str, RequestRecord]
+
+
+def _source(folder: Path, setting: StrategyConfig, baseline: ExperimentConfig) -> _Source:
+    config = run_folder.read_config(folder)
+    _check_run(config, folder)
+    mine = {key: v for key, v in setting.options.items() if key != "num_speculative_tokens"}
+    theirs = {key: v for key, v in config.strategy.options.items()
+              if key != "num_speculative_tokens"}
+    if config.strategy.name != setting.name or mine != theirs:
+        msg = (f"{folder} ran {config.strategy.name} with {theirs}, not {setting.name} with "
+               f"{mine}: measure agreement with the draft model and options replayed")
+        raise ReplayError(msg)
+    if (config.model, config.engine, config.chat_template) != (
+            baseline.model, baseline.engine, baseline.chat_template):
+        msg = (f"{folder} ran with another model, engine settings or chat template than the "
+               "replayed run: a draft's agreement is measured under the replayed settings")
+        raise ReplayError(msg)
+    k = _speculative_config(config.strategy, config)[2]
+    return _Source(folder, k, {r.id: r for r in run_folder.read_records(folder)})
+
+
+def _turn_agreement(record: RequestRecord, index: int, source: _Source,
+                    limit: int) -> Agreement | None:
+    """One source's agreement on a turn of the replayed run: None where its text differs.
+
+    Its earlier turns must be the replayed run's (the prompt holds them); on the
+    turn itself, only positions before the first token that differs are kept.
+    """
+    theirs = source.records.get(record.id)
+    if theirs is None or theirs.error is not None or len(theirs.turns) <= index:
+        return None
+    for mine, other in zip(record.turns[:index], theirs.turns[:index], strict=True):
+        if mine.output_token_ids != other.output_token_ids:
+            return None
+    turn, other = record.turns[index], theirs.turns[index]
+    if other.spec is None or other.prompt_tokens != turn.prompt_tokens:
+        return None
+    bits = measured_agreement(other.output_token_ids, other.spec, source.k,
+                              prompt_tokens=other.prompt_tokens, max_model_len=limit)
+    if bits is None:
+        return None
+    same = 0
+    for a, b in zip(turn.output_token_ids, other.output_token_ids, strict=False):
+        if a != b:
+            break
+        same += 1
+    length = len(turn.output_token_ids)
+    if same >= length:
+        return bits[:length]
+    # At the first position that differs the draft saw the same tokens, so its agreement
+    # with the source's token there is a disagreement with ours; after it nothing is known.
+    first: bool | None = False if same < len(bits) and bits[same] else None
+    return (*bits[:same], first, *(None,) * (length - same - 1))
+
+
+def replay_agreement(folder: Path, settings: Sequence[StrategyConfig], sources: Sequence[Path],
+                     *, optimistic: bool = False, tokenizer: ReplayTokenizer | None = None,
+                     max_model_len: int | None = None) -> tuple[ReplayedRun, ...]:
+    """Replay draft-model settings over the greedy run in ``folder``, from measured agreement.
+
+    A draft model's k-token draft is its greedy continuation, so whether it
+    agrees with the target at a position does not depend on k:
+    :func:`measured_agreement` reads it off each turn of the finished runs in
+    ``sources`` (the same draft model and options at other k, same model and
+    engine settings, greedy; a turn whose text differs from the replayed run's
+    is used up to the difference), :func:`merge_agreement` combines them, and
+    the verify loop runs with an :class:`AgreementProposer` per turn.  Positions
+    no source measured (bonus tokens after a fully accepted draft in every
+    source) count as disagreements, or as agreements with ``optimistic``: the
+    two replays bound the draft model's counts.  Each run's ``coverage`` is the
+    share of drafted positions (after each turn's first) whose agreement is known.
+
+    Exact up to those unknown positions and to the draft model's numerics (a
+    near-tie in it may go either way from run to run; bfloat16 more than float32).
+
+    Raises:
+        ReplayError: as :func:`replay_run`; a setting of another method than
+            :data:`AGREEMENT_METHODS`; a source of another strategy, options or
+            settings, or sampled; no source.
+    """
+    if not sources:
+        raise ReplayError("replaying a draft model needs measured runs of it: give sources")
+    config, budget, limit = _baseline(folder, None, max_model_len)
+    resolved = [_speculative_config(setting, config) for setting in settings]
+    for strategy, spec, _ in resolved:
+        if spec.get("method") not in AGREEMENT_METHODS:
+            msg = (f"{strategy.name} drafts with method {spec.get('method')!r}: measured "
+                   f"agreement replays {', '.join(AGREEMENT_METHODS)} only (a head's draft "
+                   "depends on its depth, not on the tokens alone)")
+            raise ReplayError(msg)
+    encoder = tokenizer if tokenizer is not None else load_tokenizer(config)
+    requests = _requests(folder, config, encoder, budget, limit)
     runs = []
-    for strategy, spec, proposer, k in resolved:
-        replays: list[RequestReplay] = []
-        records: list[RequestRecord] = []
+    for strategy, spec, k in resolved:
+        measured = [_source(path, strategy, config) for path in sources]
+        agreement: dict[tuple[str, int], Agreement] = {}
+        known = total = 0
         for request in requests:
-            turns = tuple(replay_turn(t.prompt_ids, t.output_ids, proposer, k, limit,
-                                      output_tokens=t.output_tokens) for t in request.turns)
-            replays.append(RequestReplay(request.record.id, turns, request.error))
-            records.append(_record(request, turns, budget, encoder))
-        runs.append(ReplayedRun(strategy, spec, budget, limit, tuple(replays), tuple(records)))
+            for index, turn in enumerate(request.record.turns[:len(request.turns)]):
+                parts = [bits for source in measured
+                         if (bits := _turn_agreement(request.record, index, source, limit))]
+                merged, _ = merge_agreement(parts)
+                bits = merged + (None,) * (len(turn.output_token_ids) - len(merged))
+                agreement[request.record.id, index] = bits
+                known += sum(b is not None for b in bits[1:])
+                total += max(0, len(bits) - 1)
+
+        def proposer(record: RequestRecord, index: int,
+                     table: dict[tuple[str, int], Agreement] = agreement) -> Proposer:
+            turn = record.turns[index]
+            return AgreementProposer(turn.prompt_tokens, tuple(turn.output_token_ids),
+                                     table[record.id, index], optimistic)
+
+        runs.append(_replay(requests, strategy, spec, k, proposer, budget=budget, limit=limit,
+                            encoder=encoder, coverage=known / total if total else None))
     return tuple(runs)

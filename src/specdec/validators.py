@@ -89,3 +89,24 @@ def one_of(*allowed: str) -> Validator:
         raise InvalidOptionError(msg, field=attribute.name)
 
     return check
+
+
+def distinct_positive(*, least: int = 1) -> Validator:
+    """A validator: a list of at least ``least`` integers, each at least 1, none twice."""
+
+    def check(_instance: object, attribute: Any, values: Iterable[int]) -> None:
+        items = list(values)
+        name = attribute.name
+        if len(items) < least:
+            msg = f"{name} must list at least {least} values, got {len(items)}"
+            raise InvalidOptionError(msg, field=name)
+        small = [shown(v) for v in items if v < 1]
+        if small:
+            msg = f"{name} values must be >= 1, got {', '.join(small)}"
+            raise InvalidOptionError(msg, field=name)
+        twice = sorted({v for v in items if items.count(v) > 1})
+        if twice:
+            msg = f"{name} lists {', '.join(map(str, twice))} more than once"
+            raise InvalidOptionError(msg, field=name)
+
+    return check
