@@ -593,15 +593,7 @@ class OpenAIServerEngine:
                    **sample_settings(request, seed)}
         payload |= ({"return_token_ids": True} if returned
                     else {"logprobs": 0, "return_tokens_as_token_ids": True})
-        url = f"{self.base_url}/v1/completions"
-        try:
-            response = await client.post(url, json=payload)
-        except httpx.HTTPError as exc:
-            msg = f"sampling at {url} failed: {type(exc).__name__}: {exc}"
-            raise EngineError(msg) from exc
-        if response.status_code >= 400:  # noqa: PLR2004 - HTTP error statuses
-            msg = f"sampling at {url} failed: HTTP {response.status_code}: {response.text[:300]}"
-            raise EngineError(msg)
+        response = await self._completion(client, payload, "sampling")
         try:
             choice = response.json()["choices"][0]
             tokens: list[Any] = (choice["token_ids"] if returned
@@ -611,6 +603,24 @@ class OpenAIServerEngine:
             msg = (f"the server at {self.base_url} answered a sample without its token ids "
                    f"({type(exc).__name__}: {exc}): is it a vLLM server?")
             raise EngineError(msg) from exc
+
+    async def _completion(self, client: httpx.AsyncClient, payload: dict[str, Any],
+                          what: str) -> httpx.Response:
+        """POST ``payload`` to ``/v1/completions`` and return the answer.
+
+        A transport error or an HTTP error status raises an EngineError saying
+        that ``what`` failed, where and why.
+        """
+        url = f"{self.base_url}/v1/completions"
+        try:
+            response = await client.post(url, json=payload)
+        except httpx.HTTPError as exc:
+            msg = f"{what} at {url} failed: {type(exc).__name__}: {exc}"
+            raise EngineError(msg) from exc
+        if response.status_code >= 400:  # noqa: PLR2004 - HTTP error statuses
+            msg = f"{what} at {url} failed: HTTP {response.status_code}: {response.text[:300]}"
+            raise EngineError(msg)
+        return response
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         """Score sequences with ``/v1/completions``: token-id prompts, ``prompt_logprobs=2``.
@@ -640,15 +650,7 @@ class OpenAIServerEngine:
     async def _score(self, client: httpx.AsyncClient, request: ScoreRequest) -> ScoreResult:
         payload = {"model": self.model_name, "prompt": list(request.token_ids), "max_tokens": 1,
                    "temperature": 0.0, "prompt_logprobs": SCORE_TOP}
-        url = f"{self.base_url}/v1/completions"
-        try:
-            response = await client.post(url, json=payload)
-        except httpx.HTTPError as exc:
-            msg = f"scoring at {url} failed: {type(exc).__name__}: {exc}"
-            raise EngineError(msg) from exc
-        if response.status_code >= 400:  # noqa: PLR2004 - HTTP error statuses
-            msg = f"scoring at {url} failed: HTTP {response.status_code}: {response.text[:300]}"
-            raise EngineError(msg)
+        response = await self._completion(client, payload, "scoring")
         try:
             per_position = response.json()["choices"][0]["prompt_logprobs"]
             scores = []
