@@ -346,3 +346,25 @@ def test_large_runs_resampled_in_groups_give_the_same_interval(
     width = every.high - every.low
     assert abs(grouped.low - every.low) < 0.1 * width
     assert abs(grouped.high - every.high) < 0.1 * width
+
+
+def test_simplicity_counts_speculative_tokens_and_swept_values_only() -> None:
+    """ngram's lookup window does not make ngram k=2 more complex than EAGLE k=2 or k=3."""
+    from types import SimpleNamespace
+    from typing import cast
+
+    from specdec.report import Setting, _simplicity
+
+    def setting(strategy: str, labels: dict[str, object], **options: object) -> Setting:
+        first = SimpleNamespace(config=SimpleNamespace(strategy=SimpleNamespace(options=options)),
+                                labels=labels)
+        return cast("Setting", SimpleNamespace(strategy=strategy, first=first))
+
+    ngram = setting("ngram", {}, num_speculative_tokens=2, prompt_lookup_min=2,
+                    prompt_lookup_max=4)
+    eagle2 = setting("eagle", {}, num_speculative_tokens=2, model="head")
+    eagle3 = setting("eagle", {}, num_speculative_tokens=3, model="head")
+    assert _simplicity(ngram) == _simplicity(eagle2) < _simplicity(eagle3)
+    assert _simplicity(setting("none", {})) < _simplicity(ngram)
+    swept = setting("ngram", {"strategy.prompt_lookup_max": 5}, num_speculative_tokens=2)
+    assert _simplicity(ngram) < _simplicity(swept)

@@ -283,13 +283,16 @@ def _baseline_for(setting: Setting, settings: Sequence[Setting]) -> Setting | No
     return by_name[chosen.name] if chosen is not None else None
 
 
-def _simplicity(setting: Setting) -> tuple[int, float]:
+def _simplicity(setting: Setting) -> tuple[float, ...]:
     # The baseline is simplest; then fewer speculative tokens and smaller swept values.
+    # Only those: summing every numeric option made ngram k=2 (with its lookup window of
+    # 2..4) rank as more complex than EAGLE k=2.
     options = setting.first.config.strategy.options
-    numbers = [v for v in options.values() if isinstance(v, int | float)]
-    numbers += [v for v in setting.first.labels.values()
-                if isinstance(v, int | float) and not isinstance(v, bool)]
-    return (0 if setting.strategy == BASELINE else 1, float(sum(numbers)))
+    k = options.get("num_speculative_tokens")
+    swept = [v for v in setting.first.labels.values()
+             if isinstance(v, int | float) and not isinstance(v, bool)]
+    tokens = float(k) if isinstance(k, int | float) and not isinstance(k, bool) else 0.0
+    return (0 if setting.strategy == BASELINE else 1, tokens, float(sum(swept)))
 
 
 @frozen
@@ -297,7 +300,7 @@ class Contender:
     """One setting in the best-setting rule: its speedup interval and how simple it is."""
 
     name: str
-    simplicity: tuple[int, float]
+    simplicity: tuple[float, ...]
     """Smaller is simpler: the baseline first, then fewer speculative tokens, smaller values."""
     interval: Interval | None
     """The speedup over its baseline; None for a baseline itself (exactly 1)."""
