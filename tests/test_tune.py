@@ -541,3 +541,14 @@ def test_batch_sizes_give_a_k_per_batch_size(tmp_path: Path) -> None:
     assert config["method"] == "ngram"
     assert config["num_speculative_tokens"] == max(k for _, k in expected)
     assert config["num_speculative_tokens_per_batch_size"] == [list(e) for e in schedule.entries]
+
+
+def test_the_shipped_tune_file_plans() -> None:
+    """studies/tune.yaml: ngram and the draft, calibrated at 1, 2, 4, predicted at 1..8."""
+    from specdec.tune import describe_plan, load_tune
+
+    path = Path(__file__).parents[1] / "studies" / "tune.yaml"
+    plan = plan_tune(load_tune(path), str(path))
+    text = "\n".join(describe_plan(plan))
+    assert "(16: methods x grid x k [1, 2, 3, 4, 5, 6, 7, 8]" in text
+    assert "smollm2-135m__draft_model__num_speculative_tokens=4" in text
