@@ -24,7 +24,7 @@ from specdec import registry, run_folder
 from specdec.config import load_config
 from specdec.errors import ReplayError
 from specdec.metrics import request_spec, spec_metrics, summarise
-from specdec.records import RequestRecord, SpecStats, StrategyConfig, TurnRecord
+from specdec.records import ExperimentConfig, RequestRecord, SpecStats, StrategyConfig, TurnRecord
 from specdec.replay import (
     FILLER_TOKEN,
     Agreement,
@@ -47,6 +47,17 @@ SUFFIX_LOOKUP_SRC = ROOT / "plugins" / "specdec-suffix-lookup" / "src"
 BIG = 10_000
 """A context length no test sequence comes near."""
 
+
+
+def _write_run(folder: Path, config: ExperimentConfig, records: list[RequestRecord]) -> Path:
+    """A finished run folder holding ``records``, written as the runner writes one."""
+    writer = run_folder.RunWriter(folder)
+    writer.claim(config)
+    writer.start(config, {"test": True})
+    for record in records:
+        writer.append(record)
+    writer.finish(summarise(records, 1.0, None), records)
+    return folder
 
 def _ids(*values: int) -> Tokens:
     return np.array(values, dtype=np.int64)
@@ -401,14 +412,7 @@ def _run(tmp_path: Path, max_tokens: int = 5) -> Path:
             earlier = "".join(q + a for q, a in zip(questions[:index], answers, strict=False))
             turns.append(_turn(question, earlier + question, answers[index]))
         records.append(RequestRecord(request_id, "c", tuple(turns)))
-    folder = tmp_path / "baseline"
-    writer = run_folder.RunWriter(folder)
-    writer.claim(config)
-    writer.start(config, {"test": True})
-    for record in records:
-        writer.append(record)
-    writer.finish(summarise(records, 1.0, None), records)
-    return folder
+    return _write_run(tmp_path / "baseline", config, records)
 
 
 def _as_ids(text: str) -> tuple[int, ...]:
@@ -610,14 +614,7 @@ def _draft_source(tmp_path: Path, outputs: dict[str, list[str]], k: int) -> Path
                                k, 2048).spec
             turns.append(_turn(question, earlier + question, answers[index], spec))
         records.append(RequestRecord(request_id, "c", tuple(turns)))
-    folder = tmp_path / f"draft-k{k}"
-    writer = run_folder.RunWriter(folder)
-    writer.claim(config)
-    writer.start(config, {"test": True})
-    for record in records:
-        writer.append(record)
-    writer.finish(summarise(records, 1.0, None), records)
-    return folder
+    return _write_run(tmp_path / f"draft-k{k}", config, records)
 
 
 def test_a_draft_model_replays_from_a_run_folder_up_to_where_its_text_differs(
