@@ -46,6 +46,7 @@ from typing import Any
 import structlog
 from attrs import frozen
 
+from specdec.engines import vllm_fixes
 from specdec.engines.device import installed_vllm, memory_utilization, seeded_prefill
 from specdec.engines.requests import (
     WARMUP_MAX_TOKENS,
@@ -106,6 +107,7 @@ def _import_vllm() -> Any:
     # vLLM logs every engine step at INFO; specdec shows its own progress, so
     # vLLM speaks at WARNING unless the user set VLLM_LOGGING_LEVEL.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    vllm_fixes.enable_for_children()  # before vLLM loads its plugins
     import vllm  # noqa: PLC0415 - vLLM is imported lazily, here only
 
     from specdec.logs import adopt_library_loggers  # noqa: PLC0415
@@ -136,7 +138,10 @@ def capabilities() -> Capabilities:
         speculative_config_fields=fields,
         device=device,
         source="the installed vLLM (SpeculativeConfig, current_platform)",
-        reported={"distribution": installed.distribution if installed else None},
+        reported={
+            "distribution": installed.distribution if installed else None,
+            "vllm_fixes": list(vllm_fixes.needed()) if vllm_fixes.enabled() else [],
+        },
     )
 
 
