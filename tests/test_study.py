@@ -115,11 +115,11 @@ seed: 7
 
 
 def test_the_shipped_temperature_study_expands() -> None:
-    """studies/temperature.yaml: baseline, ngram and draft model at 0, 0.5 and 1.0, 3 repeats."""
+    """studies/temperature.yaml: baseline, ngram and draft model at 0, 0.5 and 1.0, 2 repeats."""
     study = load_study(Path(__file__).parents[1] / "studies" / "temperature.yaml")
     items = expand_study(study)
     assert len({i.setting for i in items}) == 9
-    assert len(items) == 27
+    assert len(items) == 18
     assert {i.labels["generation.temperature"] for i in items} == {0, 0.5, 1.0}
     assert {i.experiment["strategy"]["name"] for i in items} == {"none", "ngram", "draft_model"}
 
