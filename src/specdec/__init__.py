@@ -68,6 +68,7 @@ from specdec.replay import (
     replay_agreement,
     replay_run,
     replay_turn,
+    replay_with,
 )
 from specdec.run_folder import (
     Outcome,
@@ -134,6 +135,7 @@ __all__ = [
     "replay_agreement",
     "replay_run",
     "replay_turn",
+    "replay_with",
     "run_experiment",
     "to_dataframe",
 ]

@@ -252,7 +252,8 @@ def proposer_for(speculative_config: Mapping[str, Any], max_model_len: int) -> P
         return CustomClassProposer(speculative_config, max_model_len)
     msg = (f"replay cannot predict speculative method {method!r}: its drafts come from a model "
            "run by the engine (or, for suffix, a cache shared across requests); replay "
-           "predicts the ngram and custom_class methods")
+           "predicts the ngram and custom_class methods (EAGLE heads: specdec_train's "
+           "replay_eagle)")
     raise ReplayError(msg)
 
 
@@ -596,6 +597,32 @@ def replay_run(folder: Path, settings: Sequence[StrategyConfig], *,
     return tuple(_replay(requests, strategy, spec, k, _every_turn(proposer), budget=budget,
                          limit=limit, encoder=encoder)
                  for strategy, spec, proposer, k in resolved)
+
+
+ProposerFactory = Callable[[Mapping[str, Any], int], TurnProposer]
+"""A setting's per-turn proposer, from its ``speculative_config`` and the context length."""
+
+
+def replay_with(folder: Path, settings: Sequence[StrategyConfig], proposers: ProposerFactory, *,
+                max_tokens: int | None = None, tokenizer: ReplayTokenizer | None = None,
+                max_model_len: int | None = None) -> tuple[ReplayedRun, ...]:
+    """Replay settings whose drafter the caller builds: :func:`replay_run` with ``proposers``.
+
+    ``proposers(speculative_config, max_model_len)`` gives each setting's
+    :data:`TurnProposer`, called with the request's record (its full output) and
+    the turn's index; its proposer then sees the turn's ids as in
+    :func:`replay_turn`.  This is how a drafter that needs more than the token
+    ids runs (an EAGLE head reads the target's hidden states:
+    ``specdec_train.replay_eagle``); the arguments and errors are
+    :func:`replay_run`'s, and any method is accepted.
+    """
+    config, budget, limit = _baseline(folder, max_tokens, max_model_len)
+    resolved = [_speculative_config(setting, config) for setting in settings]
+    encoder = tokenizer if tokenizer is not None else load_tokenizer(config)
+    requests = _requests(folder, config, encoder, budget, limit)
+    return tuple(_replay(requests, strategy, spec, k, proposers(spec, limit), budget=budget,
+                         limit=limit, encoder=encoder)
+                 for strategy, spec, k in resolved)
 
 
 def _every_turn(proposer: Proposer) -> TurnProposer:

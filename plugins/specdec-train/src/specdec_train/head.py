@@ -36,11 +36,15 @@ This module imports torch; the rest of specdec imports it only when training.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
 from torch import nn
+
+LOGIT_ROWS = 1024
+"""Rows whose greedy draft token is computed at once (bounds the [rows, vocab] logits)."""
 
 HEAD_PREFIX = "layers.0."
 """Tensor names of the decoder layer inside vLLM's EAGLE-1 checkpoint."""
@@ -192,9 +196,17 @@ class _Unrolled(nn.Module):  # type: ignore[misc]
         cos, sin = self.rotary(self.embed, positions)
         return cos.float(), sin.float()
 
-    def _unroll(self, tokens: torch.Tensor, first: torch.Tensor, next_tokens: torch.Tensor,
-                steps: int, *, detach: bool) -> list[torch.Tensor]:
-        """Run ``steps`` drafting steps from ``first``, the state at rows ``0 .. T - 2``."""
+    def first_state(self, features: torch.Tensor) -> torch.Tensor:
+        """Step 0's state at rows ``0 .. T - 2`` from the target's features [B, T, F]."""
+        raise NotImplementedError
+
+    def _unroll(self, tokens: torch.Tensor, first: torch.Tensor, steps: int, *, detach: bool,
+                feed: Callable[[int, torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
+        """Run ``steps`` drafting steps from ``first``, the state at rows ``0 .. T - 2``.
+
+        Step 0 reads the real next token (``tokens[:, 1:]``); step ``s >= 1`` reads
+        ``feed(s, out)``, its token per row, given step ``s - 1``'s output.
+        """
         batch, length = tokens.shape
         rows = length - 1
         base = torch.arange(rows, device=tokens.device).expand(batch, rows)
@@ -205,8 +217,7 @@ class _Unrolled(nn.Module):  # type: ignore[misc]
         state = first
         first_k = first_v = torch.empty(0)
         for step in range(steps):
-            # Step 0 reads the real next token; later steps the token an accepted draft had.
-            step_tokens = tokens[:, 1:] if step == 0 else _shift(next_tokens[:, 1:], step - 1)
+            step_tokens = tokens[:, 1:] if step == 0 else feed(step, outputs[-1])
             x, residual = self._step_input(self.embed[step_tokens], state)
             cos, sin = self._cos_sin(base + step)
             q, k, v = attn.project(x, cos, sin)
@@ -222,6 +233,39 @@ class _Unrolled(nn.Module):  # type: ignore[misc]
             outputs.append(out)
             state = carried.detach() if detach else carried
         return outputs
+
+    def _teacher(self, next_tokens: torch.Tensor) -> Callable[[int, torch.Tensor], torch.Tensor]:
+        """Training's feed: step ``s`` reads the token an accepted draft had at its position."""
+        def feed(step: int, _out: torch.Tensor) -> torch.Tensor:
+            return _shift(next_tokens[:, 1:], step - 1)
+        return feed
+
+    def drafts(self, tokens: torch.Tensor, features: torch.Tensor, lm_head: torch.Tensor,
+               steps: int) -> torch.Tensor:
+        """The greedy drafts vLLM makes from every row, as vLLM makes them: [steps, B, T - 1].
+
+        Row ``i`` of step 0 reads the real token ``i + 1`` and the target's
+        features at ``i``; step ``s >= 1`` reads the token its step ``s - 1``
+        drafted at the same row and that step's own output state (not the
+        target's), at position ``i + s``, attending to the step-0 keys of rows
+        ``0 .. i`` and its own earlier steps' keys: vLLM's ``propose`` for a
+        request whose last known token is ``i + 1``.  ``lm_head`` is the
+        [vocab, hidden] matrix of the LM head the head drafts with.
+        """
+        drafted: list[torch.Tensor] = []
+
+        def greedy(out: torch.Tensor) -> torch.Tensor:
+            flat = out.reshape(-1, out.shape[-1])
+            best = torch.cat([(chunk @ lm_head.T).argmax(-1) for chunk in flat.split(LOGIT_ROWS)])
+            return best.view(out.shape[:-1])
+
+        def own(_step: int, out: torch.Tensor) -> torch.Tensor:
+            drafted.append(greedy(out))
+            return drafted[-1]
+
+        outputs = self._unroll(tokens, self.first_state(features), steps, detach=True, feed=own)
+        drafted.append(greedy(outputs[-1]))
+        return torch.stack(drafted)
 
 
 class EagleHead(_Unrolled):
@@ -263,6 +307,10 @@ class EagleHead(_Unrolled):
     def _step_output(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return out, out
 
+    def first_state(self, features: torch.Tensor) -> torch.Tensor:
+        """The target's post-norm hidden states themselves, rows ``0 .. T - 2``."""
+        return features[:, :-1]
+
     def forward(self, tokens: torch.Tensor, hidden: torch.Tensor, next_tokens: torch.Tensor,
                 steps: int, *, detach: bool = False) -> list[torch.Tensor]:
         """Predicted hidden states of each drafting step, each [B, T - 1, hidden].
@@ -280,7 +328,8 @@ class EagleHead(_Unrolled):
         target's hidden state at ``i + s + 1``; rows past a sequence's end are
         garbage and must be masked by the caller.
         """
-        return self._unroll(tokens, hidden[:, :-1], next_tokens, steps, detach=detach)
+        return self._unroll(tokens, self.first_state(hidden), steps, detach=detach,
+                            feed=self._teacher(next_tokens))
 
 
 class Eagle3Head(_Unrolled):
@@ -327,6 +376,10 @@ class Eagle3Head(_Unrolled):
     def _step_output(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.norm(out), out
 
+    def first_state(self, features: torch.Tensor) -> torch.Tensor:
+        """``fc`` of the concatenated auxiliary states (vLLM's ``combine_hidden_states``)."""
+        return self.fc(features[:, :-1])
+
     def forward(self, tokens: torch.Tensor, aux: torch.Tensor, next_tokens: torch.Tensor,
                 steps: int, *, detach: bool = False) -> list[torch.Tensor]:
         """The normed output of each drafting step, each [B, T - 1, hidden].
@@ -342,7 +395,8 @@ class Eagle3Head(_Unrolled):
         Rows and positions as in :meth:`EagleHead.forward`: row ``i`` of step
         ``s`` predicts the target's greedy token after position ``i + s + 1``.
         """
-        return self._unroll(tokens, self.fc(aux[:, :-1]), next_tokens, steps, detach=detach)
+        return self._unroll(tokens, self.first_state(aux), steps, detach=detach,
+                            feed=self._teacher(next_tokens))
 
 
 def _shift(x: torch.Tensor, by: int) -> torch.Tensor:
