@@ -142,11 +142,14 @@ def test_bad_check_options_fail_the_study_file(tmp_path: Path) -> None:
     """A typo is a config error at its path; a control equal to a temperature checked, too."""
     with pytest.raises(ConfigError, match=r"lossless_check"):
         load_study(_study_file(tmp_path, STUDY + "lossless_check: {sample: 10}\n"))
-    study = load_study(_study_file(tmp_path, STUDY + "lossless_check: {control_temperature: 0.8}\n"))
-    assert study.lossless_check is not None
-    with pytest.raises(ConfigError, match=r"lossless check of .*temperature=0\.8: the control "
-                                          r"temperature \(0\.8\) equals the temperature checked"):
-        plan_checks(expand_study(study), study.lossless_check, study.seed)
+    for options, problem in (
+            ("{control_temperature: 0.8}",
+             r"the control temperature \(0\.8\) equals the temperature checked"),
+            ("{control_step: 1.5}", r"control_temperature must be <= 2, got 2\.3")):
+        study = load_study(_study_file(tmp_path, f"{STUDY}lossless_check: {options}\n"))
+        assert study.lossless_check is not None
+        with pytest.raises(ConfigError, match=rf"lossless check of {SAMPLED}: {problem}"):
+            plan_checks(expand_study(study), study.lossless_check, study.seed)
 
 
 def test_dry_run_lists_the_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
