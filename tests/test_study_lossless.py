@@ -14,6 +14,7 @@ import types
 from pathlib import Path
 from typing import Any, ClassVar
 
+import attrs
 import orjson
 import pytest
 
@@ -22,6 +23,7 @@ from specdec.errors import ConfigError
 from specdec.records import LosslessCheckOptions
 from specdec.report import build_report
 from specdec.report_files import write_report
+from specdec.serialization import write_json
 from specdec.study import expand_study, load_study, read_index, run_batch
 from specdec.study_lossless import check_folder, plan_checks
 
@@ -249,3 +251,18 @@ def test_the_study_command_exits_1_when_a_check_failed(
     assert code == cli.EXIT_FAILED
     assert f"specdec: lossless check of {SAMPLED} failed: the engine" in capsys.readouterr().err
     assert (tmp_path / "out" / "report" / "report.md").is_file()
+
+
+def test_an_interrupted_check_runs_again(tmp_path: Path, in_process: type[_InProcess]) -> None:
+    """A check cut off while running (batch.json says running, no lossless.json) runs again
+    when the study is rerun, and only it: the items are finished."""
+    out = _run(tmp_path)
+    index = read_index(out)
+    (status,) = index.lossless_checks
+    write_json(out / "batch.json", attrs.evolve(
+        index, lossless_checks=(attrs.evolve(status, status="running", outcome=None),)))
+    (check_folder(out, SAMPLED) / "lossless.json").unlink()
+    in_process.commands = []
+    _run(tmp_path)
+    assert [c[3] for c in in_process.commands] == ["lossless"]
+    assert read_index(out).lossless_checks[0].status == "done"

@@ -12,7 +12,9 @@ B C), each round in an order shuffled with the study's ``seed``, recorded in
 ``batch.json`` and kept on resume, so drift in the machine's speed favours no
 setting.  Timed items carry only what their configuration asks for; after the
 last one, the scoring pass (:mod:`specdec.scoring`, its own process) reads the
-baseline's margins where other settings diverged from it.
+baseline's margins where other settings diverged from it; then a study with
+``lossless_check:`` runs the sampled check of each speculative setting that
+samples (:mod:`specdec.study_lossless`, each its own process).
 """
 
 from __future__ import annotations
@@ -352,11 +354,11 @@ def _recorded_checks(output_base: Path, checks: Sequence[PlannedCheck]) -> dict[
             recorded = {}
     out: dict[str, CheckStatus] = {}
     for check in checks:
-        earlier = recorded.get(check.setting)
-        same = (earlier is not None and earlier.settings == check.settings
-                and earlier.baseline == check.baseline and earlier.status != "running")
-        out[check.setting] = (earlier if same and earlier is not None
-                              else CheckStatus(check.setting, check.baseline, check.settings))
+        new = CheckStatus(check.setting, check.baseline, check.settings)
+        earlier = recorded.get(check.setting, new)
+        # One recorded running was cut off: it is pending again.
+        same = (earlier.settings, earlier.baseline) == (check.settings, check.baseline)
+        out[check.setting] = earlier if same and earlier.status != "running" else new
     return out
 
 
