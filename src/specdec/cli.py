@@ -40,6 +40,7 @@ from specdec.records import CONTROL_STEP, ExperimentConfig, Mode, SampledCheckSe
 
 if TYPE_CHECKING:
     from specdec.study import BatchItem
+    from specdec.study_lossless import PlannedCheck
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -485,7 +486,8 @@ def plugins() -> int:
 
 
 def _execute_batch(items: Sequence[BatchItem], output_base: Path, name: str,
-                   threshold: float, seed: int = 0) -> int:
+                   threshold: float, seed: int = 0, *,
+                   checks: Sequence[PlannedCheck] = ()) -> int:
     from specdec.display import BatchProgress, print_report  # noqa: PLC0415
     from specdec.report import build_report  # noqa: PLC0415
     from specdec.report_files import write_report  # noqa: PLC0415
@@ -493,17 +495,22 @@ def _execute_batch(items: Sequence[BatchItem], output_base: Path, name: str,
 
     with BatchProgress([item.name for item in items], output_base) as bar:
         index = run_batch(items, output_base, name=name, near_tie_threshold=threshold,
-                          on_item=bar.item_ended, on_progress=bar.update, seed=seed)
+                          on_item=bar.item_ended, on_progress=bar.update, seed=seed,
+                          checks=checks)
     failed = [i for i in index.items if i.status != "done"]
     for item in failed:
         sys.stderr.write(f"specdec: {item.name} {item.status}: {item.error}\n")
+    failed_checks = [c for c in index.lossless_checks if c.status != "done"]
+    for check in failed_checks:
+        sys.stderr.write(f"specdec: lossless check of {check.setting} {check.status}: "
+                         f"{check.error}\n")
     if len(failed) < len(index.items):
         report = build_report([output_base])
         write_report(report, output_base / "report")
         print_report(report)
         sys.stdout.write(f"report: {output_base / 'report' / 'report.md'} "
                          f"and {output_base / 'report' / 'report.html'}\n")
-    return EXIT_FAILED if failed else 0
+    return EXIT_FAILED if failed or failed_checks else 0
 
 
 def batch(*, configs: Annotated[list[Path], Parameter(consume_multiple=True, metavar="FILE")],
@@ -543,22 +550,27 @@ def study(study: Path, /, *, output_base: Annotated[Path | None, Parameter(metav
         study: study file (YAML or JSON).
         output_base: batch folder (default: results/<study name>).
         repeats: override the study's repeats (default: the study's, else 3).
-        dry_run: list the runs and stop.
+        dry_run: list the runs (and the sampled lossless checks) and stop.
     """
     import attrs  # noqa: PLC0415
 
     from specdec.study import expand_study, load_study  # noqa: PLC0415
+    from specdec.study_lossless import plan_checks  # noqa: PLC0415
 
     loaded = load_study(study)
     if repeats is not None:
         loaded = attrs.evolve(loaded, repeats=repeats)
     items = expand_study(loaded)
+    checks = ([] if loaded.lossless_check is None else
+              plan_checks(items, loaded.lossless_check, loaded.seed, f"study {loaded.name!r}"))
     if dry_run:
         for item in items:
             sys.stdout.write(f"{item.name}\n")
+        for check in checks:
+            sys.stdout.write(f"{check.describe()}\n")
         return 0
     return _execute_batch(items, output_base or Path("results") / loaded.name, loaded.name,
-                          loaded.near_tie_threshold, loaded.seed)
+                          loaded.near_tie_threshold, loaded.seed, checks=checks)
 
 
 TUNE = Group("Tune", sort_key=5)

@@ -523,7 +523,6 @@ def print_report(report: Report) -> None:
     Each cell holds the Spec-Bench speedup over the throughput speedup, each with its
     confidence interval; A/A warnings come last, after the verdict they put in doubt.
     """
-    from specdec.lossless import SAMPLED_NOTE  # noqa: PLC0415
     from specdec.report_text import interval_kinds, speedup_cell  # noqa: PLC0415
 
     kinds = ", ".join(interval_kinds(report)) or "no intervals"
@@ -541,8 +540,10 @@ def print_report(report: Report) -> None:
                 f"{kinds})", columns, rows)
     for name, result in report.lossless.items():
         if result.sampled_temperature is not None:
-            stdout.print(escape(f"lossless {name}: " + SAMPLED_NOTE.format(
-                temperature=result.sampled_temperature)))
+            first, *rest = result.sampled_notes()
+            stdout.print(escape(f"lossless {name}: {first}"))
+            for line in rest:
+                stdout.print(escape(f"  {line}"))
             continue
         stdout.print(escape(f"lossless {name}: {result.verdict} ({result.equal} equal, "
                             f"{result.near_tie} near-tie flips, {result.mismatch} mismatches, "

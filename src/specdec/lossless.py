@@ -126,6 +126,52 @@ class TurnComparison:
     """Why an unclassified divergence has no margin."""
 
 
+SAMPLED_VERDICTS = {"pass": "pass (sampled check)", "difference": "FAIL (sampled check)",
+                    "inconclusive": "inconclusive (sampled check)"}
+"""How reports show each outcome of a study's sampled check (``specdec lossless``)."""
+
+
+@frozen
+class SampledCheckSummary:
+    """A study's distributional check of a sampled setting, as the report shows it.
+
+    Read from the check's ``lossless.json`` by :func:`specdec.study_lossless.summaries`:
+    ``outcome`` (``pass``, ``difference`` or ``inconclusive``) and ``lines``, the
+    verdict with its power statement as ``specdec lossless`` prints it; or
+    ``error`` where the check failed.
+    """
+
+    baseline: str
+    temperature: float
+    control_temperature: float
+    samples: int
+    tokens: int
+    folder: str
+    prompts: int | None = None
+    outcome: str | None = None
+    lines: tuple[str, ...] = ()
+    error: str | None = None
+
+    @property
+    def verdict(self) -> str:
+        """The verdict cell: the outcome (``FAIL`` for a difference), or that the check failed."""
+        if self.outcome is None:
+            return "sampled (check failed)"
+        return SAMPLED_VERDICTS.get(self.outcome, self.outcome)
+
+    def notes(self) -> list[str]:
+        """What the check did and found, one line each: a heading, then the verdict's lines."""
+        if self.outcome is None:
+            return [(f"sampled (temperature {self.temperature:g}); its distributional check "
+                     f"against {self.baseline} failed: {self.error} (run the study again to "
+                     f"retry; {self.folder})")]
+        heading = (f"sampled (temperature {self.temperature:g}); distributional check against "
+                   f"{self.baseline}: {self.outcome} ({self.samples} samples of {self.tokens} "
+                   f"tokens per prompt and arm, {self.prompts} prompts, positive control at "
+                   f"T={self.control_temperature:g}; {self.folder})")
+        return [heading, *self.lines]
+
+
 @frozen
 class LosslessResult:
     """The check of one candidate run against the baseline run.
@@ -148,18 +194,40 @@ class LosslessResult:
     sampled_temperature: float | None = None
     """Set when either run sampled (temperature above 0; the larger of the two):
     the exact comparison does not apply and was not made (:func:`not_compared_sampled`)."""
+    sampled_check: SampledCheckSummary | None = None
+    """A sampled pair's distributional check, where its study ran one (``lossless_check:``)."""
 
     @property
     def passed(self) -> bool:
-        """No real mismatch and nothing missing (a sampled pair claims nothing either way)."""
+        """No real mismatch and nothing missing.
+
+        A sampled pair fails only on a difference its distributional check
+        found (unchecked, it claims nothing either way).
+        """
+        if self.sampled_check is not None and self.sampled_check.outcome == "difference":
+            return False
         return self.mismatch == 0 and self.missing == 0
 
     @property
     def verdict(self) -> str:
-        """``pass`` or ``FAIL``, as reports show it; ``sampled`` where nothing was compared."""
+        """``pass`` or ``FAIL``, as reports show it.
+
+        For a sampled pair, its distributional check's verdict, or ``sampled``
+        where nothing was compared.
+        """
+        if self.sampled_check is not None:
+            return self.sampled_check.verdict
         if self.sampled_temperature is not None:
             return "sampled"
         return "pass" if self.passed else "FAIL"
+
+    def sampled_notes(self) -> list[str]:
+        """What reports say of a sampled pair: its check's lines, else why nothing was compared."""
+        if self.sampled_check is not None:
+            return self.sampled_check.notes()
+        if self.sampled_temperature is not None:
+            return [SAMPLED_NOTE.format(temperature=self.sampled_temperature)]
+        return []
 
 
 SAMPLED_NOTE = ("sampled (temperature {temperature:g}): texts differ by chance, so they are not "
@@ -168,17 +236,19 @@ SAMPLED_NOTE = ("sampled (temperature {temperature:g}): texts differ by chance, 
 """Why a sampled pair has no exact comparison, as reports say it."""
 
 
-def not_compared_sampled(threshold: float, temperature: float) -> LosslessResult:
-    """The result for a pair of runs of which one sampled: nothing compared, nothing failed.
+def not_compared_sampled(threshold: float, temperature: float,
+                         sampled_check: SampledCheckSummary | None = None) -> LosslessResult:
+    """The result for a pair of runs of which one sampled: nothing compared token by token.
 
     Two samples of the same distribution differ by chance, so an exact
     comparison would call every speculative run a mismatch; the
     distributional check (:mod:`specdec.sampled_lossless`, ``specdec
-    lossless``) is the test for sampled runs.
+    lossless``) is the test for sampled runs, and ``sampled_check`` its
+    result where the study ran it.
     """
     return LosslessResult(threshold=threshold, turns=0, equal=0, near_tie=0, mismatch=0,
                           unclassified=0, not_compared=0, missing=0, comparisons=(),
-                          sampled_temperature=temperature)
+                          sampled_temperature=temperature, sampled_check=sampled_check)
 
 
 def common_prefix(a: Sequence[Any], b: Sequence[Any]) -> int:
@@ -330,5 +400,7 @@ def check(candidate: Sequence[RequestOutput], baseline: Sequence[RequestOutput],
         turns=len(results),
         comparisons=tuple(r for r in results if r.status != "equal"),
         scoring_engine=dict(margins.engine) if used and margins is not None else None,
-        **counts,
+        equal=counts["equal"], near_tie=counts["near_tie"], mismatch=counts["mismatch"],
+        unclassified=counts["unclassified"], not_compared=counts["not_compared"],
+        missing=counts["missing"],
     )

@@ -416,3 +416,27 @@ class SampledCheckSettings:
         if self.control_temperature is not None:
             return self.control_temperature
         return round(self.temperature + CONTROL_STEP, 6)
+
+
+@frozen
+class LosslessCheckOptions:
+    """A study's ``lossless_check:``: the sampled check of every speculative setting that samples.
+
+    After its batch, each speculative setting at temperature above 0 is
+    checked against its baseline at the same sampling settings (its own
+    temperature, top-p and top-k), as ``specdec lossless`` checks one
+    strategy (:mod:`specdec.study_lossless`).  ``samples``, ``tokens`` and
+    ``seed`` are that command's; ``prompts`` keeps the first N prompts of the
+    study's selection (None: all of them); the control arm runs at
+    ``control_temperature`` if set, else ``control_step`` above the
+    temperature checked (one step suits every temperature of a sweep, where
+    one fixed control temperature would be far from some and equal to others).
+    ``seed`` None: the study's ``seed``.
+    """
+
+    samples: int = field(default=200, validator=number(ge=2))
+    tokens: int = field(default=4, validator=positive)
+    prompts: int | None = field(default=None, validator=number(ge=1))
+    control_temperature: float | None = field(default=None, validator=number(gt=0, le=2))
+    control_step: float = field(default=CONTROL_STEP, validator=number(gt=0, le=2))
+    seed: int | None = None

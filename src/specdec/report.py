@@ -25,11 +25,11 @@ from typing import Any
 
 from attrs import field, frozen
 
-from specdec import run_folder
+from specdec import run_folder, study_lossless
 from specdec.errors import SpecdecError
 from specdec.formatting import interval_text
 from specdec.intervals import WITHIN_RUN, Interval, RunSample, paired_speedup, request_ratio
-from specdec.lossless import LosslessResult, check, not_compared_sampled
+from specdec.lossless import LosslessResult, SampledCheckSummary, check, not_compared_sampled
 from specdec.metrics import spec_bench_mean_accepted_tokens_by_category, speedup
 from specdec.records import ExperimentConfig, GroupMetrics, RequestRecord, RunSummary
 from specdec.scoring import SettingRun, baseline_for
@@ -269,6 +269,21 @@ def collect_runs(folders: Sequence[Path]) -> tuple[list[Run], list[str], float]:
     return runs, failed, threshold
 
 
+def collect_checks(folders: Sequence[Path]) -> tuple[dict[str, SampledCheckSummary], list[str]]:
+    """The sampled checks of batch folders by setting, and a line for each that failed.
+
+    Through each ``batch.json``'s ``lossless_checks`` (:mod:`specdec.study_lossless`);
+    a failed check is listed with the failed runs and does not stop the report.
+    """
+    checks: dict[str, SampledCheckSummary] = {}
+    for folder in folders:
+        if (folder / INDEX_FILE).is_file():
+            checks.update(study_lossless.summaries(folder, read_index(folder).lossless_checks))
+    failed = [f"lossless check of {name}: failed ({summary.error})"
+              for name, summary in checks.items() if summary.outcome is None]
+    return checks, failed
+
+
 def _baseline_for(setting: Setting, settings: Sequence[Setting]) -> Setting | None:
     """The setting's baseline, by the one pairing rule (:func:`specdec.scoring.baseline_for`).
 
@@ -410,6 +425,8 @@ def _median_ratio(rate: Spread | None, base: Spread | None) -> float | None:
 def build_report(folders: Sequence[Path], threshold: float | None = None) -> Report:
     """Compare every setting with its baseline, per category and overall."""
     runs, failed, index_threshold = collect_runs(folders)
+    sampled_checks, failed_checks = collect_checks(folders)
+    failed += failed_checks
     threshold = index_threshold if threshold is None else threshold
     by_setting: dict[str, list[Run]] = {}
     for run in runs:
@@ -427,7 +444,8 @@ def build_report(folders: Sequence[Path], threshold: float | None = None) -> Rep
             temperature = max(setting.first.config.generation.temperature,
                               baseline.first.config.generation.temperature)
             if setting is not baseline and temperature > 0:
-                lossless[setting.name] = not_compared_sampled(threshold, temperature)
+                lossless[setting.name] = not_compared_sampled(
+                    threshold, temperature, sampled_checks.get(setting.name))
             elif setting is not baseline:
                 lossless[setting.name] = check(
                     setting.first.outputs.requests, baseline.first.outputs.requests,

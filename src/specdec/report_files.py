@@ -14,7 +14,6 @@ from pathlib import Path
 from specdec.errors import SpecdecError
 from specdec.formatting import MISSING, median_spread, number
 from specdec.intervals import CONFIDENCE, METHOD, RESAMPLES, SEED
-from specdec.lossless import SAMPLED_NOTE
 from specdec.report import OVERALL, Comparison, Report, Spread
 from specdec.report_text import interval_kinds, margin_source_text, speedup_cell, with_interval
 from specdec.serialization import unstructure, write_json
@@ -85,9 +84,12 @@ def _lossless_section(report: Report) -> list[str]:
         lines.append(f"| {name} | {result.turns} | {result.equal} | {result.near_tie} | "
                      f"{result.mismatch} | {result.unclassified} | {result.not_compared} | "
                      f"{result.verdict} |")
-    lines += [f"\n{name}: " + SAMPLED_NOTE.format(temperature=result.sampled_temperature)
-              for name, result in report.lossless.items()
-              if result.sampled_temperature is not None]
+    for name, result in report.lossless.items():
+        notes = result.sampled_notes()
+        if notes:
+            lines += ["", f"{name}: {notes[0]}"]
+        if notes[1:]:
+            lines += ["", *(f"- {note}" for note in notes[1:])]
     for name, result in report.lossless.items():
         shown = [c for c in result.comparisons if c.position is not None][:10]
         if shown:

@@ -26,7 +26,7 @@ from attrs import frozen
 from specdec import run_folder
 from specdec.formatting import MISSING, number
 from specdec.intervals import CONFIDENCE, METHOD, RESAMPLES, SEED
-from specdec.lossless import SAMPLED_NOTE, LosslessResult, TurnComparison, common_prefix
+from specdec.lossless import LosslessResult, TurnComparison, common_prefix
 from specdec.provenance import now
 from specdec.report import OVERALL, Comparison, Report
 from specdec.report_text import interval_kinds, margin_source_text, with_interval
@@ -166,8 +166,7 @@ def _lossless(report: Report) -> list[dict[str, Any]]:
             "source": (margin_source_text(result) if result.scoring_engine is not None
                        else ""),
             "divergences": [_divergence(c) for c in _diverged(result)],
-            "sampled": (SAMPLED_NOTE.format(temperature=result.sampled_temperature)
-                        if result.sampled_temperature is not None else ""),
+            "sampled": result.sampled_notes(),
         })
     return checks
 

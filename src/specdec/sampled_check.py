@@ -35,12 +35,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import attrs
+import orjson
 import structlog
 from attrs import frozen
 
 from specdec.engines import engine_for
 from specdec.engines.requests import derive_seed
-from specdec.errors import UsageError
+from specdec.errors import SpecdecError, UsageError
 from specdec.interfaces import EngineFactory, SampleRequest, SampleRun
 from specdec.provenance import collect, now
 from specdec.records import (
@@ -53,7 +54,7 @@ from specdec.records import (
 )
 from specdec.runner import prepare_run
 from specdec.sampled_lossless import SampledVerdict, compare_arms
-from specdec.serialization import write_json
+from specdec.serialization import problems, structure, write_json
 
 log = structlog.get_logger("specdec.lossless")
 
@@ -235,3 +236,25 @@ def write_result(output: Path, result: SampledCheckResult, arms: Sequence[ArmSam
     write_json(output / RESULT_FILE, result)
     write_json(output / SAMPLES_FILE, {"schema_version": SCHEMA_VERSION, "arms": list(arms)})
 
+
+
+def read_result(output: Path) -> SampledCheckResult:
+    """The ``lossless.json`` that :func:`write_result` wrote into ``output``.
+
+    Raises:
+        SpecdecError: there is none (the check has not finished), or it is not what we write.
+    """
+    path = output / RESULT_FILE
+    try:
+        data = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        msg = f"{output} holds no finished sampled check (no {RESULT_FILE})"
+        raise SpecdecError(msg) from None
+    except orjson.JSONDecodeError as exc:
+        msg = f"{path} is damaged (not valid JSON: {exc}); run the check again"
+        raise SpecdecError(msg) from exc
+    try:
+        return structure(data, SampledCheckResult)
+    except Exception as exc:  # every structuring failure means the file is not what we wrote
+        msg = f"{path} is damaged ({'; '.join(problems(exc))}); run the check again"
+        raise SpecdecError(msg) from exc

@@ -12,7 +12,9 @@ B C), each round in an order shuffled with the study's ``seed``, recorded in
 ``batch.json`` and kept on resume, so drift in the machine's speed favours no
 setting.  Timed items carry only what their configuration asks for; after the
 last one, the scoring pass (:mod:`specdec.scoring`, its own process) reads the
-baseline's margins where other settings diverged from it.
+baseline's margins where other settings diverged from it; then a study with
+``lossless_check:`` runs the sampled check of each speculative setting that
+samples (:mod:`specdec.study_lossless`, each its own process).
 """
 
 from __future__ import annotations
@@ -33,15 +35,16 @@ import structlog
 import yaml
 from attrs import field, frozen
 
-from specdec import registry, run_folder, scoring
+from specdec import registry, run_folder, scoring, study_lossless
 from specdec.benchmark_store import resolve_benchmark
 from specdec.benchmarks.loader import load_benchmark
 from specdec.config import apply_overrides, config_from_mapping, read_mapping
 from specdec.errors import ConfigError, SpecdecError
 from specdec.models import check_model
 from specdec.provenance import collect, now
-from specdec.records import SCHEMA_VERSION, BenchmarkConfig, StrategySpec
+from specdec.records import SCHEMA_VERSION, BenchmarkConfig, LosslessCheckOptions, StrategySpec
 from specdec.serialization import problems, structure, unstructure, write_json
+from specdec.study_lossless import CheckStatus, PlannedCheck
 from specdec.validators import number, positive
 
 log = structlog.get_logger("specdec.study")
@@ -86,6 +89,9 @@ class StudyConfig:
     seed: int = 0
     """Seeds the shuffled order of each round of repeats, and is the run seed
     (``generation.seed``) of sampled items that set none."""
+    lossless_check: LosslessCheckOptions | None = None
+    """After the batch, check every speculative setting that samples against its
+    baseline with ``specdec lossless`` (:mod:`specdec.study_lossless`); None: no check."""
 
 
 @frozen
@@ -132,6 +138,8 @@ class BatchIndex:
     """The item names in the order they run (see :func:`run_order`)."""
     seed: int = 0
     """The seed of that order's shuffles."""
+    lossless_checks: tuple[CheckStatus, ...] = ()
+    """The study's sampled checks (``lossless_check:``) and how each ended."""
 
 
 def load_study(path: Path) -> StudyConfig:
@@ -333,6 +341,27 @@ def _recorded_order(output_base: Path, items: Sequence[BatchItem]) -> tuple[list
     return list(index.order), index.seed
 
 
+def _recorded_checks(output_base: Path, checks: Sequence[PlannedCheck]) -> dict[str, CheckStatus]:
+    """Each check's status as an earlier run of this batch recorded it (same settings), else new.
+
+    So an interrupted rerun keeps saying which checks had finished or failed.
+    """
+    recorded: dict[str, CheckStatus] = {}
+    if (output_base / INDEX_FILE).is_file():
+        try:
+            recorded = {c.setting: c for c in read_index(output_base).lossless_checks}
+        except SpecdecError:
+            recorded = {}
+    out: dict[str, CheckStatus] = {}
+    for check in checks:
+        new = CheckStatus(check.setting, check.baseline, check.settings)
+        earlier = recorded.get(check.setting, new)
+        # One recorded running was cut off: it is pending again.
+        same = (earlier.settings, earlier.baseline) == (check.settings, check.baseline)
+        out[check.setting] = earlier if same and earlier.status != "running" else new
+    return out
+
+
 def run_batch(
     items: Sequence[BatchItem],
     output_base: Path,
@@ -343,8 +372,9 @@ def run_batch(
     on_progress: Progress | None = None,
     poll_s: float = 0.5,
     seed: int = 0,
+    checks: Sequence[PlannedCheck] = (),
 ) -> BatchIndex:
-    """Run every item in its own process; resume what a previous call left; then score.
+    """Run every item in its own process; resume what a previous call left; score; check.
 
     Items run in :func:`run_order` (with ``seed``), or in the order
     ``batch.json`` recorded when the batch is resumed.  Returns the index (also
@@ -352,7 +382,8 @@ def run_batch(
     its error and the batch goes on.  Last, the scoring pass
     (:func:`run_scoring`) reads the baselines' margins where other settings
     diverged; if it fails, the batch still finishes and its divergences stay
-    unclassified, with the reason.
+    unclassified, with the reason.  Then each of ``checks``, the study's sampled
+    checks, runs in its own process (:func:`run_checks`) unless already finished.
     """
     if output_base.exists() and not output_base.is_dir():
         msg = f"{output_base} is a file, not a folder: choose another batch folder"
@@ -370,10 +401,12 @@ def run_batch(
     recorded = _recorded_order(output_base, items)
     order, seed = recorded if recorded is not None else (run_order(items, seed), seed)
     by_name = {item.name: item for item in items}
+    check_statuses = _recorded_checks(output_base, checks)
 
     def save() -> BatchIndex:
         index = BatchIndex(name, tuple(statuses.values()), near_tie_threshold,
-                           provenance=provenance, order=tuple(order), seed=seed)
+                           provenance=provenance, order=tuple(order), seed=seed,
+                           lossless_checks=tuple(check_statuses.values()))
         write_json(output_base / INDEX_FILE, index)
         return index
 
@@ -417,7 +450,83 @@ def run_batch(
             on_item(status)
     index = save()
     run_scoring(output_base, index)
+    if checks:
+        run_checks(output_base, checks, check_statuses, save, poll_s)
+        index = save()
     return index
+
+
+def run_checks(output_base: Path, checks: Sequence[PlannedCheck],
+               statuses: dict[str, CheckStatus], save: Callable[[], BatchIndex],
+               poll_s: float = 0.5) -> None:
+    """Run each sampled check (``specdec lossless``) in its own process, unless finished.
+
+    A check is finished when its folder holds a ``lossless.json`` of its
+    settings; else it runs (again) whole.  A check that ends without one, or
+    with an exit code the command gives no outcome, is recorded as failed with
+    its error, like an item, and the next check runs.  ``statuses`` (by
+    setting) are updated, and ``save`` called, as each check starts and ends.
+    """
+    for check in checks:
+        folder = study_lossless.check_folder(output_base, check.setting)
+        status = statuses[check.setting]
+        done = study_lossless.finished(folder, check.settings)
+        if done is not None:
+            statuses[check.setting] = attrs.evolve(status, status="done", outcome=done.outcome,
+                                                   error=None)
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / study_lossless.EXPERIMENT_FILE).write_text(
+            yaml.safe_dump(dict(check.experiment), sort_keys=False), encoding="utf-8")
+        status = attrs.evolve(status, status="running", started_at=now(), finished_at=None,
+                              outcome=None, error=None)
+        statuses[check.setting] = status
+        save()
+        log.info("lossless check started", setting=check.setting, baseline=check.baseline)
+        code = _run_logged(study_lossless.command(check, folder), folder / RUN_LOG, poll_s)
+        result = study_lossless.finished(folder, check.settings)
+        if code in study_lossless.CHECK_EXITS and result is not None:
+            status = attrs.evolve(status, status="done", outcome=result.outcome,
+                                  finished_at=now())
+            log.info("lossless check finished", setting=check.setting, outcome=result.outcome)
+        else:
+            status = attrs.evolve(status, status="failed", finished_at=now(),
+                                  error=_check_error(folder, code))
+            log.error("lossless check failed", setting=check.setting, error=status.error)
+        statuses[check.setting] = status
+        save()
+
+
+def _run_logged(command: list[str], log_path: Path, poll_s: float) -> int:
+    """Run ``command`` with its output appended to ``log_path``; its exit code."""
+    with log_path.open("ab") as output:
+        output.write(f"\n# {now()} {' '.join(command)}\n".encode())
+        output.flush()
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)  # noqa: S603
+        try:
+            while process.poll() is None:
+                time.sleep(poll_s)
+        except BaseException:
+            process.terminate()
+            process.wait(timeout=60)
+            raise
+    return process.returncode
+
+
+def _check_error(folder: Path, code: int) -> str:
+    """Why a sampled check failed: the command's last message (or its root cause) in its log."""
+    log_path = folder / RUN_LOG
+    try:
+        log_text = log_path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        log_text = ""
+    message = _last_message(log_text)
+    if message is not None and _WRAPPER.search(message) and (cause := root_cause(log_text)):
+        message = f"{cause} (root cause; the check ended with {message})"
+    if message is not None:
+        return f"{message} (exit code {code}; see {log_path})"
+    return (f"the check exited with code {code} without a result (killed?); "
+            f"see {log_path}")
 
 
 def run_scoring(output_base: Path, index: BatchIndex) -> int | None:
