@@ -126,7 +126,9 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 SOURCES_NOTE = (
     "Speedups are Spec-Bench's (ratio of mean per-request tokens/s over the baseline's); "
     "residual = measured / predicted - 1. Sources: replay (the drafter replayed over the "
-    "baseline's tokens: exact counts), agreement (a draft model from its measured runs at "
+    "baseline's tokens: exact counts), draft replay (a draft model replayed from its own "
+    "greedy continuations of the baseline's prefixes: exact counts up to the draft's "
+    "numerics), agreement (a draft model from its measured runs at "
     "other k; 'to' gives the bound with unknown positions accepted), measured counts (a "
     "method replay cannot draft, from its own calibration run: checks the cost model only). "
     "See docs/prediction.md, 'specdec tune'.")
