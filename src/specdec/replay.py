@@ -38,10 +38,12 @@ the replayed one), what the engine accepted there is unknown: replay counts
 those tokens rejected and reports them as :attr:`TurnReplay.unresolved`.  A
 baseline run with a larger ``max_tokens`` than the one replayed leaves none.
 
-A draft model has no offline drafter here, but its greedy draft agrees with the
-target position by position whatever k, so :func:`replay_agreement` replays it
-from finished runs of it at other k (:func:`measured_agreement`), bounded where
-they do not tell.  ``docs/prediction.md`` says what is exact per strategy.
+A draft model has no offline drafter here: :mod:`specdec.draft_replay` runs it in
+an engine of its own and replays its continuations through :func:`replay_known`.
+Its greedy draft also agrees with the target position by position whatever k, so
+:func:`replay_agreement` replays it from finished runs of it at other k
+(:func:`measured_agreement`), bounded where they do not tell.
+``docs/prediction.md`` says what is exact per strategy.
 """
 
 from __future__ import annotations
