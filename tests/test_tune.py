@@ -46,7 +46,13 @@ from specdec.tune import (
     schedule_entries,
     tune_from_mapping,
 )
-from specdec.tune_files import PLOT_FILE, PREDICTION_MD, confirmed_rows, write_prediction
+from specdec.tune_files import (
+    PLOT_FILE,
+    PREDICTION_MD,
+    confirmed_rows,
+    draft_source_lines,
+    write_prediction,
+)
 
 from .test_replay import CharTokenizer
 
@@ -489,6 +495,7 @@ def test_a_draft_model_is_replayed_from_its_own_continuations(
     assert {c.source for c in draft.values()} == {"draft replay"}
     assert "greedy continuations of every baseline prefix" in (draft[1].note or "")
     assert "of 4 tokens, one engine" in (draft[1].note or "")
+    assert draft_source_lines(result.ranking) == [f"draft_model (draft replay): {draft[1].note}"]
     runs = [c for c in result.confirmed if c.family == "draft_model"]
     assert {c.k for c in runs} >= {1, 2, 4}
     for confirmed in runs:
@@ -532,6 +539,8 @@ def test_a_draft_model_that_cannot_run_is_predicted_from_its_runs_at_other_k(
     assert one.note is not None
     assert "agreement measured at k=[2, 4]" in one.note
     assert "draft replay could not run (vLLM is not installed here)" in one.note
+    [line] = draft_source_lines(result.ranking)
+    assert line.startswith("draft_model (agreement): agreement measured at k=[2, 4]")
     assert all(0 < (c.coverage or 0) <= 1 for c in draft)
     for confirmed in (c for c in result.confirmed if c.family == "draft_model"):
         check = confirmed.speedup[OVERALL]

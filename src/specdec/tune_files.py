@@ -81,6 +81,19 @@ def skipped_lines(ranking: Ranking) -> list[str]:
     return [f"{c.setting}: {c.note}" for c in ranking.candidates if c.source == "skipped"]
 
 
+def draft_source_lines(ranking: Ranking) -> list[str]:
+    """One line per draft-model family (and batch size): how its candidates were predicted.
+
+    Draft replay's note (continuations computed), or the agreement fallback's, which says
+    why draft replay did not run.
+    """
+    seen: dict[tuple[str, int | None], str] = {}
+    for c in ranking.candidates:
+        if c.source in ("draft replay", "agreement") and c.note:
+            seen.setdefault((c.family, c.max_num_seqs), f"{c.family} ({c.source}): {c.note}")
+    return list(seen.values())
+
+
 CONFIRMED_HEADERS = ("setting", "run as", "source", "predicted", "measured (95% interval)",
                      "residual", "throughput: predicted", "measured", "residual")
 
@@ -172,6 +185,9 @@ def prediction_markdown(result: TuneResult) -> str:
         lines += _table(CATEGORY_RANKING_HEADERS, category_ranking_rows(ranking, group))
     if any(c.exact is False for c in ranking.candidates):
         lines += [UNRESOLVED_NOTE, ""]
+    drafts = draft_source_lines(ranking)
+    if drafts:
+        lines += ["Draft models:", "", *(f"- {line}" for line in drafts), ""]
     skipped = skipped_lines(ranking)
     if skipped:
         lines += ["## Not predicted", "", *(f"- {line}" for line in skipped), ""]
