@@ -226,6 +226,18 @@ def test_at_the_context_limit_a_continuation_is_cut_where_nothing_is_verified(
     assert DraftEngine.made[0].engine.max_model_len == 13
 
 
+def test_the_drafts_own_context_limit_stops_the_drafter(tmp_path: Path) -> None:
+    """The run above with the draft's speculative_config max_model_len 9 (vLLM's
+    effective_drafter_max_model_len).  n=6: 5 + 2 fits 9, 2 drafted and accepted
+    (sequence 8).  n=9: 8 + 2 > 9, so vLLM drafts two zeros, both verified and rejected
+    (sequence 11); n=10: zeros again, 13 - 10 - 1 = 2 verified, rejected; n=11: one zero
+    verified, rejected; n=12: nothing verified.  4 drafts of 7 tokens, 2 accepted."""
+    run = _baseline(tmp_path, {"r": ("abcab", "cabcabca")}, "engine.max_model_len=13")
+    (replayed,), _ = replay_draft_run(run, [_draft(2, max_model_len=9)],
+                                      engine_factory=DraftEngine)
+    assert _spec(replayed) == _stats((3, 0, 1), 7, (2, 0, 0, 0))
+
+
 def test_the_draft_engine_is_the_draft_alone_under_the_runs_settings(tmp_path: Path) -> None:
     """The engine runs the draft model (its folder from the speculative_config), strategy
     none, greedy, no warm-up, the run's dtype, eager mode and context length; a server the
