@@ -160,3 +160,16 @@ def test_sample_sends_one_request_per_seed_without_detokenizing() -> None:
          "detokenize": False},
         {"max_tokens": 3, "temperature": 0.7, "top_p": 1.0, "seed": 12, "detokenize": False},
     ]
+
+
+def test_a_greedy_continuation_past_eos_asks_vllm_to_ignore_it() -> None:
+    """ignore_eos (draft replay's continuations) reaches SamplingParams; off, nothing is sent."""
+    engine = vllm_offline.VllmOfflineEngine(load_config(None, []), "/m", None)
+    engine.start()
+    LLM.sent = []
+    SamplingParams.made = []
+    engine.sample([SampleRequest((1, 2), (0,), 4, 0.0, ignore_eos=True)])
+    [(_, params)] = LLM.sent
+    assert [p.kwargs for p in params] == [
+        {"max_tokens": 4, "temperature": 0.0, "top_p": 1.0, "seed": 0, "ignore_eos": True,
+         "detokenize": False}]

@@ -394,6 +394,17 @@ def test_sample_sends_one_seeded_completion_per_seed(stand_in: str, tmp_path: Pa
         2, 0.7, 0.9, 5)
     assert "top_k" not in bodies[2]
     assert ("return_token_ids" in first) == (version == STAND_IN_VERSION)
+    assert all("ignore_eos" not in b for b in bodies)
+
+
+def test_a_greedy_continuation_past_eos_sends_ignore_eos(stand_in: str, tmp_path: Path) -> None:
+    """ignore_eos (draft replay's continuations) is vLLM's extra completions field."""
+    engine = OpenAIServerEngine(_config(tmp_path, stand_in, ["fine"]), "m", None)
+    engine.start()
+    StandIn.bodies = []
+    engine.sample([SampleRequest((1, 2, 3), (0,), 2, 0.0, ignore_eos=True)])
+    [body] = StandIn.bodies
+    assert (body["ignore_eos"], body["temperature"], body["max_tokens"]) == (True, 0.0, 2)
 
 
 def test_logprobs_are_asked_only_when_configured(stand_in: str, tmp_path: Path) -> None:

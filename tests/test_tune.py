@@ -46,7 +46,13 @@ from specdec.tune import (
     schedule_entries,
     tune_from_mapping,
 )
-from specdec.tune_files import PLOT_FILE, PREDICTION_MD, confirmed_rows, write_prediction
+from specdec.tune_files import (
+    PLOT_FILE,
+    PREDICTION_MD,
+    confirmed_rows,
+    draft_source_lines,
+    write_prediction,
+)
 
 from .test_replay import CharTokenizer
 
@@ -98,6 +104,8 @@ class World:
 
     failing: ClassVar[set[tuple[str, int]]] = set()
     launched: ClassVar[list[str]] = []
+    texts: ClassVar[dict[tuple[int, ...], tuple[int, ...]]] = {}
+    """Every prompt the world answered and its greedy output (the same in every run)."""
     t0 = 0.020
     verify = 0.002
     drafter: ClassVar[dict[str, float]] = {"ngram": 0.0, "draft_model": 0.004, "eagle": 0.002}
@@ -120,6 +128,8 @@ class World:
     def reset(cls) -> None:
         cls.failing = set()
         cls.launched = []
+        WorldDraft.failing = False
+        WorldDraft.started = 0
 
     def start(self) -> None:
         return None
@@ -146,7 +156,7 @@ class World:
         if self.method == "ngram":
             return NgramProposer(int(self.spec["prompt_lookup_min"]),
                                  int(self.spec["prompt_lookup_max"]), limit)
-        share = 0.7 if self.method == "draft_model" else 0.6
+        share = DRAFT_SHARE if self.method == "draft_model" else 0.6
         return AgreementProposer(len(prompt), output, agreement(prompt, output, share))
 
     def _decode_s(self, request: str, output_tokens: int, spec: Any) -> float:
@@ -170,6 +180,7 @@ class World:
             for question in conversation.turns:
                 prompt = self.prompt_token_ids(conversation, answers)
                 output = greedy(prompt, self.config.generation.max_tokens)
+                World.texts[tuple(prompt)] = output
                 spec = None
                 if self.k:
                     spec = replay_turn(prompt, output, self._proposer(prompt, output),
@@ -186,6 +197,74 @@ class World:
             counts += [s for s in [request_spec(record)] if s is not None]
             on_record(record)
         return EngineRun(elapsed, add_stats(counts) if self.k else None)
+
+
+DRAFT_SHARE = 0.7
+"""How often the world's draft model agrees with the target (its agreement's share)."""
+DRAFT_MISS = 199
+"""The world's draft model's token where it disagrees: one the target never says."""
+
+
+class WorldDraft:
+    """An engine of the world's draft model: Engine.sample continues greedily as it drafts.
+
+    Where the context is a prompt the world answered plus the start of its output, the
+    draft says the target's next token where :func:`agreement` says it agrees and
+    :data:`DRAFT_MISS` from the first where it does not, as the world's engine drafts.
+    ``failing`` makes start fail as an engine that cannot run here does.
+    """
+
+    failing: ClassVar[bool] = False
+    started: ClassVar[int] = 0
+
+    def __init__(self, config: ExperimentConfig, model: Path | str,
+                 spec: Mapping[str, Any] | None) -> None:
+        assert spec is None
+        assert config.strategy.name == "none"
+        self.config = config
+
+    def start(self) -> None:
+        if WorldDraft.failing:
+            msg = "vLLM is not installed here"
+            raise EngineError(msg)
+        WorldDraft.started += 1
+
+    def close(self) -> None:
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+    def run(self, conversations: Sequence[Conversation],
+            on_record: Callable[[RequestRecord], None]) -> EngineRun:
+        raise NotImplementedError
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        raise NotImplementedError
+
+    def prompt_token_ids(self, conversation: Conversation,
+                         answers: Sequence[str]) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _continue(tokens: tuple[int, ...], count: int) -> tuple[int, ...]:
+        for prompt, output in World.texts.items():
+            p = len(tokens) - len(prompt)
+            if p > 0 and tokens[:len(prompt)] == prompt and tokens[len(prompt):] == output[:p]:
+                drawn: list[int] = []
+                for position in range(p, p + count):
+                    context = (*prompt, *output[:position])
+                    right = (position < len(output)
+                             and _seed(context) % 100 < DRAFT_SHARE * 100
+                             and all(t != DRAFT_MISS for t in drawn))
+                    drawn.append(output[position] if right else DRAFT_MISS)
+                return tuple(drawn)
+        raise AssertionError(f"the world never answered a prefix of {tokens}")
+
+    def sample(self, requests: Sequence[SampleRequest]) -> SampleRun:
+        assert all(r.temperature == 0 and r.ignore_eos for r in requests)
+        return SampleRun(tuple(tuple(self._continue(r.token_ids, r.max_tokens) for _ in r.seeds)
+                               for r in requests))
 
 
 class Process:
@@ -236,6 +315,7 @@ def _tune(tmp_path: Path, **extra: Any) -> TuneConfig:
 
 
 def _run(tmp_path: Path, tune: TuneConfig, **kwargs: Any) -> TuneResult:
+    kwargs.setdefault("draft_engines", WorldDraft)
     return run_tune(tune, tmp_path / "out", tokenizer=CharTokenizer(), **kwargs)
 
 
@@ -313,8 +393,9 @@ def test_the_plan_calibrates_each_drafter_once(tmp_path: Path) -> None:
 
 def test_dry_run_lists_phases_and_how_each_method_is_predicted(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The command line, in-process: nothing runs; ngram is replayed, the draft model comes
-    from measured agreement, EAGLE only where a calibration run measured it."""
+    """The command line, in-process: nothing runs; ngram is replayed, the draft model from
+    its own continuations (else measured agreement), EAGLE only where a calibration run
+    measured it."""
     path = tmp_path / "tune.yaml"
     path.write_text(f"name: t\nbenchmark: {{path: {_bench(tmp_path)}}}\n"
                     "methods: [{name: ngram}, {name: draft_model}, {name: eagle}]\n")
@@ -322,7 +403,9 @@ def test_dry_run_lists_phases_and_how_each_method_is_predicted(
     out = capsys.readouterr().out
     assert "  smollm2-135m__none__aa\n" in out
     assert "ngram: replayed over the baseline's token ids" in out
-    assert "draft_model: from the calibration runs' measured agreement at other k" in out
+    assert ("draft_model: replayed from the draft model's own greedy continuations of every "
+            "baseline prefix (one engine of it, in this process), else from the calibration "
+            "runs' measured agreement at other k") in out
     assert "eagle: only at calibration_k, from those runs' counts (replay cannot predict" in out
     assert World.launched == []
     assert cli.main(["tune", str(path), "--dry-run", "--set",
@@ -401,17 +484,63 @@ def test_replayed_ngram_matches_its_measured_runs(tuned: tuple[Path, TuneResult]
         assert check.residual == pytest.approx(check.measured / check.predicted - 1)
 
 
-def test_a_draft_model_is_predicted_from_its_runs_at_other_k(
+def test_a_draft_model_is_replayed_from_its_own_continuations(
         tuned: tuple[Path, TuneResult]) -> None:
+    """Every draft k comes from one pass of the draft's continuations over the baseline (one
+    engine), and its replayed acceptance equals what every run of it measured, exactly: the
+    calibration runs at k = 1, 2, 4 and any confirmation."""
+    out, result = tuned
+    draft = {c.k: c for c in result.ranking.candidates if c.family == "draft_model"}
+    assert sorted(draft) == [1, 2, 3, 4]
+    assert {c.source for c in draft.values()} == {"draft replay"}
+    assert "greedy continuations of every baseline prefix" in (draft[1].note or "")
+    assert "of 4 tokens, one engine" in (draft[1].note or "")
+    assert draft_source_lines(result.ranking) == [f"draft_model (draft replay): {draft[1].note}"]
+    runs = [c for c in result.confirmed if c.family == "draft_model"]
+    assert {c.k for c in runs} >= {1, 2, 4}
+    for confirmed in runs:
+        assert confirmed.source == "draft replay"
+        measured = _measured_acceptance(out / confirmed.setting)
+        assert draft[confirmed.k].acceptance_rate == pytest.approx(measured, abs=0)
+        check = confirmed.speedup[OVERALL]
+        assert check.residual is not None
+        assert abs(check.residual) < 0.03
+
+
+@pytest.fixture(scope="module")
+def tuned_by_agreement(tmp_path_factory: pytest.TempPathFactory) -> TuneResult:
+    """A tune where the draft model's engine cannot start here."""
+    tmp_path = tmp_path_factory.mktemp("agreement")
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr("specdec.study.subprocess",
+                        types.SimpleNamespace(Popen=Process, STDOUT=subprocess.STDOUT))
+    World.reset()
+    WorldDraft.failing = True
+    try:
+        methods = [{"name": "ngram", "prompt_lookup_min": 1, "prompt_lookup_max": 3},
+                   {"name": "draft_model"}]  # ngram's runs pin the target's cost per token
+        result = _run(tmp_path, _tune(tmp_path, methods=methods))
+    finally:
+        monkeypatch.undo()
+        World.reset()
+    return result
+
+
+def test_a_draft_model_that_cannot_run_is_predicted_from_its_runs_at_other_k(
+        tuned_by_agreement: TuneResult) -> None:
     """Every draft k is predicted from the calibration runs at the other k (never its own),
-    as a band whose ends bound the measured speedup where the setting ran."""
-    _, result = tuned
+    as a band whose ends bound the measured speedup where the setting ran; each note says
+    why draft replay did not run."""
+    result = tuned_by_agreement
     draft = [c for c in result.ranking.candidates if c.family == "draft_model"]
     assert [c.k for c in draft] == [1, 2, 3, 4]
     assert all(c.source == "agreement" for c in draft)
     one = next(c for c in draft if c.k == 1)
     assert one.note is not None
     assert "agreement measured at k=[2, 4]" in one.note
+    assert "draft replay could not run (vLLM is not installed here)" in one.note
+    [line] = draft_source_lines(result.ranking)
+    assert line.startswith("draft_model (agreement): agreement measured at k=[2, 4]")
     assert all(0 < (c.coverage or 0) <= 1 for c in draft)
     for confirmed in (c for c in result.confirmed if c.family == "draft_model"):
         check = confirmed.speedup[OVERALL]
@@ -463,8 +592,9 @@ def test_a_finished_tune_is_not_redone(tuned: tuple[Path, TuneResult],
         raise AssertionError("a finished phase was redone")
 
     monkeypatch.setattr("specdec.tune.replay_run", never)
+    monkeypatch.setattr("specdec.tune.replay_draft_run", never)
     monkeypatch.setattr("specdec.tune.calibrate_folders", never)
-    again = run_tune(_tune(out.parent), out, tokenizer=CharTokenizer())
+    again = run_tune(_tune(out.parent), out, tokenizer=CharTokenizer(), draft_engines=never)
     assert World.launched == []
     assert {name: (out / name).read_bytes() for name in before} == before
     assert again.ranking == result.ranking

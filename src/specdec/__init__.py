@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 from specdec.config import load_config
+from specdec.draft_replay import replay_draft_run
 from specdec.errors import (
     BenchmarkError,
     ConfigError,
@@ -65,6 +66,7 @@ from specdec.replay import (
     RequestReplay,
     TurnReplay,
     draft_lengths,
+    read_known_run,
     replay_agreement,
     replay_run,
     replay_turn,
@@ -129,10 +131,12 @@ __all__ = [
     "load_config",
     "load_runs",
     "prepare_run",
+    "read_known_run",
     "read_records",
     "read_run",
     "read_summary",
     "replay_agreement",
+    "replay_draft_run",
     "replay_run",
     "replay_turn",
     "replay_with",

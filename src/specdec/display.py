@@ -623,8 +623,10 @@ def print_tune(result: TuneResult) -> None:
                         files.category_ranking_rows(ranking, group), fallback="records")
     if any(c.exact is False for c in ranking.candidates):
         stdout.print(escape(files.UNRESOLVED_NOTE))
-    for line in files.skipped_lines(ranking):
-        stdout.print(escape(f"not predicted: {line}"))
+    notes = [*(f"draft model: {line}" for line in files.draft_source_lines(ranking)),
+             *(f"not predicted: {line}" for line in files.skipped_lines(ranking))]
+    for line in notes:
+        stdout.print(escape(line))
     rows = files.confirmed_rows(result)
     if rows:
         print_table("predicted against measured (overall; residual = measured / predicted - 1)",

@@ -271,6 +271,8 @@ class SampleRequest:
 
     ``token_ids`` is the prompt as :meth:`Engine.prompt_token_ids` gives it;
     ``temperature``, ``top_p`` and ``top_k`` (None: off) are vLLM's.
+    ``ignore_eos`` is vLLM's too: the sample runs its ``max_tokens`` whatever
+    it draws (a draft model's continuation, which a drafter never stops at EOS).
     """
 
     token_ids: tuple[int, ...]
@@ -279,6 +281,7 @@ class SampleRequest:
     temperature: float
     top_p: float = 1.0
     top_k: int | None = None
+    ignore_eos: bool = False
 
 
 @frozen
@@ -321,7 +324,9 @@ class Engine(Protocol):
     def sample(self, requests: Sequence[SampleRequest]) -> SampleRun:
         """Draw each request's seeded samples (one independent request per seed), in order.
 
-        Not timed: the sampled lossless check (``specdec lossless``) calls it.
+        Not timed: the sampled lossless check (``specdec lossless``) calls it, and
+        draft replay (:mod:`specdec.draft_replay`) at temperature 0 for a draft
+        model's greedy continuations.
         """
 
     def prompt_token_ids(self, conversation: Conversation,

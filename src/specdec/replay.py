@@ -38,10 +38,12 @@ the replayed one), what the engine accepted there is unknown: replay counts
 those tokens rejected and reports them as :attr:`TurnReplay.unresolved`.  A
 baseline run with a larger ``max_tokens`` than the one replayed leaves none.
 
-A draft model has no offline drafter here, but its greedy draft agrees with the
-target position by position whatever k, so :func:`replay_agreement` replays it
-from finished runs of it at other k (:func:`measured_agreement`), bounded where
-they do not tell.  ``docs/prediction.md`` says what is exact per strategy.
+A draft model has no offline drafter here: :mod:`specdec.draft_replay` runs it in
+an engine of its own and replays its continuations through :func:`replay_known`.
+Its greedy draft also agrees with the target position by position whatever k, so
+:func:`replay_agreement` replays it from finished runs of it at other k
+(:func:`measured_agreement`), bounded where they do not tell.
+``docs/prediction.md`` says what is exact per strategy.
 """
 
 from __future__ import annotations
@@ -283,14 +285,18 @@ class TurnReplay:
 
 
 def replay_turn(prompt_ids: Sequence[int], output_ids: Sequence[int], proposer: Proposer,
-                k: int, max_model_len: int, *, output_tokens: int | None = None) -> TurnReplay:
+                k: int, max_model_len: int, *, output_tokens: int | None = None,
+                drafter_max_model_len: int | None = None) -> TurnReplay:
     """Replay one turn: the engine's verify steps over a known greedy continuation.
 
     ``output_ids`` is the greedy output after ``prompt_ids``; the replayed turn
     ends after ``output_tokens`` of them (all when None), as a request with that
     budget (or one that stopped at EOS there) would.  Output tokens past that
     are known too and settle the last step's draft.  ``k`` is the draft length
-    (``num_speculative_tokens``).  See the module docstring for the loop.
+    (``num_speculative_tokens``).  ``drafter_max_model_len`` is the context the
+    drafter-fits check uses (vLLM's ``effective_drafter_max_model_len``: a draft
+    model's own ``max_model_len`` where its speculative_config sets one;
+    default ``max_model_len``).  See the module docstring for the loop.
 
     Raises:
         ReplayError: the turn does not fit ``max_model_len``, ``output_tokens``
@@ -317,11 +323,9 @@ def replay_turn(prompt_ids: Sequence[int], output_ids: Sequence[int], proposer: 
     steps = 0
     n = prompt + 1  # the prefill's step samples the first output token
     seq_len = prompt  # that step's computed plus scheduled tokens
+    fits = max_model_len if drafter_max_model_len is None else drafter_max_model_len
     while n < end:
-        if seq_len + k <= max_model_len:
-            draft = list(proposer.propose(known[:n], k))
-        else:
-            draft = [FILLER_TOKEN] * k
+        draft = list(proposer.propose(known[:n], k)) if seq_len + k <= fits else [FILLER_TOKEN] * k
         if len(draft) > k:
             msg = f"the proposer drafted {len(draft)} tokens, more than k={k}"
             raise ReplayError(msg)
@@ -410,7 +414,7 @@ def draft_lengths(strategy: StrategyConfig,
 
 
 @frozen
-class _Turn:
+class KnownTurn:
     """One turn as the run's engine saw it: its prompt ids, the known output, where it ends."""
 
     record: TurnRecord
@@ -421,11 +425,11 @@ class _Turn:
 
 
 @frozen
-class _Request:
+class KnownRequest:
     """One request of the run: its record, the turns that can be replayed, why not the rest."""
 
     record: RequestRecord
-    turns: tuple[_Turn, ...]
+    turns: tuple[KnownTurn, ...]
     error: str | None
 
 
@@ -467,13 +471,13 @@ def load_tokenizer(config: ExperimentConfig) -> ReplayTokenizer:
 
 
 def _requests(folder: Path, config: ExperimentConfig, tokenizer: ReplayTokenizer,
-              max_tokens: int, limit: int) -> list[_Request]:
+              max_tokens: int, limit: int) -> list[KnownRequest]:
     """Every request's turns with the ids its engine saw, cut at ``max_tokens``."""
     conversations = run_conversations(config.benchmark, folder)
-    requests: list[_Request] = []
+    requests: list[KnownRequest] = []
     for record in run_folder.read_records(folder):
         conversation = conversation_of(conversations, record.id, folder, config.benchmark)
-        turns: list[_Turn] = []
+        turns: list[KnownTurn] = []
         error = record.error
         for index, turn in enumerate(record.turns):
             where = f"{folder}: request {record.id!r}, turn {index + 1}"
@@ -499,12 +503,12 @@ def _requests(folder: Path, config: ExperimentConfig, tokenizer: ReplayTokenizer
                 raise ReplayError(msg)
             budget = min(max_tokens, limit - len(prompt))
             output = tuple(int(t) for t in turn.output_token_ids)
-            turns.append(_Turn(turn, prompt, output, min(budget, len(output)), budget))
-        requests.append(_Request(record, tuple(turns), error))
+            turns.append(KnownTurn(turn, prompt, output, min(budget, len(output)), budget))
+        requests.append(KnownRequest(record, tuple(turns), error))
     return requests
 
 
-def _record(request: _Request, replays: Sequence[TurnReplay], max_tokens: int,
+def _record(request: KnownRequest, replays: Sequence[TurnReplay], max_tokens: int,
             tokenizer: ReplayTokenizer) -> RequestRecord:
     turns = []
     for turn, replayed in zip(request.turns, replays, strict=True):
@@ -540,14 +544,16 @@ TurnProposer = Callable[[RequestRecord, int], Proposer]
 """The proposer of one turn (a request's record in the replayed run, the turn's index)."""
 
 
-def _replay(requests: Sequence[_Request], strategy: StrategyConfig, spec: Mapping[str, Any],
+def _replay(requests: Sequence[KnownRequest], strategy: StrategyConfig, spec: Mapping[str, Any],
             k: int, proposer: TurnProposer, *, budget: int, limit: int,
-            encoder: ReplayTokenizer, coverage: float | None = None) -> ReplayedRun:
+            encoder: ReplayTokenizer, coverage: float | None = None,
+            drafter_limit: int | None = None) -> ReplayedRun:
     replays: list[RequestReplay] = []
     records: list[RequestRecord] = []
     for request in requests:
         turns = tuple(replay_turn(t.prompt_ids, t.output_ids, proposer(request.record, index), k,
-                                  limit, output_tokens=t.output_tokens)
+                                  limit, output_tokens=t.output_tokens,
+                                  drafter_max_model_len=drafter_limit)
                       for index, t in enumerate(request.turns))
         replays.append(RequestReplay(request.record.id, turns, request.error))
         records.append(_record(request, turns, budget, encoder))
@@ -566,6 +572,67 @@ def _baseline(folder: Path, max_tokens: int | None, max_model_len: int | None
                f"beyond the run's own budget ({folder})")
         raise ReplayError(msg)
     return config, budget, _context_length(config, max_model_len, folder)
+
+
+@frozen
+class KnownRun:
+    """A finished greedy run read for replay: every turn's prompt ids and known output.
+
+    ``max_tokens`` is the budget replayed and ``max_model_len`` the run's context
+    length; ``requests`` hold each request's replayable turns (:class:`KnownTurn`:
+    the prompt ids rebuilt as the run's engine built them, the output ids, where
+    the replayed turn ends).  :func:`read_known_run` builds it, and
+    :func:`replay_known` replays one setting over it with a proposer per turn.
+    """
+
+    folder: Path
+    config: ExperimentConfig
+    max_tokens: int
+    max_model_len: int
+    requests: tuple[KnownRequest, ...]
+    tokenizer: ReplayTokenizer = field(repr=False)
+
+
+def read_known_run(folder: Path, *, max_tokens: int | None = None,
+                   tokenizer: ReplayTokenizer | None = None,
+                   max_model_len: int | None = None) -> KnownRun:
+    """The greedy run in ``folder`` ready to replay (arguments as :func:`replay_run`'s).
+
+    Raises:
+        ReplayError: as :func:`replay_run`.
+    """
+    config, budget, limit = _baseline(folder, max_tokens, max_model_len)
+    encoder = tokenizer if tokenizer is not None else load_tokenizer(config)
+    requests = _requests(folder, config, encoder, budget, limit)
+    return KnownRun(folder, config, budget, limit, tuple(requests), encoder)
+
+
+def resolve_setting(setting: StrategyConfig, config: ExperimentConfig
+                    ) -> tuple[StrategyConfig, dict[str, Any], int]:
+    """A setting with its options written out, its ``speculative_config`` and its k.
+
+    Raises:
+        ReplayError: the strategy does not speculate or sets no draft length.
+        UnknownPluginError, ConfigError: no such strategy, or options it refuses.
+    """
+    return _speculative_config(setting, config)
+
+
+def replay_known(run: KnownRun, setting: StrategyConfig, proposer: TurnProposer, *,
+                 drafter_max_model_len: int | None = None,
+                 coverage: float | None = None) -> ReplayedRun:
+    """Replay one setting over ``run``, each turn drafted by ``proposer(record, turn)``.
+
+    ``drafter_max_model_len`` as :func:`replay_turn`'s; ``coverage`` is recorded
+    on the result as given.
+
+    Raises:
+        ReplayError: as :func:`resolve_setting` and :func:`replay_turn`.
+    """
+    strategy, spec, k = _speculative_config(setting, run.config)
+    return _replay(run.requests, strategy, spec, k, proposer, budget=run.max_tokens,
+                   limit=run.max_model_len, encoder=run.tokenizer, coverage=coverage,
+                   drafter_limit=drafter_max_model_len)
 
 
 def replay_run(folder: Path, settings: Sequence[StrategyConfig], *,

@@ -10,10 +10,12 @@ a. the greedy baseline, and its A/A repeat, at each batch size;
 b. calibration runs: each drafter at the ``calibration_k`` values;
 c. the cost model fitted on those runs (:mod:`specdec.costmodel`), ``calibration.json``;
 d. every candidate predicted: replayed over the baseline's token ids
-   (:func:`specdec.replay.replay_run`: ngram, ``custom_class`` proposers), from the
-   calibration runs' measured agreement at other k
-   (:func:`specdec.replay.replay_agreement`: a draft model, bounded where it is
-   unknown), from a calibration run's own counts where one measured it (methods
+   (:func:`specdec.replay.replay_run`: ngram, ``custom_class`` proposers); a draft
+   model replayed from its own greedy continuations of every baseline prefix
+   (:func:`specdec.draft_replay.replay_draft_run`, one engine of the draft model in
+   this process), or where that cannot run from the calibration runs' measured
+   agreement at other k (:func:`specdec.replay.replay_agreement`, bounded where it
+   is unknown); from a calibration run's own counts where one measured it (methods
    replay cannot draft, such as EAGLE), or else skipped with the reason;
 e. ranked by predicted speedup, overall and per category (``ranking.json``);
 f. the top ``confirm`` per batch size run for real (calibration runs that coincide
@@ -39,6 +41,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import attrs
 import orjson
 import structlog
 from attrs import field, frozen
@@ -58,8 +61,10 @@ from specdec.costmodel import (
     residual,
     write_calibration,
 )
-from specdec.errors import CalibrationError, ConfigError, ReplayError, SpecdecError
-from specdec.interfaces import TargetInfo
+from specdec.draft_replay import DRAFT_METHODS, replay_draft_run
+from specdec.engines import engine_for
+from specdec.errors import CalibrationError, ConfigError, EngineError, ReplayError, SpecdecError
+from specdec.interfaces import EngineFactory, TargetInfo
 from specdec.intervals import Interval
 from specdec.metrics import add_stats, request_spec, spec_metrics
 from specdec.records import (
@@ -77,6 +82,7 @@ from specdec.replay import (
     ReplayTokenizer,
     load_tokenizer,
     proposer_for,
+    read_known_run,
     replay_agreement,
     replay_run,
 )
@@ -118,10 +124,12 @@ RUN_DEFINING = ("model", "benchmark", "base", "repeats", "aa_check")
 """The tune file's keys that decide what every finished run measured: a folder tuned with
 other values of them holds other runs."""
 
-Source = Literal["replay", "agreement", "measured counts", "skipped"]
+Source = Literal["replay", "draft replay", "agreement", "measured counts", "skipped"]
 """How a candidate's prediction was made:
 
 - ``replay``: its drafter replayed over the baseline's token ids (exact counts);
+- ``draft replay``: a draft model replayed from its own greedy continuations of every
+  baseline prefix, run in the tune's process (exact counts, up to the draft's numerics);
 - ``agreement``: a draft model, from the calibration runs' measured agreement at other k
   (counts bounded where no run measured a position; :attr:`Predicted.upper`);
 - ``measured counts``: a method replay cannot draft, from its own calibration run's counts
@@ -379,14 +387,17 @@ def prediction_kind(strategy: StrategyConfig, model: str) -> tuple[Source, str |
     """How a candidate will be predicted, known before anything runs, and why not replay.
 
     ``replay`` when :func:`specdec.replay.proposer_for` has an offline drafter for its
-    ``speculative_config``; ``agreement`` for :data:`specdec.replay.AGREEMENT_METHODS`;
-    else ``measured counts`` (only at the k a calibration run measures), with the reason
-    replay gave.
+    ``speculative_config``; ``draft replay`` for :data:`specdec.draft_replay.DRAFT_METHODS`
+    (``agreement`` where the draft model cannot be run then); ``agreement`` for the other
+    :data:`specdec.replay.AGREEMENT_METHODS`; else ``measured counts`` (only at the k a
+    calibration run measures), with the reason replay gave.
     """
     spec = _speculative_config(strategy, model)
     try:
         proposer_for(spec, spec.get("max_model_len") or 2048)
     except ReplayError as exc:
+        if spec.get("method") in DRAFT_METHODS:
+            return "draft replay", None
         if spec.get("method") in AGREEMENT_METHODS:
             return "agreement", None
         return "measured counts", str(exc)
@@ -409,6 +420,10 @@ def describe_plan(plan: Plan) -> list[str]:
         seen.add(candidate.family)
         kind, reason = prediction_kind(candidate.strategy, tune.model)
         how = {"replay": "replayed over the baseline's token ids",
+               "draft replay": ("replayed from the draft model's own greedy continuations "
+                                "of every baseline prefix (one engine of it, in this "
+                                "process), else from the calibration runs' measured "
+                                "agreement at other k"),
                "agreement": "from the calibration runs' measured agreement at other k",
                "measured counts": f"only at calibration_k, from those runs' counts ({reason})",
                "skipped": "skipped"}[kind]
@@ -663,7 +678,8 @@ def _from_run(candidate: Candidate, run: ReplayedRun, source: Source, *,
     rate, length = _acceptance(run.records)
     return Predicted(candidate.setting, candidate.family, run.strategy, candidate.k,
                      candidate.max_num_seqs, source, note, group.size, predictions, bound,
-                     rate, length, run.exact if source == "replay" else None, run.coverage,
+                     rate, length, run.exact if source in ("replay", "draft replay") else None,
+                     run.coverage,
                      dict(run.speculative_config))
 
 
@@ -737,6 +753,41 @@ def _by_agreement(plan: Plan, output: Path, family: Sequence[Candidate], *,
     return out
 
 
+def _by_draft_replay(family: Sequence[Candidate], *, calibration: Calibration, group: _Group,
+                     tokenizer: ReplayTokenizer, engines: EngineFactory) -> list[Predicted]:
+    """A draft model's candidates, replayed from its greedy continuations (one engine).
+
+    Raises:
+        ReplayError, EngineError: the draft model could not be run or replayed here.
+    """
+    known = read_known_run(group.folder, tokenizer=tokenizer)
+    runs, continuations = replay_draft_run(known, [c.strategy for c in family],
+                                           engine_factory=engines)
+    note = (f"replayed from the draft model's greedy continuations of every baseline prefix "
+            f"({continuations.requests} of {continuations.max_k} tokens, one engine)")
+    return [_from_run(c, run, "draft replay", calibration=calibration, group=group, note=note)
+            for c, run in zip(family, runs, strict=True)]
+
+
+def _draft_model(plan: Plan, output: Path, family: Sequence[Candidate], *,
+                 calibration: Calibration, group: _Group, tokenizer: ReplayTokenizer,
+                 engines: EngineFactory | None) -> list[Predicted]:
+    """A draft model's candidates: draft replay where it runs, else measured agreement."""
+    why = "draft replay is off"
+    method = _speculative_config(family[0].strategy, plan.tune.model).get("method")
+    if engines is not None and method in DRAFT_METHODS:
+        try:
+            return _by_draft_replay(family, calibration=calibration, group=group,
+                                    tokenizer=tokenizer, engines=engines)
+        except (ReplayError, EngineError) as exc:
+            why = f"draft replay could not run ({exc})"
+            log.warning("draft replay could not run: predicting from measured agreement",
+                        family=family[0].family, error=str(exc))
+    return [attrs.evolve(p, note=f"{p.note}; {why}") if p.source == "agreement" else p
+            for p in _by_agreement(plan, output, family, calibration=calibration,
+                                   group=group, tokenizer=tokenizer)]
+
+
 def _group(plan: Plan, output: Path, group: int | None, calibration: Calibration) -> _Group:
     folder = plan.folder(output, plan.baselines[group])
     measured = read_measured_run(folder)
@@ -747,8 +798,13 @@ def _group(plan: Plan, output: Path, group: int | None, calibration: Calibration
 
 
 def predict_candidates(plan: Plan, output: Path, calibration: Calibration,
-                       tokenizer: ReplayTokenizer | None = None) -> list[Predicted]:
-    """Phase d: every candidate's prediction (see :data:`Source`), from the folder's runs."""
+                       tokenizer: ReplayTokenizer | None = None, *,
+                       draft_engines: EngineFactory | None = engine_for) -> list[Predicted]:
+    """Phase d: every candidate's prediction (see :data:`Source`), from the folder's runs.
+
+    ``draft_engines`` builds the draft model's engine for draft replay (default: the
+    baseline's backend); None predicts draft models from measured agreement only.
+    """
     out: list[Predicted] = []
     for group in plan.groups:
         base = _group(plan, output, group, calibration)
@@ -763,8 +819,8 @@ def predict_candidates(plan: Plan, output: Path, calibration: Calibration,
             except ReplayError as exc:
                 spec = _speculative_config(family[0].strategy, plan.tune.model)
                 if spec.get("method") in AGREEMENT_METHODS:
-                    out += _by_agreement(plan, output, family, calibration=calibration,
-                                         group=base, tokenizer=encoder)
+                    out += _draft_model(plan, output, family, calibration=calibration,
+                                        group=base, tokenizer=encoder, engines=draft_engines)
                 else:
                     out += [_by_counts(plan, output, c, calibration=calibration, group=base,
                                        reason=str(exc)) for c in family]
@@ -856,7 +912,8 @@ def _calibration(plan: Plan, output: Path, say: Say) -> tuple[Calibration, list[
 
 
 def _ranking(plan: Plan, output: Path, calibration: Calibration, run_ids: Sequence[str], *,
-             tokenizer: ReplayTokenizer | None, say: Say) -> Ranking:
+             tokenizer: ReplayTokenizer | None, say: Say,
+             draft_engines: EngineFactory | None) -> Ranking:
     """Phases d and e, reused from ``ranking.json`` when nothing they read has changed."""
     tune = unstructure(plan.tune)
     key = {"tune": {k: v for k, v in tune.items()
@@ -870,7 +927,8 @@ def _ranking(plan: Plan, output: Path, calibration: Calibration, run_ids: Sequen
             return stored
     say(f"ranking: predicting {len(plan.candidates)} candidates")
     started = time.perf_counter()
-    candidates = predict_candidates(plan, output, calibration, tokenizer)
+    candidates = predict_candidates(plan, output, calibration, tokenizer,
+                                    draft_engines=draft_engines)
     categories = sorted({c for p in candidates for c in p.predictions if c != OVERALL})
     ranking = Ranking(key, tuple(categories), tuple(candidates), time.perf_counter() - started)
     write_json(path, ranking)
@@ -879,13 +937,17 @@ def _ranking(plan: Plan, output: Path, calibration: Calibration, run_ids: Sequen
 
 def run_tune(tune: TuneConfig, output: Path, *, predict_only: bool = False,
              run_items: RunItems | None = None, tokenizer: ReplayTokenizer | None = None,
-             say: Say | None = None) -> TuneResult:
+             say: Say | None = None,
+             draft_engines: EngineFactory | None = engine_for) -> TuneResult:
     """Run every phase of ``tune`` not yet done in ``output``; write and return the result.
 
     ``predict_only`` stops after the ranking (no confirmation runs; the prediction files
     are written without measured confirmations).  ``run_items`` runs batch items (default
     :func:`specdec.study.run_batch`); ``tokenizer`` replaces the model's own for replay
-    (tests); ``say`` gets one line per phase.
+    (tests); ``say`` gets one line per phase.  ``draft_engines`` builds the engine of a
+    draft model for draft replay (default: the baseline's backend, started in this
+    process); None, or an engine that cannot start, predicts draft models from their
+    calibration runs' agreement instead (each such prediction's note says why).
 
     Writes ``calibration.json``, ``ranking.json``, the study report in ``report/`` and
     ``prediction.json``; :func:`specdec.tune_files.write_prediction` renders the result as
@@ -906,7 +968,8 @@ def run_tune(tune: TuneConfig, output: Path, *, predict_only: bool = False,
     _ensure(first, output, run, say, "baseline and calibration runs")
     _require_baselines(plan, output)
     calibration, run_ids = _calibration(plan, output, say)
-    ranking = _ranking(plan, output, calibration, run_ids, tokenizer=tokenizer, say=say)
+    ranking = _ranking(plan, output, calibration, run_ids, tokenizer=tokenizer, say=say,
+                       draft_engines=draft_engines)
     if not predict_only:
         chosen = {c.setting for c in choose_confirmations(ranking, plan.groups, tune.confirm)}
         _ensure(plan.items_of(set(plan.first) | chosen), output, run, say, "confirmation runs")

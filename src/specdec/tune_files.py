@@ -81,6 +81,19 @@ def skipped_lines(ranking: Ranking) -> list[str]:
     return [f"{c.setting}: {c.note}" for c in ranking.candidates if c.source == "skipped"]
 
 
+def draft_source_lines(ranking: Ranking) -> list[str]:
+    """One line per draft-model family (and batch size): how its candidates were predicted.
+
+    Draft replay's note (continuations computed), or the agreement fallback's, which says
+    why draft replay did not run.
+    """
+    seen: dict[tuple[str, int | None], str] = {}
+    for c in ranking.candidates:
+        if c.source in ("draft replay", "agreement") and c.note:
+            seen.setdefault((c.family, c.max_num_seqs), f"{c.family} ({c.source}): {c.note}")
+    return list(seen.values())
+
+
 CONFIRMED_HEADERS = ("setting", "run as", "source", "predicted", "measured (95% interval)",
                      "residual", "throughput: predicted", "measured", "residual")
 
@@ -126,7 +139,9 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 SOURCES_NOTE = (
     "Speedups are Spec-Bench's (ratio of mean per-request tokens/s over the baseline's); "
     "residual = measured / predicted - 1. Sources: replay (the drafter replayed over the "
-    "baseline's tokens: exact counts), agreement (a draft model from its measured runs at "
+    "baseline's tokens: exact counts), draft replay (a draft model replayed from its own "
+    "greedy continuations of the baseline's prefixes: exact counts up to the draft's "
+    "numerics), agreement (a draft model from its measured runs at "
     "other k; 'to' gives the bound with unknown positions accepted), measured counts (a "
     "method replay cannot draft, from its own calibration run: checks the cost model only). "
     "See docs/prediction.md, 'specdec tune'.")
@@ -170,6 +185,9 @@ def prediction_markdown(result: TuneResult) -> str:
         lines += _table(CATEGORY_RANKING_HEADERS, category_ranking_rows(ranking, group))
     if any(c.exact is False for c in ranking.candidates):
         lines += [UNRESOLVED_NOTE, ""]
+    drafts = draft_source_lines(ranking)
+    if drafts:
+        lines += ["Draft models:", "", *(f"- {line}" for line in drafts), ""]
     skipped = skipped_lines(ranking)
     if skipped:
         lines += ["## Not predicted", "", *(f"- {line}" for line in skipped), ""]

@@ -95,12 +95,18 @@ def sampling_settings(gen: GenerationConfig, max_tokens: int | None = None,
 
 
 def sample_settings(request: SampleRequest, seed: int) -> dict[str, Any]:
-    """One seeded sample's settings by vLLM's names (``SamplingParams``, a completions body)."""
+    """One seeded sample's settings by vLLM's names (``SamplingParams``, a completions body).
+
+    ``ignore_eos`` only when asked: vLLM's server takes it as an extra field of
+    the completions body, and a body without it is what other servers expect.
+    """
     settings: dict[str, Any] = {"max_tokens": request.max_tokens,
                                 "temperature": request.temperature, "top_p": request.top_p,
                                 "seed": seed}
     if request.top_k is not None:
         settings["top_k"] = request.top_k
+    if request.ignore_eos:
+        settings["ignore_eos"] = True
     return settings
 
 
