@@ -9,14 +9,16 @@ categories, then predict and measure on the others, which the tune never saw.
 2. Held-out set (the other categories), one ``specdec study`` batch: the baseline and every
    method at every k of ``--ks``, one request at a time.
 3. Predictions on the held-out set from the tuning set's calibration and the held-out
-   baseline: ngram replayed over the baseline's tokens; the draft model from its held-out
-   runs at the other k, never its own (replay's count with unknown positions rejected, and
-   the bound with them accepted).
+   baseline: ngram replayed over the baseline's tokens; the draft model from its own greedy
+   continuations of every prefix of the baseline, computed in one engine of the draft
+   (``specdec.draft_replay``).  Printed beside: the draft from its held-out runs at the
+   other k, never its own (``replay_agreement``: unknown positions rejected, and the bound
+   with them accepted).
 4. Each residual, measured / predicted - 1 of the Spec-Bench speedup (the measured one with
    its 95% interval), for ngram at k 1..6 and the draft at k 1..4. Target: every |residual|
    at most 10%.
-5. Time: predicting every method at every k (the held-out baseline run, one draft run at
-   ``--source-k`` for the draft's agreement, and the seconds replay and the cost model take)
+5. Time: predicting every method at every k (the held-out baseline run, and the seconds
+   replay, the draft's continuations, its engine's start included, and the cost model take)
    against measuring them all (every held-out item, process and engine start-up included).
    Target: a ratio below 0.25.  The tuning set's runs calibrate the machine once; they are
    printed apart, and in a second ratio.
@@ -230,28 +232,43 @@ def _settings(method: str, ks: Sequence[int]) -> tuple[Any, ...]:
     return draft_lengths(StrategyConfig(method, options), ks)
 
 
-def predictions(calibration: Any, held: HeldOut, methods: Sequence[str], ks: Sequence[int],
-                sources: Callable[[int], list[Path]]) -> dict[tuple[str, int], tuple[Any, Any]]:
-    """Every method's predicted speedup at every k, with the draft's optimistic bound.
+def predictions(calibration: Any, held: HeldOut, methods: Sequence[str], ks: Sequence[int]
+                ) -> dict[tuple[str, int], tuple[Any, Any]]:
+    """Every method's predicted speedup at every k from the held-out baseline alone.
 
-    ``sources(k)`` gives the draft runs whose agreement predicts the draft at k.
+    ngram is replayed over the baseline's tokens; the draft model from its own greedy
+    continuations of every prefix, computed in one engine of the draft
+    (``specdec.draft_replay``), for every k at once.  The second value is unused (None).
     """
-    from specdec.replay import replay_agreement, replay_run  # noqa: PLC0415
+    from specdec.draft_replay import replay_draft_run  # noqa: PLC0415
+    from specdec.replay import read_known_run, replay_run  # noqa: PLC0415
 
     out: dict[tuple[str, int], tuple[Any, Any]] = {}
     for method in methods:
         settings = _settings(method, ks)
-        if method != "draft_model":
-            for run in replay_run(held.baseline, settings):
-                out[method, run.strategy.options[K]] = (
-                    _predict(calibration, run, held.records), None)
-            continue
-        for setting in settings:
-            k = setting.options[K]
-            (low,) = replay_agreement(held.baseline, [setting], sources(k))
-            (high,) = replay_agreement(held.baseline, [setting], sources(k), optimistic=True)
-            out[method, k] = (_predict(calibration, low, held.records),
-                              _predict(calibration, high, held.records))
+        if method == "draft_model":
+            runs = replay_draft_run(read_known_run(held.baseline), settings)
+        else:
+            runs = replay_run(held.baseline, settings)
+        for run in runs:
+            out[method, run.strategy.options[K]] = (
+                _predict(calibration, run, held.records), None)
+    return out
+
+
+def agreement_bounds(calibration: Any, held: HeldOut, ks: Sequence[int],
+                     sources: Callable[[int], list[Path]]) -> dict[int, tuple[Any, Any]]:
+    """The draft at each k from its measured runs at the other k (``sources(k)``): the
+    prediction with unknown positions rejected, and its optimistic bound."""
+    from specdec.replay import replay_agreement  # noqa: PLC0415
+
+    out = {}
+    for setting in _settings("draft_model", ks):
+        k = setting.options[K]
+        (low,) = replay_agreement(held.baseline, [setting], sources(k))
+        (high,) = replay_agreement(held.baseline, [setting], sources(k), optimistic=True)
+        out[k] = (_predict(calibration, low, held.records),
+                  _predict(calibration, high, held.records))
     return out
 
 
@@ -276,22 +293,26 @@ def _report(args: argparse.Namespace, methods: Sequence[str]) -> int:
     held = _held_out(folder)
     drafts = {k: f for (m, k), f in held.runs.items() if m == "draft_model"}
 
-    print("\nresiduals on the held-out categories (each draft k from the draft's runs at the "
-          "other k, never its own):")
-    predicted = predictions(calibration, held, methods, args.ks,
-                            lambda k: [f for other, f in sorted(drafts.items()) if other != k])
-    checked = _residuals(predicted, _measured(folder, held))
-
-    # What a user would run: every method at every k from the baseline, the draft from its
-    # one run at --source-k.
+    print("\nresiduals on the held-out categories (ngram replayed over the baseline's tokens, "
+          "the draft from its own continuations in one engine of it):")
     started = time.perf_counter()
-    predictions(calibration, held, methods, args.ks,
-                lambda _k: [drafts[args.source_k]] if args.source_k in drafts else [])
+    predicted = predictions(calibration, held, methods, args.ks)
     compute = time.perf_counter() - started
+    measured = _measured(folder, held)
+    checked = _residuals(predicted, measured)
+    if "draft_model" in methods and len(drafts) > 1:
+        print("\nthe draft from its measured runs at the other k instead (replay_agreement):")
+        def others(k: int) -> list[Path]:
+            return [f for other, f in sorted(drafts.items()) if other != k]
+
+        bounds = agreement_bounds(calibration, held, args.ks, others)
+        _residuals({("draft_model", k): v for k, v in bounds.items()}, measured)
+
+    # What a user would run: the baseline, then replay, the draft's continuations (one engine
+    # start included) and the cost model for every method at every k.
     seconds = item_seconds(held.items)
     baseline_s = seconds.get(held.baseline.name, 0.0)
-    source_s = seconds.get(drafts[args.source_k].name, 0.0) if args.source_k in drafts else 0.0
-    predict_s = baseline_s + source_s + compute
+    predict_s = baseline_s + compute
     measure_s = sum(seconds.values())
     tune_s = sum(item_seconds(read_index(tuned).items).values())
 
@@ -303,8 +324,8 @@ def _report(args: argparse.Namespace, methods: Sequence[str]) -> int:
         print(f"\n|residual| at most {far:.1%} over {len(checked)} settings (target "
               f"{TARGET_RESIDUAL:.0%}: {met})")
     print(f"predicting {len(methods)} methods x {len(args.ks)} k: {predict_s:.0f} s (baseline "
-          f"{baseline_s:.0f} s, draft run at k={args.source_k} {source_s:.0f} s, replay and cost "
-          f"model {compute:.1f} s)")
+          f"{baseline_s:.0f} s; replay, the draft's continuations and the cost model "
+          f"{compute:.1f} s)")
     print(f"measuring them all: {measure_s:.0f} s over {len(seconds)} runs, the baseline's "
           "included")
     ratio = predict_s / measure_s if measure_s else None
@@ -330,8 +351,6 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--ks", type=int, nargs="+", default=list(range(1, 9)))
     parser.add_argument("--calibration-k", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--source-k", type=int, default=4,
-                        help="the draft run that gives the timed prediction its agreement")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--seed", type=int, default=0)

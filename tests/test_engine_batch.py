@@ -25,7 +25,7 @@ pytestmark = pytest.mark.engine
 
 COMMON = """
 generation: {max_tokens: 40}
-engine: {enforce_eager: true}
+engine: {enforce_eager: true, extra: {kv_cache_memory_bytes: 1073741824}}
 """
 CONFIGS = {
     "baseline": "strategy: {name: none}",

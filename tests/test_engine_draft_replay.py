@@ -43,7 +43,8 @@ MAX_TOKENS = 32
 LOOKAHEAD = 8
 MAX_MODEL_LEN = 530
 K = 3
-ENGINE = ("--set", "engine.enforce_eager=true", "--set", "engine.dtype=float32",
+ENGINE = ("--set", "engine.enforce_eager=true",
+          "--set", "engine.extra.kv_cache_memory_bytes=1073741824", "--set", "engine.dtype=float32",
           "--set", f"engine.max_model_len={MAX_MODEL_LEN}", "--mode", "sequential")
 
 

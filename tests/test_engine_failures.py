@@ -72,7 +72,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
 def _config(bench: Path) -> ExperimentConfig:
     return load_config(None, [
         f"benchmark.path={bench}", "mode=batch", "sinks=[]",
-        "engine.enforce_eager=true", f"engine.max_model_len={MAX_MODEL_LEN}",
+        "engine.enforce_eager=true", "engine.extra.kv_cache_memory_bytes=1073741824",
+        f"engine.max_model_len={MAX_MODEL_LEN}",
         f"generation.max_tokens={MAX_TOKENS}",
     ])
 

@@ -38,7 +38,8 @@ LOOKAHEAD = 8
 MAX_MODEL_LEN = 540
 KS = (1, 2, 4)
 NGRAM = {"prompt_lookup_min": 2, "prompt_lookup_max": 4}
-ENGINE = ("--set", "engine.enforce_eager=true", "--set", "engine.dtype=float32",
+ENGINE = ("--set", "engine.enforce_eager=true",
+          "--set", "engine.extra.kv_cache_memory_bytes=1073741824", "--set", "engine.dtype=float32",
           "--set", f"engine.max_model_len={MAX_MODEL_LEN}")
 
 

@@ -27,7 +27,8 @@ pytestmark = pytest.mark.engine
 
 COMMON = (
     "--categories", "code_editing,multi_turn", "--limit", "3",
-    "--set", "engine.enforce_eager=true", "--set", "engine.dtype=float32",
+    "--set", "engine.enforce_eager=true",
+    "--set", "engine.extra.kv_cache_memory_bytes=1073741824", "--set", "engine.dtype=float32",
     "--set", "generation.max_tokens=24",
 )
 
@@ -168,6 +169,7 @@ def test_spec_bench_slice_with_multi_turn(tmp_path: Path) -> None:
     result = run_cli(
         "specdec-run", "--benchmark", str(bench), "--strategy", "ngram", "--mode", "batch",
         "--output-dir", str(out), "--set", "engine.enforce_eager=true",
+        "--set", "engine.extra.kv_cache_memory_bytes=1073741824",
         "--set", "generation.max_tokens=24",
     )
     assert result.returncode == 0, result.stderr[-3000:]

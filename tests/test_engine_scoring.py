@@ -26,7 +26,8 @@ from .conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.engine
 
-ENGINE = "engine: {enforce_eager: true, dtype: bfloat16}\n"
+ENGINE = ("engine: {enforce_eager: true, dtype: bfloat16, "
+          "extra: {kv_cache_memory_bytes: 1073741824}}\n")
 NGRAM = ("strategy: {name: ngram, num_speculative_tokens: 3, prompt_lookup_min: 2, "
          "prompt_lookup_max: 4}\n")
 CONFIGS = {

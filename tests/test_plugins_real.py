@@ -35,7 +35,8 @@ PACKAGES = (SUFFIX, SQLITE)
 
 COMMON = (
     "--categories", "code_editing", "--limit", "3",
-    "--set", "engine.enforce_eager=true", "--set", "engine.dtype=float32",
+    "--set", "engine.enforce_eager=true",
+    "--set", "engine.extra.kv_cache_memory_bytes=1073741824", "--set", "engine.dtype=float32",
     "--set", "generation.max_tokens=32", "--sinks", "json,jsonl,sqlite",
 )
 # Not the defaults, so the run proves the settings reach vLLM's workers in the class name.

@@ -468,7 +468,8 @@ def train_tiny_head(tmp_path: Path, *extra: str) -> Path:
         "specdec", "train", "eagle", *extra, "--prompts", str(train), "--no-sample",
         "--eval-prompts", str(held), "--output", str(head), "--max-tokens", "24",
         "--max-steps", "4", "--batch-tokens", "512", "--val-fraction", "0.2",
-        "--set", "engine.enforce_eager=true", "--set", "engine.dtype=float32",
+        "--set", "engine.enforce_eager=true",
+        "--set", "engine.extra.kv_cache_memory_bytes=1073741824", "--set", "engine.dtype=float32",
         "--eval-strategies", "eagle", "--eval-max-tokens", "24",
     )
     assert result.returncode == 0, result.stderr[-3000:]
