@@ -89,7 +89,9 @@ def held_out(categories: Sequence[str], tuned: Sequence[str]) -> list[str]:
 def base(args: argparse.Namespace) -> dict[str, Any]:
     """The experiment settings every run shares (one request at a time)."""
     return {"generation": {"max_tokens": args.max_tokens},
-            "engine": {"enforce_eager": True, "dtype": args.dtype, "max_model_len": 2048},
+            "engine": {"enforce_eager": True, "dtype": args.dtype, "max_model_len": 2048,
+                       # 25% quicker engine starts (docs/studies.md); ample one at a time
+                       "extra": {"kv_cache_memory_bytes": 1 << 30}},
             "mode": "sequential", "sinks": ["log"]}
 
 
