@@ -249,7 +249,7 @@ def predictions(calibration: Any, held: HeldOut, methods: Sequence[str], ks: Seq
     for method in methods:
         settings = _settings(method, ks)
         if method == "draft_model":
-            runs = replay_draft_run(read_known_run(held.baseline), settings)
+            runs, _ = replay_draft_run(read_known_run(held.baseline), settings)
         else:
             runs = replay_run(held.baseline, settings)
         for run in runs:
