@@ -25,7 +25,7 @@ categories, then predict and measure on the others, which the tune never saw.
 
 Float32 by default: in bfloat16, speculation flips near-ties away from the baseline's text
 (docs/studies.md, the lossless check), and replay predicts the baseline's tokens.  Run it on
-an idle machine: every figure is a timing.  Written, not yet run here.
+an idle machine: every figure is a timing.  Its result of 2026-12-02 is in docs/prediction.md.
 
     .venv/bin/python benchmarks/prediction.py --work results/prediction     # hours on 2 cores
     .venv/bin/python benchmarks/prediction.py --work results/prediction --report-only
