@@ -15,6 +15,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -23,7 +25,7 @@ torch = pytest.importorskip("torch")
 from specdec.engines import vllm_fixes  # noqa: E402
 
 
-def reference(output: list[float], values: list[float], ends: list[int],
+def reference(output: Sequence[float], values: Sequence[float], ends: Sequence[int],
               replace_from: float, replace_to: float) -> list[float]:
     """The Triton kernel, one request at a time."""
     out = list(output)
@@ -36,7 +38,7 @@ def reference(output: list[float], values: list[float], ends: list[int],
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int32, torch.int64])
-def test_expand_writes_each_request_value_over_its_tokens(dtype: torch.dtype) -> None:
+def test_expand_writes_each_request_value_over_its_tokens(dtype: Any) -> None:
     """Empty requests, the replaced value and the untouched tail, in every dtype vLLM passes."""
     values = [3, 0, 5, 0, 7]
     ends = [2, 2, 5, 6, 6]  # the second and last requests have no draft tokens
