@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+import orjson
 import pytest
 
 from specdec import registry
@@ -16,6 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 SPEC_BENCH = SHARED / "data" / "spec_bench" / "question.jsonl"
 BIN = Path(sys.executable).parent
+SAMPLE = ROOT / "data" / "sample_benchmark.jsonl"
+
+KV_CACHE = ("--set", "engine.extra.kv_cache_memory_bytes=1073741824")
+"""A 1 GiB KV cache for an engine test's run: each engine starts about 12 s sooner than with
+0.3 of RAM, and holds plenty for these small runs (docs/studies.md)."""
 
 # The CLI turns an unexpected exception (a bug) into one line and a saved traceback file,
 # for users. Tests must fail on bugs instead, so specdec.cli.invoke re-raises while this is
@@ -44,3 +50,23 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
         cwd=cwd or ROOT, capture_output=True, text=True, env=full_env, timeout=timeout,
         check=False,
     )
+
+
+def run_arms(folder: Path, prompts: Sequence[str], common: Sequence[str],
+             arms: Mapping[str, Sequence[str]]) -> dict[str, Path]:
+    """Run ``specdec-run`` once per arm on the sample benchmark's ``prompts`` (by id).
+
+    Each arm gets ``common`` and its own arguments and writes ``folder / <arm>``;
+    a failed arm fails the test with the end of its stderr.
+    """
+    lines = {orjson.loads(line)["question_id"]: line
+             for line in SAMPLE.read_bytes().splitlines() if line.strip()}
+    bench = folder / "bench.jsonl"
+    bench.write_bytes(b"\n".join(lines[p] for p in prompts) + b"\n")
+    out = {}
+    for name, extra in arms.items():
+        result = run_cli("specdec-run", "--benchmark", str(bench),
+                         "--output-dir", str(folder / name), *common, *extra)
+        assert result.returncode == 0, f"{name} failed:\n{result.stderr[-3000:]}"
+        out[name] = folder / name
+    return out

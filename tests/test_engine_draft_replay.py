@@ -26,7 +26,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import orjson
 import pytest
 
 from specdec import run_folder
@@ -34,7 +33,7 @@ from specdec.draft_replay import DraftContinuations, replay_draft_run
 from specdec.records import RequestRecord, StrategyConfig
 from specdec.replay import ReplayedRun, read_known_run
 
-from .conftest import ROOT, run_cli
+from .conftest import KV_CACHE, run_arms
 
 pytestmark = pytest.mark.engine
 
@@ -43,8 +42,7 @@ MAX_TOKENS = 32
 LOOKAHEAD = 8
 MAX_MODEL_LEN = 530
 K = 3
-ENGINE = ("--set", "engine.enforce_eager=true",
-          "--set", "engine.extra.kv_cache_memory_bytes=1073741824", "--set", "engine.dtype=float32",
+ENGINE = ("--set", "engine.enforce_eager=true", *KV_CACHE, "--set", "engine.dtype=float32",
           "--set", f"engine.max_model_len={MAX_MODEL_LEN}", "--mode", "sequential")
 
 
@@ -52,23 +50,12 @@ ENGINE = ("--set", "engine.enforce_eager=true",
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The baseline (32 + 8 tokens) and the bundled draft at k=3 (32 tokens)."""
     tmp = tmp_path_factory.mktemp("draft-replay")
-    lines = {orjson.loads(line)["question_id"]: line for line in
-             (ROOT / "data" / "sample_benchmark.jsonl").read_bytes().splitlines() if line.strip()}
-    bench = tmp / "bench.jsonl"
-    bench.write_bytes(b"\n".join(lines[p] for p in PROMPTS) + b"\n")
     arms = {
         "none": ("--strategy", "none", "--set", f"generation.max_tokens={MAX_TOKENS + LOOKAHEAD}"),
         "draft": ("--strategy", "draft_model", "--set", f"generation.max_tokens={MAX_TOKENS}",
                   "--set", f"strategy.num_speculative_tokens={K}"),
     }
-    out = {}
-    for name, extra in arms.items():
-        folder = tmp / name
-        result = run_cli("specdec-run", "--benchmark", str(bench), "--output-dir", str(folder),
-                         *ENGINE, *extra)
-        assert result.returncode == 0, f"{name} failed:\n{result.stderr[-3000:]}"
-        out[name] = folder
-    return out
+    return run_arms(tmp, PROMPTS, ENGINE, arms)
 
 
 @pytest.fixture(scope="module")

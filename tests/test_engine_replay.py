@@ -20,7 +20,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import orjson
 import pytest
 
 from specdec import run_folder
@@ -28,7 +27,7 @@ from specdec.metrics import request_spec, spec_metrics
 from specdec.records import RequestRecord, StrategyConfig
 from specdec.replay import ReplayedRun, draft_lengths, replay_run
 
-from .conftest import ROOT, run_cli
+from .conftest import KV_CACHE, run_arms
 
 pytestmark = pytest.mark.engine
 
@@ -38,8 +37,7 @@ LOOKAHEAD = 8
 MAX_MODEL_LEN = 540
 KS = (1, 2, 4)
 NGRAM = {"prompt_lookup_min": 2, "prompt_lookup_max": 4}
-ENGINE = ("--set", "engine.enforce_eager=true",
-          "--set", "engine.extra.kv_cache_memory_bytes=1073741824", "--set", "engine.dtype=float32",
+ENGINE = ("--set", "engine.enforce_eager=true", *KV_CACHE, "--set", "engine.dtype=float32",
           "--set", f"engine.max_model_len={MAX_MODEL_LEN}")
 
 
@@ -47,10 +45,6 @@ ENGINE = ("--set", "engine.enforce_eager=true",
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The baseline (48 + 8 tokens) and ngram at each k (48 tokens) on the same prompts."""
     tmp = tmp_path_factory.mktemp("replay")
-    lines = {orjson.loads(line)["question_id"]: line for line in
-             (ROOT / "data" / "sample_benchmark.jsonl").read_bytes().splitlines() if line.strip()}
-    bench = tmp / "bench.jsonl"
-    bench.write_bytes(b"\n".join(lines[p] for p in PROMPTS) + b"\n")
     arms: dict[str, tuple[str, ...]] = {
         "none": ("--strategy", "none", "--set", f"generation.max_tokens={MAX_TOKENS + LOOKAHEAD}"),
     }
@@ -59,14 +53,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                          "--set", f"strategy.num_speculative_tokens={k}",
                          *(a for key, value in NGRAM.items()
                            for a in ("--set", f"strategy.{key}={value}")))
-    out = {}
-    for name, extra in arms.items():
-        folder = tmp / name
-        result = run_cli("specdec-run", "--benchmark", str(bench), "--output-dir", str(folder),
-                         *ENGINE, *extra)
-        assert result.returncode == 0, f"{name} failed:\n{result.stderr[-3000:]}"
-        out[name] = folder
-    return out
+    return run_arms(tmp, PROMPTS, ENGINE, arms)
 
 
 def _records(folder: Path) -> dict[str, RequestRecord]:

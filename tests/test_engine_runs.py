@@ -21,14 +21,14 @@ import yaml
 from specdec import models
 from specdec.engines.device import installed_vllm, local_device
 
-from .conftest import SPEC_BENCH, run_cli
+from .conftest import KV_CACHE, SPEC_BENCH, run_cli
 
 pytestmark = pytest.mark.engine
 
 COMMON = (
     "--categories", "code_editing,multi_turn", "--limit", "3",
     "--set", "engine.enforce_eager=true",
-    "--set", "engine.extra.kv_cache_memory_bytes=1073741824", "--set", "engine.dtype=float32",
+    *KV_CACHE, "--set", "engine.dtype=float32",
     "--set", "generation.max_tokens=24",
 )
 
@@ -169,7 +169,7 @@ def test_spec_bench_slice_with_multi_turn(tmp_path: Path) -> None:
     result = run_cli(
         "specdec-run", "--benchmark", str(bench), "--strategy", "ngram", "--mode", "batch",
         "--output-dir", str(out), "--set", "engine.enforce_eager=true",
-        "--set", "engine.extra.kv_cache_memory_bytes=1073741824",
+        *KV_CACHE,
         "--set", "generation.max_tokens=24",
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 import pytest
 
-from .conftest import run_cli
+from .conftest import KV_CACHE, run_cli
 
 pytestmark = pytest.mark.engine
 
@@ -46,7 +46,7 @@ CHECK = (
     "--strategy", "ngram", "--set", "strategy.num_speculative_tokens=3",
     "--set", "strategy.prompt_lookup_min=1", "--set", "strategy.prompt_lookup_max=4",
     "--set", "engine.enforce_eager=true",
-    "--set", "engine.extra.kv_cache_memory_bytes=1073741824", "--set", "engine.dtype=float32",
+    *KV_CACHE, "--set", "engine.dtype=float32",
     "--set", "engine.extra.block_size=32",
     "--samples", "100", "--tokens", "3", "--temperature", "0.8",
     "--control-temperature", "1.1", "--seed", "0",

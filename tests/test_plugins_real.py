@@ -25,7 +25,7 @@ import orjson
 import pytest
 import yaml
 
-from .conftest import ROOT, run_cli
+from .conftest import KV_CACHE, ROOT, run_cli
 from .isolated_install import on_path, pip_install, venv_has
 
 PLUGINS = ROOT / "plugins"
@@ -36,7 +36,7 @@ PACKAGES = (SUFFIX, SQLITE)
 COMMON = (
     "--categories", "code_editing", "--limit", "3",
     "--set", "engine.enforce_eager=true",
-    "--set", "engine.extra.kv_cache_memory_bytes=1073741824", "--set", "engine.dtype=float32",
+    *KV_CACHE, "--set", "engine.dtype=float32",
     "--set", "generation.max_tokens=32", "--sinks", "json,jsonl,sqlite",
 )
 # Not the defaults, so the run proves the settings reach vLLM's workers in the class name.

@@ -119,7 +119,7 @@ class ServerProcess:
         log.info("starting vLLM server", url=self.url, log=str(self.log_path))
         env = {**os.environ}
         env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-        env.setdefault(vllm_fixes.ENV, "1")  # the server's vLLM applies specdec's fixes
+        vllm_fixes.enable_for_children(env)  # the server's vLLM applies specdec's fixes
         with self.log_path.open("wb") as server_log:
             self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
                 self.command, stdout=server_log, stderr=subprocess.STDOUT, env=env,

@@ -27,6 +27,7 @@ lossless (docs/lossless.md, "Findings"; vLLM issue 55005, whose pull request
 from __future__ import annotations
 
 import os
+from collections.abc import MutableMapping
 from typing import Any
 
 ENV = "SPECDEC_VLLM_FIXES"
@@ -36,14 +37,17 @@ CPU_EXPAND_KERNEL = "cpu-expand-kernel"
 """The name of the fix for the CPU build's ``expand_kernel``, as runs record it."""
 
 
-def enable_for_children() -> None:
-    """Have the vLLM this process starts apply the fixes, unless the user chose otherwise."""
-    os.environ.setdefault(ENV, "1")
+def enable_for_children(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Have the vLLM started with ``environ`` apply the fixes, unless the user chose otherwise.
+
+    ``environ`` defaults to this process's environment; a launched server's is its own copy.
+    """
+    environ.setdefault(ENV, "1")
 
 
-def enabled(environ: dict[str, str] | None = None) -> bool:
-    """Whether ``SPECDEC_VLLM_FIXES`` asks for the fixes (in ``environ``, else this process's)."""
-    return (os.environ if environ is None else environ).get(ENV) == "1"
+def enabled() -> bool:
+    """Whether this process's ``SPECDEC_VLLM_FIXES`` asks for the fixes."""
+    return os.environ.get(ENV) == "1"
 
 
 def expand(  # noqa: PLR0917 - the signature of the function it replaces
