@@ -123,6 +123,19 @@ def test_same_distribution_twice_is_one_plugin(fake_module: str) -> None:
     assert isinstance(reg.create("good"), GoodStrategy)
 
 
+
+def test_registering_an_installed_plugin_again_replaces_it() -> None:
+    """add() of the class an installed package already registers, under that package's
+    name, is that plugin (as a test registering a plugin beside its installed copy does);
+    another package's class under the same name is still a duplicate."""
+    target = f"{GoodStrategy.__module__}:{GoodStrategy.__qualname__}"
+    reg = _registry(_ep("good", target, package="alpha"))
+    reg.add("good", GoodStrategy, "alpha")
+    assert isinstance(reg.create("good"), GoodStrategy)
+    reg.add("good", GoodStrategy, "beta")
+    with pytest.raises(PluginError, match="more than one package"):
+        reg.create("good")
+
 def test_interface_is_checked(fake_module: str) -> None:
     """An object missing interface members is refused, naming them."""
     reg = _registry(_ep("incomplete", f"{fake_module}:IncompleteStrategy"))

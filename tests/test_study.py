@@ -497,6 +497,59 @@ def test_batch_items_resume_and_never_overwrite(tmp_path: Path,
     assert [i.status for i in index.items] == ["done", "done"]
 
 
+def test_a_batch_resumed_with_other_settings_is_refused(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finished item whose settings changed since it ran stops the batch before any item:
+    kept as done, it would mix two settings under one name."""
+    base = tmp_path / "batch"
+    run_experiment(load_config(None, ["benchmark.limit=2", "sinks=[log]"]), base / "done",
+                   engine_factory=StandInEngine)
+    before = (base / "done" / "responses.jsonl").read_bytes()
+    _FakeProcess.commands = []
+    monkeypatch.setattr("specdec.study.subprocess", _subprocess(_FakeProcess))
+    items = [BatchItem(name, name, {"strategy": {"name": "none"},
+                                    "benchmark": {"limit": 3}}) for name in ("done", "todo")]
+    with pytest.raises(SpecdecError, match=r"other settings .*done \(benchmark\).*another "
+                                           r"--output-base"):
+        run_batch(items, base, poll_s=0)
+    assert _FakeProcess.commands == []
+    assert (base / "done" / "responses.jsonl").read_bytes() == before
+    # The strategy's options written out in full by the run are not a change.
+    run_experiment(load_config(None, ["benchmark.limit=2", "strategy.name=ngram"]),
+                   base / "ngram", engine_factory=StandInEngine)
+    same = [BatchItem("ngram", "ngram", {"strategy": {"name": "ngram"},
+                                         "benchmark": {"limit": 2}})]
+    assert [i.status for i in run_batch(same, base, poll_s=0).items] == ["done"]
+    assert _FakeProcess.commands == []
+
+
+def test_a_resumed_batch_keeps_what_it_recorded_of_finished_items(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run again, a batch keeps its finished items' stamps and notes in batch.json."""
+    base = tmp_path / "batch"
+
+    def finished_with_failures(command: list[str], **kwargs: Any) -> _FakeProcess:
+        folder = Path(command[command.index("--output-dir") + 1])
+        run_experiment(load_config(None, ["benchmark.limit=2"]), folder,
+                       engine_factory=StandInEngine, overwrite=True)
+        metrics = folder / "metrics.json"
+        metrics.write_bytes(metrics.read_bytes().replace(
+            b'"failed_requests": 0', b'"failed_requests": 1'))
+        process = _FakeProcess(command, **kwargs)
+        process.returncode = 1
+        return process
+
+    monkeypatch.setattr("specdec.study.subprocess", _subprocess(finished_with_failures))
+    items = [BatchItem("a", "a", {"strategy": {"name": "none"}, "benchmark": {"limit": 2}})]
+    (first,) = run_batch(items, base, poll_s=0).items
+    assert first.started_at is not None
+    assert first.finished_at is not None
+    assert first.error is not None
+    (again,) = run_batch(items, base, poll_s=0).items
+    assert again == first
+    assert read_index(base).items == (first,)
+
+
 def test_item_with_failed_requests_is_done_with_a_note(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A run that finished with failed requests exits 1: the item is done, its note says so."""

@@ -117,12 +117,15 @@ class Registry:
         self._errors.clear()
 
     def add(self, name: str, factory: type[Any], package: str = "<in-process>") -> None:
-        """Register ``factory`` under ``name`` from Python code (tests, scripts)."""
-        candidates = self._discover()
-        candidates.setdefault(name, []).append(
-            _Candidate(name, f"{factory.__module__}:{factory.__qualname__}", package, "-",
-                       lambda: factory)
-        )
+        """Register ``factory`` under ``name`` from Python code (tests, scripts).
+
+        The same class from the same package, installed too, is one plugin: this
+        registration takes its place rather than making the name ambiguous.
+        """
+        target = f"{factory.__module__}:{factory.__qualname__}"
+        cands = self._discover().setdefault(name, [])
+        cands[:] = [c for c in cands if (c.package, c.target) != (package, target)]
+        cands.append(_Candidate(name, target, package, "-", lambda: factory))
         self._loaded.pop(name, None)
 
     def _discover(self) -> dict[str, list[_Candidate]]:

@@ -65,6 +65,24 @@ class RunResult:
     sink_errors: tuple[str, ...] = ()
 
 
+def resolve_settings(config: ExperimentConfig) -> ExperimentConfig:
+    """``config`` as its run records it, checked and written out in full.
+
+    The strategy's options in full (defaults included), strictly structured,
+    and a benchmark name replaced by its stored copy's path.
+
+    No engine, no benchmark loading: cheap enough to compare a batch's items with the
+    runs already in their folders.
+    """
+    _, options = registry.strategy_options(config.strategy.name, config.strategy.options)
+    return attrs.evolve(
+        config,
+        strategy=attrs.evolve(config.strategy, options=unstructure(options)),
+        benchmark=attrs.evolve(config.benchmark,
+                               path=str(resolve_benchmark(config.benchmark.path))),
+    )
+
+
 def prepare_run(config: ExperimentConfig) -> PreparedRun:
     """Check everything that can be checked before the engine starts.
 
@@ -75,10 +93,11 @@ def prepare_run(config: ExperimentConfig) -> PreparedRun:
     full (defaults included) into the returned config.
     """
     strategy, options = registry.strategy_options(config.strategy.name, config.strategy.options)
+    resolved = resolve_settings(config)
     bench = config.benchmark
-    path = resolve_benchmark(bench.path)
     conversations = load_benchmark(
-        path, bench.format, limit=bench.limit, categories=bench.categories,
+        resolve_benchmark(resolved.benchmark.path), bench.format, limit=bench.limit,
+        categories=bench.categories,
         per_category=bench.per_category,
     )
     model_path = resolve_model(config.model)
@@ -89,11 +108,6 @@ def prepare_run(config: ExperimentConfig) -> PreparedRun:
     )
     strategy.check(options, target)
     spec = strategy.speculative_config(options, target)
-    resolved = attrs.evolve(
-        config,
-        strategy=attrs.evolve(config.strategy, options=unstructure(options)),
-        benchmark=attrs.evolve(bench, path=str(path)),
-    )
     return PreparedRun(resolved, model_path, target, spec, tuple(conversations), caps)
 
 

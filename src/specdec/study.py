@@ -43,6 +43,7 @@ from specdec.errors import ConfigError, SpecdecError
 from specdec.models import check_model
 from specdec.provenance import collect, now
 from specdec.records import SCHEMA_VERSION, BenchmarkConfig, LosslessCheckOptions, StrategySpec
+from specdec.runner import resolve_settings
 from specdec.serialization import problems, structure, unstructure, write_json
 from specdec.study_lossless import CheckStatus, PlannedCheck
 from specdec.validators import number, positive
@@ -341,6 +342,73 @@ def _recorded_order(output_base: Path, items: Sequence[BatchItem]) -> tuple[list
     return list(index.order), index.seed
 
 
+def _recorded_statuses(output_base: Path) -> dict[str, ItemStatus]:
+    """Each item's status as an earlier run of this batch recorded it (its stamps, its note)."""
+    if not (output_base / INDEX_FILE).is_file():
+        return {}
+    try:
+        return {s.name: s for s in read_index(output_base).items}
+    except SpecdecError:
+        return {}
+
+
+def _changed_settings(output_base: Path, items: Sequence[BatchItem]) -> list[str]:
+    """The finished items whose folders ran other settings than the items ask now, each said.
+
+    A batch resumed after its study file changed would otherwise keep those runs as
+    done and mix two settings under one name.  Sinks are not compared: where records
+    also go does not change what was measured.
+    """
+    changed: list[str] = []
+    for item in items:
+        folder = output_base / item.name
+        if not run_folder.is_finished(folder):
+            continue
+        try:
+            mine = unstructure(resolve_settings(
+                config_from_mapping(item.experiment, f"batch item {item.name}")))
+        except SpecdecError:
+            continue  # it cannot run now (a plugin gone, say): its finished run stays as it is
+        theirs = unstructure(run_folder.read_config(folder))
+        differ = sorted(k for k in (set(mine) | set(theirs)) - {"sinks"}
+                        if mine.get(k) != theirs.get(k))
+        if differ:
+            changed.append(f"{item.name} ({', '.join(differ)})")
+    return changed
+
+
+_SHOWN_CHANGES = 5
+
+
+def _initial_statuses(output_base: Path, items: Sequence[BatchItem]) -> dict[str, ItemStatus]:
+    """Each item's status before the batch (re)starts, by name.
+
+    Refuses a folder whose finished runs ran other settings than the items ask
+    now (:func:`_changed_settings`).  A finished item keeps what the earlier run
+    recorded of it: its stamps and any note.
+    """
+    changed = _changed_settings(output_base, items)
+    if changed:
+        more = len(changed) - _SHOWN_CHANGES
+        shown = "; ".join(changed[:_SHOWN_CHANGES]) + (f"; and {more} more" if more > 0 else "")
+        msg = (f"{output_base} holds finished runs of other settings than the batch asks now: "
+               f"{shown}. The study file changed since they ran: run it into another "
+               "--output-base, or delete those folders to measure them again")
+        raise SpecdecError(msg)
+    statuses = {item.name: ItemStatus(
+        item.name, item.setting, item.experiment["strategy"]["name"],
+        str(item.experiment.get("model")), item.repeat, item.labels,
+    ) for item in items}
+    for item_name, before in _recorded_statuses(output_base).items():
+        status = statuses.get(item_name)
+        if (status is not None and before.status == "done" and before.setting == status.setting
+                and run_folder.is_finished(output_base / item_name)):
+            statuses[item_name] = attrs.evolve(
+                status, status="done", started_at=before.started_at,
+                finished_at=before.finished_at, error=before.error)
+    return statuses
+
+
 def _recorded_checks(output_base: Path, checks: Sequence[PlannedCheck]) -> dict[str, CheckStatus]:
     """Each check's status as an earlier run of this batch recorded it (same settings), else new.
 
@@ -391,13 +459,7 @@ def run_batch(
     output_base.mkdir(parents=True, exist_ok=True)
     (output_base / "configs").mkdir(exist_ok=True)
     provenance = collect()
-    statuses: dict[str, ItemStatus] = {}
-    for item in items:
-        statuses[item.name] = ItemStatus(
-            item.name, item.setting, item.experiment["strategy"]["name"],
-            str(item.experiment.get("model")), item.repeat, item.labels,
-        )
-
+    statuses = _initial_statuses(output_base, items)
     recorded = _recorded_order(output_base, items)
     order, seed = recorded if recorded is not None else (run_order(items, seed), seed)
     by_name = {item.name: item for item in items}
