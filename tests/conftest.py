@@ -19,7 +19,8 @@ SPEC_BENCH = SHARED / "data" / "spec_bench" / "question.jsonl"
 BIN = Path(sys.executable).parent
 SAMPLE = ROOT / "data" / "sample_benchmark.jsonl"
 
-KV_CACHE = ("--set", "engine.extra.kv_cache_memory_bytes=1073741824")
+KV_CACHE_BYTES = 1 << 30
+KV_CACHE = ("--set", f"engine.extra.kv_cache_memory_bytes={KV_CACHE_BYTES}")
 """A 1 GiB KV cache for an engine test's run: each engine starts about 12 s sooner than with
 0.3 of RAM, and holds plenty for these small runs (docs/studies.md)."""
 

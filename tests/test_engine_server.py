@@ -31,17 +31,18 @@ from specdec.interfaces import ScoreRequest, ScoreResult
 from specdec.records import Conversation, RequestRecord
 from specdec.registry import strategies
 
-from .conftest import BIN, run_cli
+from .conftest import BIN, KV_CACHE, KV_CACHE_BYTES, run_cli
 
 pytestmark = pytest.mark.engine
 
-ENGINE = "engine: {enforce_eager: true, gpu_memory_utilization: 0.1, max_model_len: 1024}\n"
+ENGINE = ("engine: {enforce_eager: true, max_model_len: 1024,"
+          f" extra: {{kv_cache_memory_bytes: {KV_CACHE_BYTES}}}}}\n")
 GENERATION = "generation: {max_tokens: 32}\n"
 NGRAM = "{name: ngram, num_speculative_tokens: 3, prompt_lookup_min: 2, prompt_lookup_max: 4}"
 
 
 def _launch(strategy: str) -> ServerProcess:
-    config = load_config(None, ["engine.enforce_eager=true", "engine.gpu_memory_utilization=0.1",
+    config = load_config(None, ["engine.enforce_eager=true", KV_CACHE[1],
                                 "engine.max_model_len=1024", "engine.backend=server",
                                 "engine.launch=true"])
     spec = None
@@ -148,10 +149,11 @@ same sequence (batch shapes, prefill against decode); ties within it may flip.""
 def offline() -> Iterator[VllmOfflineEngine]:
     """The offline engine in this process, with the servers' settings (bfloat16, eager).
 
-    Its memory share is larger than the servers': vLLM counts this test process's
-    own memory against it.
+    Every engine here has an explicit 1 GiB KV cache: a share of RAM
+    (``gpu_memory_utilization``) has the process's own memory taken from it, and
+    0.1 of a machine whose vLLM counted 11.3 GiB left nothing for the cache.
     """
-    config = load_config(None, ["engine.enforce_eager=true", "engine.gpu_memory_utilization=0.2",
+    config = load_config(None, ["engine.enforce_eager=true", KV_CACHE[1],
                                 "engine.max_model_len=1024", "warmup=false"])
     engine = VllmOfflineEngine(config, models.prepare(models.BASE_ALIAS), None)
     engine.start()

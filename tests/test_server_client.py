@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from structlog.testing import capture_logs
 
 from specdec import registry
 from specdec.config import load_config
-from specdec.engines.launch import free_port, server_command
+from specdec.engines.launch import ServerProcess, free_port, root_cause, server_command
 from specdec.engines.openai_server import (
     IDS_BY_TEXT,
     IDS_FROM_LOGPROBS,
@@ -289,6 +290,38 @@ def test_server_command_carries_the_strategy() -> None:
     assert command[command.index("--speculative-config") + 1] == '{"method":"ngram"}'
     assert command[command.index("--max-num-seqs") + 1] == "4"
     assert command[command.index("--port") + 1] == "8123"
+
+
+FAILED_START = """\
+(Worker pid=7) ERROR 12-03 11:45:51 [multiproc_executor.py:1063] WorkerProc hit an exception.
+(Worker pid=7) ERROR 12-03 11:45:51 [multiproc_executor.py:1063] Traceback (most recent call last):
+(Worker pid=7) ERROR 12-03 11:45:51 [multiproc_executor.py:1063] ValueError: Available memory \
+on node 0 (9.28/11.34 GiB) on kv cache allocation is less than requested memory for kv \
+(-0.01/1.13 GiB). Reduce CPU memory used by other processes.
+(EngineCore pid=6) ERROR 12-03 11:45:51 [core.py:1510] EngineCore failed to start.
+""" + "\n".join(f"  line {n} of a long traceback" for n in range(30)) + """
+RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}
+"""
+"""The shape of vLLM 0.32's log when its engine fails to start (a real one, shortened)."""
+
+
+def test_a_server_that_fails_to_start_names_the_cause(tmp_path: Path) -> None:
+    """The error leads with the worker's exception, which lies far above the log's end."""
+    assert root_cause(FAILED_START.splitlines()) is not None
+    config = load_config(None, ["engine.enforce_eager=true"])
+    server = ServerProcess(config, Path("/m"), None)
+    server.log_path = tmp_path / "server.log"
+    script = f"import sys; sys.stdout.write({FAILED_START!r}); sys.exit(1)"
+    server.command = [sys.executable, "-c", script]
+    with pytest.raises(EngineError) as caught:
+        server.start()
+    message = str(caught.value)
+    first = message.splitlines()[0]
+    assert first.startswith("the vLLM server exited with code 1 while starting: ValueError: "
+                            "Available memory on node 0")
+    assert "RuntimeError: Engine core initialization failed" in message  # the tail still shown
+    assert root_cause(["RuntimeError: Engine core initialization failed. See root cause above."]
+                      ) is None
 
 
 def test_provenance_is_what_the_server_reported(stand_in: str, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ engine's does.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -96,6 +97,26 @@ def _flags(extra: Mapping[str, Any]) -> list[str]:
     return flags
 
 
+_EXCEPTION = re.compile(r"\b(?:[A-Za-z_][\w.]*\.)?(?:[A-Z]\w*(?:Error|Exception)|MemoryError): \S")
+_WRAPPERS = ("Engine core initialization failed", "Worker failed with error")
+"""Messages vLLM raises on top of the real failure; the first other exception is the cause."""
+
+
+def root_cause(lines: list[str]) -> str | None:
+    """The first exception line in a server log that is not vLLM's wrapper around it.
+
+    A failed engine start ends with ``RuntimeError: Engine core initialization
+    failed. See root cause above``; the cause (a ``ValueError`` about KV-cache
+    memory, say) comes earlier, in the engine's or a worker's traceback, its
+    lines prefixed with the process's name.
+    """
+    for line in lines:
+        found = _EXCEPTION.search(line)
+        if found and not any(wrapper in line for wrapper in _WRAPPERS):
+            return line[found.start():].strip()
+    return None
+
+
 class ServerProcess:
     """A vLLM server this run started, and stops."""
 
@@ -128,10 +149,12 @@ class ServerProcess:
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                tail = self.log_path.read_text(errors="replace").splitlines()[-15:]
+                lines = self.log_path.read_text(errors="replace").splitlines()
+                cause = root_cause(lines)
                 msg = (
                     f"the vLLM server exited with code {self.process.returncode} while "
-                    f"starting; the end of {self.log_path}:\n" + "\n".join(tail)
+                    "starting" + (f": {cause}" if cause else "") + f"; the end of "
+                    f"{self.log_path}:\n" + "\n".join(lines[-15:])
                 )
                 raise EngineError(msg)
             try:
