@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import orjson
@@ -28,7 +29,7 @@ from specdec.engines.requests import (
     sampling_settings,
     token_score,
 )
-from specdec.engines.vllm_offline import VllmOfflineEngine
+from specdec.engines.vllm_offline import SHUTDOWN_TIMEOUT_S, VllmOfflineEngine
 from specdec.errors import EngineError, StrategyError, UnknownPluginError
 from specdec.interfaces import (
     Capabilities,
@@ -314,6 +315,45 @@ def test_seeded_runs_prefill_whole_prompts_on_the_cpu(monkeypatch: pytest.Monkey
     assert "--no-enable-chunked-prefill" in server_command(sampled, Path("/m"), None, "h", 1)
     assert "--no-enable-chunked-prefill" not in server_command(load_config(None, []),
                                                                 Path("/m"), None, "h", 1)
+
+
+class _Client:
+    """vLLM 0.32's engine client as close() sees it: a shutdown that takes a timeout."""
+
+    def __init__(self) -> None:
+        self.calls: list[float | None] = []
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        self.calls.append(timeout)
+
+
+class _OldEngine:
+    """An LLMEngine whose client has no timeout, but which shuts down itself."""
+
+    def __init__(self) -> None:
+        self.engine_core = object()
+        self.shut = 0
+
+    def shutdown(self) -> None:
+        self.shut += 1
+
+
+def test_close_shuts_the_engine_core_down_with_a_short_timeout() -> None:
+    """close() stops vLLM's engine processes itself, with SHUTDOWN_TIMEOUT_S, once only.
+
+    vLLM 0.32's LLMEngine has no ``shutdown``: the engine client's is called, so the
+    processes are not left to vLLM's exit-time wait of 5 s.
+    """
+    engine = VllmOfflineEngine(load_config(None, []), "/m", None)
+    client = _Client()
+    engine._llm = SimpleNamespace(llm_engine=SimpleNamespace(engine_core=client))
+    engine.close()
+    engine.close()
+    assert client.calls == [SHUTDOWN_TIMEOUT_S]
+    old = _OldEngine()
+    engine._llm = SimpleNamespace(llm_engine=old)
+    engine.close()
+    assert old.shut == 1
 
 
 def test_chat_messages_interleave_earlier_answers() -> None:
