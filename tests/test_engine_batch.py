@@ -18,14 +18,14 @@ from specdec import models
 from specdec.metrics import spec_bench_mean_accepted_tokens
 from specdec.report import load_run
 
-from .conftest import BIN, ROOT, run_cli
+from .conftest import BIN, KV_CACHE_BYTES, ROOT, run_cli
 from .test_export import spec_bench_speed
 
 pytestmark = pytest.mark.engine
 
-COMMON = """
-generation: {max_tokens: 40}
-engine: {enforce_eager: true, extra: {kv_cache_memory_bytes: 1073741824}}
+COMMON = f"""
+generation: {{max_tokens: 40}}
+engine: {{enforce_eager: true, extra: {{kv_cache_memory_bytes: {KV_CACHE_BYTES}}}}}
 """
 CONFIGS = {
     "baseline": "strategy: {name: none}",

@@ -24,6 +24,8 @@ from specdec.interfaces import EngineRun, SampleRequest, SampleRun, ScoreRequest
 from specdec.records import Conversation, ExperimentConfig, RequestRecord
 from specdec.runner import RunResult, run_experiment
 
+from .conftest import KV_CACHE
+
 pytestmark = pytest.mark.engine
 
 MAX_MODEL_LEN = 256
@@ -72,7 +74,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
 def _config(bench: Path) -> ExperimentConfig:
     return load_config(None, [
         f"benchmark.path={bench}", "mode=batch", "sinks=[]",
-        "engine.enforce_eager=true", "engine.extra.kv_cache_memory_bytes=1073741824",
+        "engine.enforce_eager=true", KV_CACHE[1],
         f"engine.max_model_len={MAX_MODEL_LEN}",
         f"generation.max_tokens={MAX_TOKENS}",
     ])

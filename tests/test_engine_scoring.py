@@ -22,12 +22,12 @@ from specdec import run_folder
 from specdec.lossless import SCORING_PASS, check, divergences
 from specdec.study import NEAR_TIE_THRESHOLD
 
-from .conftest import ROOT, run_cli
+from .conftest import KV_CACHE_BYTES, ROOT, run_cli
 
 pytestmark = pytest.mark.engine
 
 ENGINE = ("engine: {enforce_eager: true, dtype: bfloat16, "
-          "extra: {kv_cache_memory_bytes: 1073741824}}\n")
+          f"extra: {{kv_cache_memory_bytes: {KV_CACHE_BYTES}}}}}\n")
 NGRAM = ("strategy: {name: ngram, num_speculative_tokens: 3, prompt_lookup_min: 2, "
          "prompt_lookup_max: 4}\n")
 CONFIGS = {

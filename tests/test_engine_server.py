@@ -149,7 +149,7 @@ same sequence (batch shapes, prefill against decode); ties within it may flip.""
 def offline() -> Iterator[VllmOfflineEngine]:
     """The offline engine in this process, with the servers' settings (bfloat16, eager).
 
-    Every engine here has an explicit 1 GiB KV cache: a share of RAM
+    Every engine here has an explicit KV cache (``KV_CACHE``): a share of RAM
     (``gpu_memory_utilization``) has the process's own memory taken from it, and
     0.1 of a machine whose vLLM counted 11.3 GiB left nothing for the cache.
     """
