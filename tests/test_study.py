@@ -477,15 +477,21 @@ def _subprocess(popen: Any) -> Any:
     return types.SimpleNamespace(Popen=popen, STDOUT=subprocess.STDOUT)
 
 
-def test_batch_items_resume_and_never_overwrite(tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """Items run with --resume, never --overwrite; a finished item is not run at all."""
+def _one_finished_item(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, bytes]:
+    """A batch folder whose item ``done`` finished (2 requests), its responses, and items that
+    run as fake processes from now on."""
     base = tmp_path / "batch"
     run_experiment(load_config(None, ["benchmark.limit=2", "sinks=[log]"]), base / "done",
                    engine_factory=StandInEngine)
-    before = (base / "done" / "responses.jsonl").read_bytes()
     _FakeProcess.commands = []
     monkeypatch.setattr("specdec.study.subprocess", _subprocess(_FakeProcess))
+    return base, (base / "done" / "responses.jsonl").read_bytes()
+
+
+def test_batch_items_resume_and_never_overwrite(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Items run with --resume, never --overwrite; a finished item is not run at all."""
+    base, before = _one_finished_item(tmp_path, monkeypatch)
     items = [BatchItem(name, name, {"strategy": {"name": "none"},
                                     "benchmark": {"limit": 2}}) for name in ("done", "todo")]
     index = run_batch(items, base, poll_s=0)
@@ -501,12 +507,7 @@ def test_a_batch_resumed_with_other_settings_is_refused(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """A finished item whose settings changed since it ran stops the batch before any item:
     kept as done, it would mix two settings under one name."""
-    base = tmp_path / "batch"
-    run_experiment(load_config(None, ["benchmark.limit=2", "sinks=[log]"]), base / "done",
-                   engine_factory=StandInEngine)
-    before = (base / "done" / "responses.jsonl").read_bytes()
-    _FakeProcess.commands = []
-    monkeypatch.setattr("specdec.study.subprocess", _subprocess(_FakeProcess))
+    base, before = _one_finished_item(tmp_path, monkeypatch)
     items = [BatchItem(name, name, {"strategy": {"name": "none"},
                                     "benchmark": {"limit": 3}}) for name in ("done", "todo")]
     with pytest.raises(SpecdecError, match=r"other settings .*done \(benchmark\).*another "
