@@ -440,6 +440,35 @@ strategies:
     assert "unknown strategy 'ngarm'" in check_item({"strategy": {"name": "ngarm"}})[0]
 
 
+def test_concurrency_and_request_rate_sweep_the_server_engine(tmp_path: Path) -> None:
+    """``sweep: {concurrency: ...}`` (as vllm bench serve names it) sets engine.concurrency,
+    baseline included at every point; sweeping a setting under both names is refused."""
+    study = load_study(_study(tmp_path, """
+strategies: [{name: ngram}]
+repeats: 1
+base: {engine: {backend: server, url: "http://127.0.0.1:9/v1"}}
+sweep: {concurrency: [1, 4], request_rate: [2.5]}
+"""))
+    items = expand_study(study)
+    assert [(i.setting, i.experiment["engine"]["concurrency"],
+             i.experiment["engine"]["request_rate"]) for i in items] == [
+        ("smollm2-135m__none__concurrency=1__request_rate=2.5", 1, 2.5),
+        ("smollm2-135m__none__concurrency=4__request_rate=2.5", 4, 2.5),
+        ("smollm2-135m__ngram__concurrency=1__request_rate=2.5", 1, 2.5),
+        ("smollm2-135m__ngram__concurrency=4__request_rate=2.5", 4, 2.5),
+    ]
+    assert "concurrency" not in items[0].experiment
+    assert items[0].labels == {"engine.concurrency": 1, "engine.request_rate": 2.5}
+    both = load_study(_study(tmp_path, """
+sweep: {concurrency: [1], engine.concurrency: [2]}
+"""))
+    with pytest.raises(ConfigError) as caught:
+        expand_study(both)
+    assert caught.value.problems == [
+        ("'concurrency' and 'engine.concurrency' both sweep engine.concurrency: "
+         "keep one of them @ $.sweep")]
+
+
 def test_batch_configs_are_checked_with_their_strategy_options(tmp_path: Path) -> None:
     """A config file's strategy option typo fails the batch before its first item."""
     bad = tmp_path / "bad.yaml"

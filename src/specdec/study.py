@@ -60,6 +60,13 @@ DEFAULT_REPEATS = 3
 """A study's repeats unless it sets its own: the fewest that give an "across runs"
 interval and let the A/A check see drift between runs.  On this project's 2-core CPU
 (benchmarks/noise.py) three rounds give a speedup to about +-16%; +-5% took 10."""
+SWEEP_ALIASES: Mapping[str, str] = {
+    "concurrency": "engine.concurrency",
+    "request_rate": "engine.request_rate",
+}
+"""Short names a study's ``sweep:`` accepts for the server engine's load settings, as
+``vllm bench serve`` calls them: ``sweep: {concurrency: [1, 2, 4, 8]}`` sweeps
+``engine.concurrency``, with the baseline measured at every point."""
 NEAR_TIE_THRESHOLD = 0.5
 """Default largest top-2 log-probability margin (nats) at which a divergence from
 the baseline counts as a near-tie flip: the largest decode-time margin seen at a
@@ -74,7 +81,9 @@ class StudyConfig:
 
     ``base`` holds experiment settings shared by every run (generation, engine,
     mode, ...).  ``sweep`` sweeps experiment keys given as dotted paths, such as
-    ``engine.max_num_seqs``.  A baseline (strategy ``none``) is added if missing.
+    ``engine.max_num_seqs`` (``concurrency`` and ``request_rate`` are short for
+    ``engine.concurrency`` and ``engine.request_rate``: :data:`SWEEP_ALIASES`).  A
+    baseline (strategy ``none``) is added if missing.
     """
 
     name: str = "study"
@@ -235,6 +244,7 @@ def expand_study(study: StudyConfig) -> list[BatchItem]:
     before this returns, so a typo in a ``sweep:`` option fails ``--dry-run``
     and the run before its first item, with every bad item named at once.
     """
+    study_sweep = _canonical_sweep(study)
     specs = list(study.strategies)
     if not any(s.name == BASELINE for s in specs):
         specs.insert(0, StrategySpec(BASELINE))
@@ -242,7 +252,7 @@ def expand_study(study: StudyConfig) -> list[BatchItem]:
     benchmark = unstructure(study.benchmark)
     for model, spec in itertools.product(study.models, specs):
         for option_values, engine_values in itertools.product(
-            _grid(spec.sweep), _grid(study.sweep)
+            _grid(spec.sweep), _grid(study_sweep)
         ):
             experiment = _merge(study.base, {"model": model, "benchmark": benchmark})
             experiment["strategy"] = {"name": spec.name, **spec.options, **option_values}
@@ -265,6 +275,21 @@ def expand_study(study: StudyConfig) -> list[BatchItem]:
             ]
     _check_items(items, f"study {study.name!r}")
     return items
+
+
+def _canonical_sweep(study: StudyConfig) -> dict[str, tuple[Any, ...]]:
+    """The study's ``sweep:`` with :data:`SWEEP_ALIASES` spelt out as dotted paths."""
+    out: dict[str, tuple[Any, ...]] = {}
+    given: dict[str, str] = {}
+    for key, values in study.sweep.items():
+        path = SWEEP_ALIASES.get(key, key)
+        if path in out:
+            msg = (f"{given[path]!r} and {key!r} both sweep {path}: keep one of them "
+                   "@ $.sweep")
+            raise ConfigError(f"study {study.name!r}", [msg])
+        out[path] = values
+        given[path] = key
+    return out
 
 
 def items_from_configs(paths: Sequence[Path], benchmark: Mapping[str, Any],
