@@ -16,18 +16,17 @@ import orjson
 
 from specdec.errors import StrategyError
 from specdec.interfaces import TargetInfo
+from specdec.strategies.methods import missing_message
 
 
 def require_method(target: TargetInfo, method: str, since: str | None = None) -> None:
     """Fail unless the engine's vLLM offers speculative ``method`` (skipped when unknown)."""
-    if not target.method_known(method) or method in target.speculative_methods:
+    if not target.method_known(method):
         return
-    when = f" It arrived in vLLM {since}." if since else ""
-    msg = (
-        f"the installed vLLM {target.vllm_version} has no speculative method {method!r}.{when} "
-        f"Methods it offers: {', '.join(sorted(target.speculative_methods))}."
-    )
-    raise StrategyError(msg)
+    msg = missing_message(method, "method", target.vllm_version, target.speculative_methods,
+                          since=since)
+    if msg is not None:
+        raise StrategyError(msg)
 
 
 def read_config(folder: Path, what: str) -> dict[str, Any]:

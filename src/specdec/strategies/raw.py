@@ -11,6 +11,7 @@ from specdec.errors import StrategyError
 from specdec.interfaces import TargetInfo
 from specdec.registry import PLUGIN_API_VERSION
 from specdec.strategies.checks import require_method
+from specdec.strategies.methods import version_note
 
 log = structlog.get_logger("specdec.strategies.raw")
 
@@ -39,6 +40,10 @@ class RawStrategy:
                      "left to vLLM to check", keys=sorted(options))
         else:
             unknown = sorted(set(options) - fields)
+            for key in unknown:
+                note = version_note(key, "field", target.vllm_version)
+                if note is not None:
+                    raise StrategyError(note)
             if unknown:
                 hints = []
                 for key in unknown:
