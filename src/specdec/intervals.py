@@ -63,11 +63,16 @@ if TYPE_CHECKING:
 __all__ = [
     "ACROSS_RUNS",
     "CONFIDENCE",
+    "CROSSED",
+    "NOT_ABOVE_AT_START",
+    "NO_CROSSOVER",
     "RESAMPLES",
     "SEED",
     "WITHIN_RUN",
+    "Crossover",
     "Interval",
     "RunSample",
+    "crossover",
     "paired_speedup",
     "request_ratio",
 ]
@@ -356,3 +361,58 @@ def request_ratio(
         return None  # some resamples drew no drafts at all
     low, high = min(low + offset, estimate), max(high + offset, estimate)
     return Interval(estimate, low, high, WITHIN_RUN, confidence, resamples, seed)
+
+
+CROSSED = "crossed"
+"""The interval lies above 1 at the lower swept points and no longer at the crossover."""
+NO_CROSSOVER = "above at every point"
+"""The interval lies above 1 at every swept point: no crossover in the swept range."""
+NOT_ABOVE_AT_START = "not above at the first point"
+"""The interval does not lie above 1 even at the lowest swept point: the crossover is there."""
+
+
+@frozen
+class Crossover:
+    """Where speculation's speedup stops being surely above 1 along a concurrency sweep."""
+
+    concurrency: float | None
+    """The lowest swept concurrency whose interval does not lie above 1; None for
+    :data:`NO_CROSSOVER`."""
+    outcome: str
+    """:data:`CROSSED`, :data:`NO_CROSSOVER` or :data:`NOT_ABOVE_AT_START`."""
+
+
+def crossover(points: Sequence[tuple[float, Interval]]) -> Crossover:
+    """The lowest concurrency at which the speedup's interval no longer lies above 1.
+
+    ``points`` pairs each swept concurrency with the speedup's interval there,
+    in any order.  Going up the concurrencies, the crossover is the first whose
+    interval's lower bound is at or below 1 (``not interval.above(1)``): from
+    there on the sweep cannot tell speculation from no speedup.  The outcome is
+
+    - :data:`CROSSED`: above 1 at every lower swept point, not at this one;
+    - :data:`NOT_ABOVE_AT_START`: not above 1 already at the lowest point (the
+      crossover is that point, at or below the swept range);
+    - :data:`NO_CROSSOVER`: above 1 at every swept point (concurrency None: the
+      crossover, if any, lies beyond the range).
+
+    Higher points are not looked at once the crossover is found, even if their
+    intervals lie above 1 again.
+
+    Raises:
+        ValueError: if ``points`` is empty, or a concurrency is not a finite
+            number above 0 or appears twice.
+    """
+    if not points:
+        raise ValueError("cannot find a crossover without swept points")
+    levels = [level for level, _ in points]
+    for level in levels:
+        if not (np.isfinite(level) and level > 0):
+            raise ValueError(f"a concurrency must be a finite number above 0, got {level}")
+    if len(set(levels)) != len(levels):
+        raise ValueError(f"each concurrency must appear once, got {sorted(levels)}")
+    ordered = sorted(points, key=lambda point: point[0])
+    for index, (level, interval) in enumerate(ordered):
+        if not interval.above(1.0):
+            return Crossover(level, CROSSED if index else NOT_ABOVE_AT_START)
+    return Crossover(None, NO_CROSSOVER)

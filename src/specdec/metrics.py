@@ -13,6 +13,9 @@ import statistics
 from itertools import zip_longest
 from typing import TYPE_CHECKING
 
+from attrs import field, frozen
+
+from specdec.errors import InvalidOptionError
 from specdec.records import (
     Distribution,
     GroupMetrics,
@@ -22,16 +25,21 @@ from specdec.records import (
     SpecStats,
     TurnRecord,
 )
+from specdec.validators import above_zero
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
 __all__ = [
+    "Goodput",
+    "Slo",
     "add_stats",
     "decode_steps",
     "decode_tokens_per_step",
     "distribution",
+    "goodput",
     "group_metrics",
+    "meets_slo",
     "request_spec",
     "request_tokens_per_s",
     "spec_bench_accept_lengths",
@@ -43,6 +51,7 @@ __all__ = [
     "speedup",
     "summarise",
     "turn_decode_steps",
+    "turn_meets_slo",
     "turn_step_time",
     "turn_tpot",
 ]
@@ -514,3 +523,111 @@ def spec_bench_speedup(
     if baseline_rate == 0:
         raise ValueError("the baseline generated no tokens; no Spec-Bench speedup")
     return candidate_rate / baseline_rate
+
+
+@frozen
+class Slo:
+    """Service level objectives of a goodput figure, in milliseconds, as ``vllm bench serve``.
+
+    The limits of ``--goodput ttft:200 tpot:50 e2el:1000`` in vLLM 0.32.0
+    (``vllm/benchmarks/serve.py``, ``check_goodput_args``): time to first token,
+    time per output token and end-to-end latency.  Unset limits are not checked;
+    at least one must be set.  Each set limit must be a finite number above 0
+    (vLLM also takes 0, which only a measurement of exactly 0 meets).
+    :func:`specdec.serialization.structure` reads one from a mapping such as
+    ``{"ttft_ms": 200, "tpot_ms": 50}``; no study or config section holds one yet.
+    """
+
+    ttft_ms: float | None = field(default=None, validator=above_zero)
+    tpot_ms: float | None = field(default=None, validator=above_zero)
+    e2el_ms: float | None = field(default=None, validator=above_zero)
+
+    def __attrs_post_init__(self) -> None:
+        """Refuse an objective without any limit."""
+        if self.ttft_ms is None and self.tpot_ms is None and self.e2el_ms is None:
+            msg = "an SLO needs at least one of ttft_ms, tpot_ms and e2el_ms"
+            raise InvalidOptionError(msg)
+
+
+@frozen
+class Goodput:
+    """How many requests met an :class:`Slo`, their share and their rate."""
+
+    good: int
+    """Requests that met every limit set."""
+    requests: int
+    """Requests judged, failed ones included (a failed request is never good)."""
+    share: float
+    """good / requests."""
+    rate_per_s: float
+    """good / the run's duration: vLLM's ``request_goodput``, in requests per second."""
+
+
+def _within(limit_ms: float | None, seconds: float) -> bool:
+    # vLLM compares in seconds, limit / 1000 >= value: a value at the limit meets it.
+    return limit_ms is None or limit_ms / 1000 >= seconds
+
+
+def turn_meets_slo(turn: TurnRecord, slo: Slo) -> bool:
+    """Whether one turn (one request to the engine) meets every limit ``slo`` sets.
+
+    As ``calculate_metrics`` in vLLM 0.32.0's ``vllm/benchmarks/serve.py``, with
+    each limit in milliseconds turned into seconds (limit / 1000) and met when
+    the value is at most the limit:
+
+    - TTFT: ``turn.ttft_s``;
+    - TPOT: :func:`turn_tpot`, decode_s / (output_tokens - 1), which is vLLM's
+      (latency - ttft) / (output_len - 1).  A turn of at most one output token
+      has no TPOT; vLLM counts it as 0, so it meets any TPOT limit;
+    - end-to-end latency: ``turn.walltime_s`` (TTFT + decode time), vLLM's
+      per-request ``latency``.
+    """
+    tpot = turn_tpot(turn)
+    return (
+        _within(slo.ttft_ms, turn.ttft_s)
+        and _within(slo.tpot_ms, 0.0 if tpot is None else tpot)
+        and _within(slo.e2el_ms, turn.walltime_s)
+    )
+
+
+def meets_slo(record: RequestRecord, slo: Slo) -> bool:
+    """Whether a request is good under ``slo``: it succeeded and each turn meets it.
+
+    ``vllm bench serve`` sends single-turn requests, where this is exactly its
+    test (:func:`turn_meets_slo`); a conversation of several turns is good only
+    when every turn, each one request to the engine, is.  A failed request
+    (``error`` set) or one without turns is never good, as vLLM counts only
+    successful requests.
+    """
+    if record.error is not None or not record.turns:
+        return False
+    return all(turn_meets_slo(turn, slo) for turn in record.turns)
+
+
+def goodput(records: Sequence[RequestRecord], slo: Slo, duration_s: float) -> Goodput:
+    """Goodput of a run under ``slo``, as ``vllm bench serve --goodput`` defines it.
+
+        good = number of requests that meet every limit set (:func:`meets_slo`)
+        share = good / requests
+        rate = good / duration_s
+
+    ``rate`` is vLLM 0.32.0's ``request_goodput`` (``vllm/benchmarks/serve.py``:
+    ``good_completed / dur_s``, the benchmark's duration); ``duration_s`` is the
+    run's wall clock (a summary's ``elapsed_s``).  ``share`` counts failed
+    requests among ``requests``, never among the good ones.
+
+    Raises:
+        ValueError: if ``records`` is empty or ``duration_s`` is not a finite
+            number above 0.
+    """
+    if not records:
+        raise ValueError("cannot compute the goodput of no requests")
+    if not (math.isfinite(duration_s) and duration_s > 0):
+        raise ValueError(f"the run's duration must be a finite number above 0, got {duration_s}")
+    good = sum(1 for record in records if meets_slo(record, slo))
+    return Goodput(
+        good=good,
+        requests=len(records),
+        share=good / len(records),
+        rate_per_s=good / duration_s,
+    )
