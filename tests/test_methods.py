@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 from typing import Any
 
+import attrs
 import pytest
 
 from specdec import registry
@@ -150,3 +151,17 @@ def test_raw_refuses_a_later_field_with_the_new_message() -> None:
     strategy, options = _raw(method="ngram", fly_window_size=4)
     with pytest.raises(StrategyError, match=r"'fly_window_size': it arrived in vLLM 0\.33\.0"):
         strategy.check(options, target)
+
+
+def test_raw_refuses_the_synthetic_sampler_on_a_cpu_engine_only() -> None:
+    """vLLM's CPU kernels assert against synthetic acceptance; a GPU engine may take it."""
+    options_in = {"method": "ngram", "num_speculative_tokens": 4,
+                  "rejection_sample_method": "synthetic", "synthetic_acceptance_length": 3.0}
+    strategy, options = _raw(**options_in)
+    cpu = attrs.evolve(_cpu_build(), device="cpu")
+    with pytest.raises(StrategyError, match=r"'synthetic' does not run on vLLM's CPU build"):
+        strategy.check(options, TargetInfo.for_engine("t", None, {}, cpu))
+    gpu = attrs.evolve(cpu, device="cuda")
+    strategy.check(options, TargetInfo.for_engine("t", None, {}, gpu))
+    strategy, options = _raw(**{**options_in, "rejection_sample_method": "standard"})
+    strategy.check(options, TargetInfo.for_engine("t", None, {}, cpu))

@@ -149,3 +149,20 @@ def field_missing(name: str, capabilities: Capabilities) -> str | None:
     """Why the engine lacks config field ``name``; None if it has it or cannot tell."""
     return missing_message(name, "field", capabilities.vllm_version,
                            capabilities.speculative_config_fields)
+
+
+def device_note(options: Mapping[str, object], device: str | None) -> str | None:
+    """Why the engine's device cannot run a ``speculative_config``; None if nothing is known.
+
+    vLLM 0.32.0's CPU kernels refuse the ``synthetic`` rejection sampler: the
+    greedy and random rejection kernels of ``vllm/utils/cpu_triton_utils.py``
+    assert ``not SYNTHETIC_MODE`` ("Synthetic acceptance not supported with CPU
+    sampling"), which kills the engine at its first verify step (measured on this
+    project's machine, 2026-12-04).  Refused here, before the engine starts.
+    """
+    if device == "cpu" and options.get("rejection_sample_method") == "synthetic":
+        return ("rejection_sample_method 'synthetic' does not run on vLLM's CPU build: its CPU "
+                "rejection kernels refuse it (vllm/utils/cpu_triton_utils.py, 'Synthetic "
+                "acceptance not supported with CPU sampling') and the engine dies at its first "
+                "verify step; run it on a GPU (pip install 'specdec[cuda]')")
+    return None

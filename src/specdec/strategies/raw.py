@@ -11,7 +11,7 @@ from specdec.errors import StrategyError
 from specdec.interfaces import TargetInfo
 from specdec.registry import PLUGIN_API_VERSION
 from specdec.strategies.checks import require_method
-from specdec.strategies.methods import version_note
+from specdec.strategies.methods import device_note, version_note
 
 log = structlog.get_logger("specdec.strategies.raw")
 
@@ -57,6 +57,9 @@ class RawStrategy:
         method = options.get("method")
         if isinstance(method, str):
             require_method(target, method)
+        refused = device_note(options, target.engine.device if target.engine else None)
+        if refused is not None:
+            raise StrategyError(refused)
 
     def speculative_config(self, options: dict[str, Any], target: TargetInfo) -> dict[str, Any]:
         """The options themselves."""
