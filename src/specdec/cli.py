@@ -710,7 +710,8 @@ def score(batch_dir: Annotated[Path, Parameter(name="BATCH_DIR")], /, *,
 
 def report(runs: Annotated[list[Path], Parameter(name="RUN_DIR")], /, *,
            output: Annotated[Path | None, Parameter(metavar="DIR")] = None,
-           near_tie: NearTieFlag = None) -> int:
+           near_tie: NearTieFlag = None,
+           slo: Annotated[str | None, Parameter(metavar="LIMITS")] = None) -> int:
     """Compare runs with their baseline: tables, report.md, report.html, PNG plots.
 
     Read batch folders and run folders; print speedup (Spec-Bench and
@@ -722,14 +723,18 @@ def report(runs: Annotated[list[Path], Parameter(name="RUN_DIR")], /, *,
         runs: batch folders or run folders.
         output: where to write (default: RUN_DIR/report for one folder, results/report for more).
         near_tie: lossless-check near-tie threshold in nats (default: the batch's own, else 0.5).
+        slo: where engine.concurrency was swept, also goodput under these limits in
+            milliseconds, as vllm bench serve --goodput writes them: 'ttft:200 tpot:50 e2el:2000'.
     """
+    from specdec.concurrency import parse_slo  # noqa: PLC0415
     from specdec.display import print_report  # noqa: PLC0415
     from specdec.report import build_report  # noqa: PLC0415
     from specdec.report_files import write_report  # noqa: PLC0415
 
+    limits = parse_slo(slo) if slo is not None else None
     built = build_report(runs, near_tie)
     out = output or (runs[0] / "report" if len(runs) == 1 else Path("results") / "report")
-    files = write_report(built, out)
+    files = write_report(built, out, limits)
     print_report(built)
     sys.stdout.write("wrote " + ", ".join(str(f) for f in files) + "\n")
     return 0 if all(r.passed for r in built.lossless.values()) else EXIT_FAILED

@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from specdec import concurrency
 from specdec.errors import SpecdecError
 from specdec.formatting import MISSING, median_spread, number
 from specdec.intervals import CONFIDENCE, METHOD, RESAMPLES, SEED
+from specdec.metrics import Slo
 from specdec.report import OVERALL, Comparison, Report, Spread
 from specdec.report_text import interval_kinds, margin_source_text, speedup_cell, with_interval
 from specdec.serialization import unstructure, write_json
@@ -105,8 +107,8 @@ def _lossless_section(report: Report) -> list[str]:
     return [*lines, ""]
 
 
-def render_markdown(report: Report, plots: Sequence[Path]) -> str:
-    """The text of ``report.md``."""
+def render_markdown(report: Report, plots: Sequence[Path], slo: Slo | None = None) -> str:
+    """The text of ``report.md``; goodput under ``slo`` where concurrency was swept."""
     index = {(c.setting, c.category): c for c in report.comparisons}
     lines = ["# specdec report", "",
              ("Speedup is shown two ways: **Spec-Bench** (ratio of mean per-request tokens/s) "
@@ -118,6 +120,7 @@ def render_markdown(report: Report, plots: Sequence[Path]) -> str:
     lines += _speedup_section(report, index)
     lines += _settings_section(report, index)
     lines += _lossless_section(report)
+    lines += concurrency.markdown(concurrency.concurrency_lines(report, slo), slo)
     if report.failed:
         lines += ["## Failed runs", "", *(f"- {f}" for f in report.failed), ""]
     if plots:
@@ -125,8 +128,11 @@ def render_markdown(report: Report, plots: Sequence[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: Report, out: Path) -> list[Path]:
+def write_report(report: Report, out: Path, slo: Slo | None = None) -> list[Path]:
     """Write ``report.md``, ``report.json``, ``report.html`` and the plots into ``out``.
+
+    Where ``engine.concurrency`` was swept, report.md and report.json gain the
+    concurrency sweep (:mod:`specdec.concurrency`), with goodput under ``slo``.
 
     Raises:
         SpecdecError: ``out`` is a file.
@@ -139,8 +145,10 @@ def write_report(report: Report, out: Path) -> list[Path]:
         raise SpecdecError(msg)
     out.mkdir(parents=True, exist_ok=True)
     plots = draw_all(report, out)
-    (out / "report.md").write_text(render_markdown(report, plots), encoding="utf-8")
+    (out / "report.md").write_text(render_markdown(report, plots, slo), encoding="utf-8")
+    sweep = concurrency.concurrency_lines(report, slo)
     write_json(out / "report.json", {
+        **({"concurrency_sweep": unstructure(sweep)} if sweep else {}),
         "comparisons": unstructure(report.comparisons),
         "baselines": report.baselines,
         "best": report.best,
