@@ -316,3 +316,70 @@ def test_server_token_ids_without_logprobs(servers: dict[str, str],
     completion = httpx.post(f"{url}/v1/completions", timeout=120,
                             json={**body, "prompt": PROMPT}).json()
     assert tuple(completion["choices"][0]["prompt_token_ids"]) == raw.prompt_token_ids(conv, [])
+
+
+@pytest.fixture(scope="module")
+def sweep(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Baseline and ngram on the two servers at concurrency 1, 2, 4 and 8, labelled as a study
+    sweeping ``concurrency`` labels its items, then reported with an SLO."""
+    from specdec.serialization import write_json
+    from specdec.study import BatchIndex, ItemStatus
+
+    base = tmp_path_factory.mktemp("sweep")
+    items = []
+    for strategy in ("none", "ngram"):
+        for level in (1, 2, 4, 8):
+            name = f"{strategy}-c{level}"
+            path = base / f"{name}.yaml"
+            strategy_yaml = NGRAM if strategy == "ngram" else "{name: none}"
+            path.write_text(
+                GENERATION + f"strategy: {strategy_yaml}\nmode: batch\n"
+                "benchmark: {categories: [code_editing, summarization], limit: 8}\n"
+                f"engine: {{backend: server, url: '{servers[strategy]}', concurrency: {level},"
+                " timeout_s: 120}\n")
+            result = run_cli("specdec", "run", "--config", str(path),
+                             "--output-dir", str(base / name))
+            assert result.returncode == 0, result.stderr[-3000:]
+            items.append(ItemStatus(name, f"m__{strategy}__concurrency={level}", strategy,
+                                    "smollm2-135m", 0, {"engine.concurrency": level},
+                                    status="done"))
+    write_json(base / "batch.json", BatchIndex("sweep", tuple(items)))
+    result = run_cli("specdec", "report", str(base), "--slo", "ttft:60000 tpot:2000")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return base
+
+
+def test_a_concurrency_sweep_isolates_each_point_and_finds_its_crossover(sweep: Path) -> None:
+    """Real servers at concurrency 1 to 8: each point's acceptance is its own run's counter
+    delta, each point has its baseline, goodput lies within the throughput, and the report
+    states a crossover."""
+    drafts = []
+    for level in (1, 2, 4, 8):
+        summary = _metrics(sweep / f"ngram-c{level}")["summary"]
+        engine, requests = summary["engine_spec"], summary["overall"]["spec"]
+        assert engine["num_drafts"] > 0
+        for key in ("num_drafts", "num_draft_tokens", "num_accepted_tokens"):
+            assert requests[key] == engine[key], (level, key)
+        drafts.append(engine["num_drafts"])
+        assert _metrics(sweep / f"none-c{level}")["summary"]["overall"]["requests"] == 8
+    # One figure for the whole sweep would have grown with every point; these are per run.
+    assert max(drafts) < sum(drafts)
+    report = orjson.loads((sweep / "report" / "report.json").read_bytes())
+    (line,) = report["concurrency_sweep"]
+    points = line["points"]
+    assert [p["concurrency"] for p in points] == [1, 2, 4, 8]
+    assert [p["baseline"] for p in points] == [f"m__none__concurrency={c}" for c in (1, 2, 4, 8)]
+    for point in points:
+        assert point["speedup_interval"] is not None
+        for which, strategy in (("goodput", "ngram"), ("baseline_goodput", "none")):
+            good = point[which]
+            elapsed = _metrics(sweep / f"{strategy}-c{point['concurrency']}")["summary"][
+                "elapsed_s"]
+            assert good["requests"] == 8
+            assert 0 <= good["share"] <= 1
+            assert good["rate_per_s"] == pytest.approx(good["good"] / elapsed)
+    assert line["crossover"]["outcome"] in ("crossed", "above at every point",
+                                            "not above at the first point")
+    text = (sweep / "report" / "report.md").read_text()
+    assert "## Concurrency sweep" in text
+    assert "crossover:" in text
