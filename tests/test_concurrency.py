@@ -30,7 +30,7 @@ def _reset_engine() -> None:
     StandInEngine.reset()
 
 
-def _sweep(base: Path, speeds: dict[int, float] = SPEEDS) -> Path:
+def _sweep(base: Path, speeds: dict[int, float] = SPEEDS, label: str = CONCURRENCY) -> Path:
     """A batch folder of baseline and ngram at each concurrency, labelled as a study labels."""
     items = []
     for level, speed in speeds.items():
@@ -43,7 +43,7 @@ def _sweep(base: Path, speeds: dict[int, float] = SPEEDS) -> Path:
             run_experiment(load_config(None, overrides), base / name,
                            engine_factory=StandInEngine)
             items.append(ItemStatus(name, f"m__{strategy}__concurrency={level}", strategy,
-                                    "smollm2-135m", 0, {CONCURRENCY: level}, status="done"))
+                                    "smollm2-135m", 0, {label: level}, status="done"))
     write_json(base / "batch.json", BatchIndex("concurrency", tuple(items)))
     return base
 
@@ -71,6 +71,8 @@ def test_no_crossover_in_range_and_a_study_without_the_sweep(tmp_path: Path) -> 
     assert (line.crossover.concurrency, line.crossover.outcome) == (None, NO_CROSSOVER)
     assert "none in the swept range" in "\n".join(markdown([line]))
     assert markdown([]) == []
+    plain = build_report([_sweep(tmp_path / "plain", {1: 1.5, 4: 1.2}, "engine.max_num_seqs")])
+    assert concurrency_lines(plain) == ()
 
 
 def test_goodput_under_an_slo_for_setting_and_baseline(tmp_path: Path) -> None:
@@ -98,6 +100,10 @@ def test_goodput_under_an_slo_for_setting_and_baseline(tmp_path: Path) -> None:
     assert [p["concurrency"] for p in saved[0]["points"]] == [1, 2, 4]
     assert saved[0]["points"][0]["goodput"]["good"] == 4
     assert base / "report" / "report.md" in files
+    plot = base / "report" / "speedup_and_goodput_vs_concurrency.png"
+    assert plot in files
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "goodput under the SLO" in (base / "report" / "report.html").read_text()
 
 
 def test_parse_slo_reads_vllm_bench_serve_spelling() -> None:

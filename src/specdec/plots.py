@@ -9,11 +9,15 @@ from typing import TYPE_CHECKING, Any
 from attrs import frozen
 
 if TYPE_CHECKING:
+    from specdec.metrics import Slo
     from specdec.report import Report
 
 
-def draw_all(report: Report, out: Path) -> list[Path]:
-    """Draw every plot the report's data supports; return the files written."""
+def draw_all(report: Report, out: Path, slo: Slo | None = None) -> list[Path]:
+    """Draw every plot the report's data supports; return the files written.
+
+    ``slo``: the goodput limits of a concurrency sweep's plot (none: speedup only).
+    """
     import matplotlib as mpl  # noqa: PLC0415 - heavy, only when drawing
 
     mpl.use("Agg")
@@ -23,6 +27,7 @@ def draw_all(report: Report, out: Path) -> list[Path]:
         _acceptance_histogram(report, out / "acceptance_length_histogram.png"),
         _throughput_vs_batch(report, out / "throughput_vs_batch_size.png"),
         _by_temperature(report, out / "acceptance_and_speedup_vs_temperature.png"),
+        _by_concurrency(report, out / "speedup_and_goodput_vs_concurrency.png", slo),
     ]
     return [p for p in drawn if p is not None]
 
@@ -192,6 +197,55 @@ def _by_temperature(report: Report, path: Path) -> Path | None:
     speed.set_ylabel("speedup over the baseline at that temperature")
     return _save(fig, speed, path, "Spec-Bench speedup (95% intervals)")
 
+
+
+def _by_concurrency(report: Report, path: Path, slo: Slo | None) -> Path | None:
+    """Speedup (95% intervals) and, with an SLO, goodput against a swept concurrency.
+
+    A line per speculative setting (:func:`specdec.concurrency.concurrency_lines`);
+    goodput is drawn for the setting (solid) and its baseline at each point
+    (dashed).  Drawn when ``engine.concurrency`` was swept.
+    """
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    from specdec.concurrency import concurrency_lines  # noqa: PLC0415
+
+    lines = concurrency_lines(report, slo)
+    if not lines:
+        return None
+    fig, axes = plt.subplots(1, 2 if slo else 1, figsize=(11.0 if slo else 6.4, 4.2),
+                             squeeze=False)
+    speed = axes[0][0]
+    for line in lines:
+        xs = [p.concurrency for p in line.points]
+        ys = [p.speedup or 0.0 for p in line.points]
+        below = [y - p.speedup_interval.low if p.speedup_interval else 0.0
+                 for y, p in zip(ys, line.points, strict=True)]
+        above = [p.speedup_interval.high - y if p.speedup_interval else 0.0
+                 for y, p in zip(ys, line.points, strict=True)]
+        drawn = speed.errorbar(xs, ys, yerr=[below, above], marker="o", capsize=3,
+                               label=line.family)
+        if slo:
+            good = axes[0][1]
+            color = drawn[0].get_color()
+            good.plot(xs, [p.goodput.rate_per_s if p.goodput else 0.0 for p in line.points],
+                      marker="o", color=color, label=line.family)
+            good.plot(xs, [p.baseline_goodput.rate_per_s if p.baseline_goodput else 0.0
+                           for p in line.points], marker="s", linestyle="--", color=color,
+                      label=f"{line.family}: its baseline")
+    levels = sorted({p.concurrency for line in lines for p in line.points})
+    for ax in axes[0]:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(levels, [str(level) for level in levels])
+        ax.set_xlabel("concurrency (requests in flight)")
+    speed.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+    speed.set_ylabel("speedup over the baseline at that concurrency")
+    if slo:
+        good = axes[0][1]
+        good.set_ylabel("goodput (requests/s meeting the SLO)")
+        good.set_title("Goodput")
+        good.legend(fontsize=7)
+    return _save(fig, speed, path, "Spec-Bench speedup (95% intervals)")
 
 
 @frozen

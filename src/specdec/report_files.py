@@ -144,7 +144,7 @@ def write_report(report: Report, out: Path, slo: Slo | None = None) -> list[Path
         msg = f"{out} is a file, not a folder: choose another report folder (--output DIR)"
         raise SpecdecError(msg)
     out.mkdir(parents=True, exist_ok=True)
-    plots = draw_all(report, out)
+    plots = draw_all(report, out, slo)
     (out / "report.md").write_text(render_markdown(report, plots, slo), encoding="utf-8")
     sweep = concurrency.concurrency_lines(report, slo)
     write_json(out / "report.json", {

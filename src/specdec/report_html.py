@@ -40,6 +40,8 @@ PLOT_CAPTIONS = {
     "throughput_vs_batch_size": "Throughput against the engine's batch limit",
     "acceptance_and_speedup_vs_temperature": "Acceptance and speedup against the temperature, "
                                              "each against the baseline at that temperature",
+    "speedup_and_goodput_vs_concurrency": "Speedup against the baseline at each concurrency, "
+                                          "with 95% intervals, and goodput under the SLO",
 }
 
 PROVENANCE_KEYS = ("started_at", "finished_at", "specdec", "vllm", "torch", "python",
