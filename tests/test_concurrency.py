@@ -125,3 +125,21 @@ def test_report_command_takes_slo_and_refuses_a_bad_one(
     assert "goodput" in (base / "report" / "report.md").read_text()
     assert main(["report", str(base), "--slo", "latency:80"]) == 2
     assert "'latency:80' is not a limit" in capsys.readouterr().err
+
+
+def test_a_study_file_sets_its_slo_strictly(tmp_path: Path) -> None:
+    """``slo:`` in a study file is read strictly: a number in quotes or no limit is refused."""
+    from specdec.errors import ConfigError
+    from specdec.study import load_study
+
+    good = tmp_path / "good.yaml"
+    good.write_text("sweep: {concurrency: [1, 2]}\nslo: {ttft_ms: 2000, tpot_ms: 150}\n")
+    assert load_study(good).slo == Slo(ttft_ms=2000, tpot_ms=150)
+    shipped = Path(__file__).parents[1] / "studies" / "concurrency.yaml"
+    assert load_study(shipped).slo is not None
+    for text, words in [('slo: {ttft_ms: "200"}\n', "expected a number"),
+                        ("slo: {}\n", "at least one of"), ("slo: {ttft: 2}\n", "ttft_ms")]:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=words):
+            load_study(bad)

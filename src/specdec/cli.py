@@ -39,6 +39,7 @@ from specdec.logs import LogFormat
 from specdec.records import CONTROL_STEP, ExperimentConfig, Mode, SampledCheckSettings
 
 if TYPE_CHECKING:
+    from specdec.metrics import Slo
     from specdec.study import BatchItem
     from specdec.study_lossless import PlannedCheck
 
@@ -487,7 +488,7 @@ def plugins() -> int:
 
 def _execute_batch(items: Sequence[BatchItem], output_base: Path, name: str,
                    threshold: float, seed: int = 0, *,
-                   checks: Sequence[PlannedCheck] = ()) -> int:
+                   checks: Sequence[PlannedCheck] = (), slo: Slo | None = None) -> int:
     from specdec.display import BatchProgress, print_report  # noqa: PLC0415
     from specdec.report import build_report  # noqa: PLC0415
     from specdec.report_files import write_report  # noqa: PLC0415
@@ -506,7 +507,7 @@ def _execute_batch(items: Sequence[BatchItem], output_base: Path, name: str,
                          f"{check.error}\n")
     if len(failed) < len(index.items):
         report = build_report([output_base])
-        write_report(report, output_base / "report")
+        write_report(report, output_base / "report", slo)
         print_report(report)
         sys.stdout.write(f"report: {output_base / 'report' / 'report.md'} "
                          f"and {output_base / 'report' / 'report.html'}\n")
@@ -570,7 +571,8 @@ def study(study: Path, /, *, output_base: Annotated[Path | None, Parameter(metav
             sys.stdout.write(f"{check.describe()}\n")
         return 0
     return _execute_batch(items, output_base or Path("results") / loaded.name, loaded.name,
-                          loaded.near_tie_threshold, loaded.seed, checks=checks)
+                          loaded.near_tie_threshold, loaded.seed, checks=checks,
+                          slo=loaded.slo)
 
 
 TUNE = Group("Tune", sort_key=5)

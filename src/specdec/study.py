@@ -40,6 +40,7 @@ from specdec.benchmark_store import resolve_benchmark
 from specdec.benchmarks.loader import load_benchmark
 from specdec.config import apply_overrides, config_from_mapping, read_mapping
 from specdec.errors import ConfigError, SpecdecError
+from specdec.metrics import Slo
 from specdec.models import check_model
 from specdec.provenance import collect, now
 from specdec.records import SCHEMA_VERSION, BenchmarkConfig, LosslessCheckOptions, StrategySpec
@@ -102,6 +103,9 @@ class StudyConfig:
     lossless_check: LosslessCheckOptions | None = None
     """After the batch, check every speculative setting that samples against its
     baseline with ``specdec lossless`` (:mod:`specdec.study_lossless`); None: no check."""
+    slo: Slo | None = None
+    """Goodput limits (``{ttft_ms, tpot_ms, e2el_ms}``) for the report of a study that sweeps
+    ``concurrency`` (:mod:`specdec.concurrency`); None: no goodput."""
 
 
 @frozen
