@@ -103,7 +103,12 @@ def test_goodput_under_an_slo_for_setting_and_baseline(tmp_path: Path) -> None:
     plot = base / "report" / "speedup_and_goodput_vs_concurrency.png"
     assert plot in files
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "goodput under the SLO" in (base / "report" / "report.html").read_text()
+    html = (base / "report" / "report.html").read_text()
+    assert "goodput under the SLO" in html
+    assert '<h2 id="concurrency">Concurrency sweep</h2>' in html
+    assert "<th>baseline goodput</th>" in html
+    assert "<td>1.38x [1.38, 1.38]</td>" in html
+    assert "crossover: concurrency 4" in html
 
 
 def test_parse_slo_reads_vllm_bench_serve_spelling() -> None:

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
     from specdec.report import Report, Setting
 
-__all__ = ["CONCURRENCY", "SweepLine", "SweepPoint", "concurrency_lines", "markdown"]
+__all__ = ["CONCURRENCY", "SweepLine", "SweepPoint", "columns", "concurrency_lines",
+           "crossover_text", "markdown", "parse_slo", "point_cells"]
 
 CONCURRENCY = "engine.concurrency"
 """The swept label (study.SWEEP_ALIASES maps ``concurrency`` to it)."""
@@ -105,7 +106,8 @@ def concurrency_lines(report: Report, slo: Slo | None = None) -> tuple[SweepLine
     return tuple(lines)
 
 
-def _crossover_text(found: Crossover | None) -> str:
+def crossover_text(found: Crossover | None) -> str:
+    """The crossover as the report states it."""
     if found is None:
         return "crossover: unknown (no speedup interval at any point)"
     if found.concurrency is None:
@@ -131,6 +133,22 @@ def _goodput_cell(value: Goodput | None) -> str:
     return f"{value.rate_per_s:.2f}/s ({value.share:.0%})"
 
 
+def point_cells(point: SweepPoint, slo: Slo | None) -> list[str]:
+    """A point's row: concurrency, speedup [interval], acceptance, and goodputs with an SLO."""
+    length = point.mean_acceptance_length
+    cells = [str(point.concurrency), _cell(point.speedup, point.speedup_interval),
+             "-" if length is None else f"{length:.2f}"]
+    if slo is not None:
+        cells += [_goodput_cell(point.goodput), _goodput_cell(point.baseline_goodput)]
+    return cells
+
+
+def columns(slo: Slo | None) -> list[str]:
+    """The table's column names, in :func:`point_cells`' order."""
+    names = ["concurrency", "speedup", "mean acceptance length"]
+    return names + (["goodput", "baseline goodput"] if slo is not None else [])
+
+
 def markdown(lines: Sequence[SweepLine], slo: Slo | None = None) -> list[str]:
     """The report's "Concurrency sweep" section; no lines for a study that swept none."""
     if not lines:
@@ -148,21 +166,10 @@ def markdown(lines: Sequence[SweepLine], slo: Slo | None = None) -> list[str]:
     out.append("")
     for line in lines:
         out += [f"### {line.family}", ""]
-        header = "| concurrency | speedup | mean acceptance length |"
-        rule = "| --- | --- | --- |"
-        if slo is not None:
-            header += " goodput | baseline goodput |"
-            rule += " --- | --- |"
-        out += [header, rule]
-        for point in line.points:
-            length = point.mean_acceptance_length
-            row = (f"| {point.concurrency} | {_cell(point.speedup, point.speedup_interval)} | "
-                   f"{'-' if length is None else f'{length:.2f}'} |")
-            if slo is not None:
-                row += (f" {_goodput_cell(point.goodput)} |"
-                        f" {_goodput_cell(point.baseline_goodput)} |")
-            out.append(row)
-        out += ["", _crossover_text(line.crossover), ""]
+        names = columns(slo)
+        out += ["| " + " | ".join(names) + " |", "|" + " --- |" * len(names)]
+        out += ["| " + " | ".join(point_cells(point, slo)) + " |" for point in line.points]
+        out += ["", crossover_text(line.crossover), ""]
     return out
 
 

@@ -158,5 +158,5 @@ def write_report(report: Report, out: Path, slo: Slo | None = None) -> list[Path
         "near_tie_threshold": report.threshold,
         "warnings": list(report.warnings),
     })
-    (out / "report.html").write_text(render_html(report, plots), encoding="utf-8")
+    (out / "report.html").write_text(render_html(report, plots, slo), encoding="utf-8")
     return [out / "report.md", out / "report.json", out / "report.html", *plots]

@@ -23,10 +23,11 @@ from typing import Any
 import orjson
 from attrs import frozen
 
-from specdec import run_folder
+from specdec import concurrency, run_folder
 from specdec.formatting import MISSING, number
 from specdec.intervals import CONFIDENCE, METHOD, RESAMPLES, SEED
 from specdec.lossless import LosslessResult, TurnComparison, common_prefix
+from specdec.metrics import Slo
 from specdec.provenance import now
 from specdec.report import OVERALL, Comparison, Report
 from specdec.report_text import interval_kinds, margin_source_text, with_interval
@@ -202,7 +203,15 @@ def _plots(plots: Sequence[Path]) -> list[dict[str, str]]:
             for p in plots if p.suffix == ".png"]
 
 
-def render_html(report: Report, plots: Sequence[Path]) -> str:
+def _sweep(report: Report, slo: Slo | None) -> list[dict[str, Any]]:
+    """A concurrency sweep's tables: each setting's rows and its crossover."""
+    return [{"family": line.family, "columns": concurrency.columns(slo),
+             "rows": [concurrency.point_cells(point, slo) for point in line.points],
+             "crossover": concurrency.crossover_text(line.crossover)}
+            for line in concurrency.concurrency_lines(report, slo)]
+
+
+def render_html(report: Report, plots: Sequence[Path], slo: Slo | None = None) -> str:
     """The text of ``report.html``: the report and its plots in one page."""
     import jinja2  # noqa: PLC0415 - only when a report is written
 
@@ -232,4 +241,5 @@ def render_html(report: Report, plots: Sequence[Path]) -> str:
         runs=_runs(report),
         provenance_keys=PROVENANCE_KEYS,
         plots=_plots(plots),
+        sweep=_sweep(report, slo),
     )
