@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING
 from attrs import frozen
 
 from specdec.errors import UsageError
+from specdec.formatting import MISSING, number, percent
 from specdec.intervals import CROSSED, Crossover, Interval, crossover
 from specdec.metrics import Goodput, Slo, goodput
 from specdec.report import OVERALL
+from specdec.report_text import with_interval
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -119,25 +121,16 @@ def crossover_text(found: Crossover | None) -> str:
             "lie above 1 even at the lowest point)")
 
 
-def _cell(value: float | None, interval: Interval | None) -> str:
-    if value is None:
-        return "-"
-    if interval is None:
-        return f"{value:.2f}x"
-    return f"{value:.2f}x [{interval.low:.2f}, {interval.high:.2f}]"
-
-
 def _goodput_cell(value: Goodput | None) -> str:
     if value is None:
-        return "-"
-    return f"{value.rate_per_s:.2f}/s ({value.share:.0%})"
+        return MISSING
+    return f"{number(value.rate_per_s)}/s ({percent(value.share)})"
 
 
 def point_cells(point: SweepPoint, slo: Slo | None) -> list[str]:
     """A point's row: concurrency, speedup [interval], acceptance, and goodputs with an SLO."""
-    length = point.mean_acceptance_length
-    cells = [str(point.concurrency), _cell(point.speedup, point.speedup_interval),
-             "-" if length is None else f"{length:.2f}"]
+    cells = [str(point.concurrency), with_interval(point.speedup, point.speedup_interval),
+             number(point.mean_acceptance_length)]
     if slo is not None:
         cells += [_goodput_cell(point.goodput), _goodput_cell(point.baseline_goodput)]
     return cells

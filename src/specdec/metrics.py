@@ -535,7 +535,8 @@ class Slo:
     at least one must be set.  Each set limit must be a finite number above 0
     (vLLM also takes 0, which only a measurement of exactly 0 meets).
     :func:`specdec.serialization.structure` reads one from a mapping such as
-    ``{"ttft_ms": 200, "tpot_ms": 50}``; no study or config section holds one yet.
+    ``{"ttft_ms": 200, "tpot_ms": 50}`` (a study file's ``slo:``); ``specdec report
+    --slo`` takes vLLM's spelling (:func:`specdec.concurrency.parse_slo`).
     """
 
     ttft_ms: float | None = field(default=None, validator=above_zero)

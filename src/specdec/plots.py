@@ -9,14 +9,17 @@ from typing import TYPE_CHECKING, Any
 from attrs import frozen
 
 if TYPE_CHECKING:
+    from specdec.concurrency import SweepLine
     from specdec.metrics import Slo
     from specdec.report import Report
 
 
-def draw_all(report: Report, out: Path, slo: Slo | None = None) -> list[Path]:
+def draw_all(report: Report, out: Path, sweep: Sequence[SweepLine] = (),
+             slo: Slo | None = None) -> list[Path]:
     """Draw every plot the report's data supports; return the files written.
 
-    ``slo``: the goodput limits of a concurrency sweep's plot (none: speedup only).
+    ``sweep``: the concurrency sweep's lines (:func:`specdec.concurrency.concurrency_lines`),
+    with goodput under ``slo`` (none: speedup only).
     """
     import matplotlib as mpl  # noqa: PLC0415 - heavy, only when drawing
 
@@ -27,7 +30,7 @@ def draw_all(report: Report, out: Path, slo: Slo | None = None) -> list[Path]:
         _acceptance_histogram(report, out / "acceptance_length_histogram.png"),
         _throughput_vs_batch(report, out / "throughput_vs_batch_size.png"),
         _by_temperature(report, out / "acceptance_and_speedup_vs_temperature.png"),
-        _by_concurrency(report, out / "speedup_and_goodput_vs_concurrency.png", slo),
+        _by_concurrency(sweep, out / "speedup_and_goodput_vs_concurrency.png", slo),
     ]
     return [p for p in drawn if p is not None]
 
@@ -199,7 +202,7 @@ def _by_temperature(report: Report, path: Path) -> Path | None:
 
 
 
-def _by_concurrency(report: Report, path: Path, slo: Slo | None) -> Path | None:
+def _by_concurrency(lines: Sequence[SweepLine], path: Path, slo: Slo | None) -> Path | None:
     """Speedup (95% intervals) and, with an SLO, goodput against a swept concurrency.
 
     A line per speculative setting (:func:`specdec.concurrency.concurrency_lines`);
@@ -208,9 +211,6 @@ def _by_concurrency(report: Report, path: Path, slo: Slo | None) -> Path | None:
     """
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    from specdec.concurrency import concurrency_lines  # noqa: PLC0415
-
-    lines = concurrency_lines(report, slo)
     if not lines:
         return None
     fig, axes = plt.subplots(1, 2 if slo else 1, figsize=(11.0 if slo else 6.4, 4.2),

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from specdec import concurrency
+from specdec.concurrency import SweepLine
 from specdec.errors import SpecdecError
 from specdec.formatting import MISSING, median_spread, number
 from specdec.intervals import CONFIDENCE, METHOD, RESAMPLES, SEED
@@ -107,8 +108,13 @@ def _lossless_section(report: Report) -> list[str]:
     return [*lines, ""]
 
 
-def render_markdown(report: Report, plots: Sequence[Path], slo: Slo | None = None) -> str:
-    """The text of ``report.md``; goodput under ``slo`` where concurrency was swept."""
+def render_markdown(report: Report, plots: Sequence[Path],
+                    sweep: Sequence[SweepLine] = (), slo: Slo | None = None) -> str:
+    """The text of ``report.md``.
+
+    ``sweep``: the concurrency sweep's lines, with goodput under ``slo``
+    (:func:`specdec.concurrency.concurrency_lines`).
+    """
     index = {(c.setting, c.category): c for c in report.comparisons}
     lines = ["# specdec report", "",
              ("Speedup is shown two ways: **Spec-Bench** (ratio of mean per-request tokens/s) "
@@ -120,7 +126,7 @@ def render_markdown(report: Report, plots: Sequence[Path], slo: Slo | None = Non
     lines += _speedup_section(report, index)
     lines += _settings_section(report, index)
     lines += _lossless_section(report)
-    lines += concurrency.markdown(concurrency.concurrency_lines(report, slo), slo)
+    lines += concurrency.markdown(sweep, slo)
     if report.failed:
         lines += ["## Failed runs", "", *(f"- {f}" for f in report.failed), ""]
     if plots:
@@ -144,9 +150,9 @@ def write_report(report: Report, out: Path, slo: Slo | None = None) -> list[Path
         msg = f"{out} is a file, not a folder: choose another report folder (--output DIR)"
         raise SpecdecError(msg)
     out.mkdir(parents=True, exist_ok=True)
-    plots = draw_all(report, out, slo)
-    (out / "report.md").write_text(render_markdown(report, plots, slo), encoding="utf-8")
     sweep = concurrency.concurrency_lines(report, slo)
+    plots = draw_all(report, out, sweep, slo)
+    (out / "report.md").write_text(render_markdown(report, plots, sweep, slo), encoding="utf-8")
     write_json(out / "report.json", {
         **({"concurrency_sweep": unstructure(sweep)} if sweep else {}),
         "comparisons": unstructure(report.comparisons),
@@ -158,5 +164,5 @@ def write_report(report: Report, out: Path, slo: Slo | None = None) -> list[Path
         "near_tie_threshold": report.threshold,
         "warnings": list(report.warnings),
     })
-    (out / "report.html").write_text(render_html(report, plots, slo), encoding="utf-8")
+    (out / "report.html").write_text(render_html(report, plots, sweep, slo), encoding="utf-8")
     return [out / "report.md", out / "report.json", out / "report.html", *plots]

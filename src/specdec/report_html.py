@@ -24,6 +24,7 @@ import orjson
 from attrs import frozen
 
 from specdec import concurrency, run_folder
+from specdec.concurrency import SweepLine
 from specdec.formatting import MISSING, number
 from specdec.intervals import CONFIDENCE, METHOD, RESAMPLES, SEED
 from specdec.lossless import LosslessResult, TurnComparison, common_prefix
@@ -203,16 +204,20 @@ def _plots(plots: Sequence[Path]) -> list[dict[str, str]]:
             for p in plots if p.suffix == ".png"]
 
 
-def _sweep(report: Report, slo: Slo | None) -> list[dict[str, Any]]:
+def _sweep(lines: Sequence[SweepLine], slo: Slo | None) -> list[dict[str, Any]]:
     """A concurrency sweep's tables: each setting's rows and its crossover."""
     return [{"family": line.family, "columns": concurrency.columns(slo),
              "rows": [concurrency.point_cells(point, slo) for point in line.points],
              "crossover": concurrency.crossover_text(line.crossover)}
-            for line in concurrency.concurrency_lines(report, slo)]
+            for line in lines]
 
 
-def render_html(report: Report, plots: Sequence[Path], slo: Slo | None = None) -> str:
-    """The text of ``report.html``: the report and its plots in one page."""
+def render_html(report: Report, plots: Sequence[Path], sweep: Sequence[SweepLine] = (),
+                slo: Slo | None = None) -> str:
+    """The text of ``report.html``: the report and its plots in one page.
+
+    ``sweep``: the concurrency sweep's lines (:func:`specdec.concurrency.concurrency_lines`).
+    """
     import jinja2  # noqa: PLC0415 - only when a report is written
 
     index = {(c.setting, c.category): c for c in report.comparisons}
@@ -241,5 +246,5 @@ def render_html(report: Report, plots: Sequence[Path], slo: Slo | None = None) -
         runs=_runs(report),
         provenance_keys=PROVENANCE_KEYS,
         plots=_plots(plots),
-        sweep=_sweep(report, slo),
+        sweep=_sweep(sweep, slo),
     )
