@@ -30,6 +30,8 @@ from specdec.engines.vllm_offline import VllmOfflineEngine
 from specdec.interfaces import ScoreRequest, ScoreResult
 from specdec.records import Conversation, RequestRecord
 from specdec.registry import strategies
+from specdec.serialization import write_json
+from specdec.study import BatchIndex, ItemStatus
 
 from .conftest import BIN, KV_CACHE, KV_CACHE_BYTES, run_cli
 
@@ -322,9 +324,6 @@ def test_server_token_ids_without_logprobs(servers: dict[str, str],
 def sweep(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Baseline and ngram on the two servers at concurrency 1, 2, 4 and 8, labelled as a study
     sweeping ``concurrency`` labels its items, then reported with an SLO."""
-    from specdec.serialization import write_json
-    from specdec.study import BatchIndex, ItemStatus
-
     base = tmp_path_factory.mktemp("sweep")
     items = []
     for strategy in ("none", "ngram"):
