@@ -22,8 +22,8 @@ if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
 fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    echo "specdec setup: installing specdec[$extra,dev] (a few minutes the first time)" >&2
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -e ".[$extra,dev]"
+    echo "specdec setup: installing specdec[$extra,dev,distributed] (a few minutes the first time)" >&2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -e ".[$extra,dev,distributed]"
     # `specdec train` lives in its own package. Its dependencies (torch, transformers,
     # safetensors) came with the extra above; --no-deps keeps pip from touching the +cpu torch.
     "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -e "$train"
