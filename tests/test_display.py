@@ -372,7 +372,7 @@ def test_batch_progress_follows_run_batch(tmp_path: Path,
     base = tmp_path / "batch"
     run_experiment(load_config(None, ["benchmark.limit=2", "sinks=[log]"]), base / "done",
                    engine_factory=StandInEngine)
-    monkeypatch.setattr("specdec.study.subprocess",
+    monkeypatch.setattr("specdec.executors.process.subprocess",
                         types.SimpleNamespace(Popen=_WritesTwoRequests, STDOUT=subprocess.STDOUT))
     monkeypatch.setattr(display, "stderr", Console(file=StringIO(), force_terminal=False))
     items = [BatchItem(name, name, {"strategy": {"name": "none"}, "benchmark": {"limit": 2}})

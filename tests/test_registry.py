@@ -217,6 +217,7 @@ def test_builtins_load_through_entry_points() -> None:
         # The run folder's files are always written, not sinks (issue 11).
         "sink": {"log"},
         "engine": {"offline", "server"},
+        "executor": {"local", "ray"},
     }
     for reg in registry.all_registries():
         infos = [i for i in reg.infos() if i.builtin]

@@ -131,7 +131,7 @@ def _in_process(monkeypatch: pytest.MonkeyPatch) -> None:
     Scorer.asked = []
     Scorer.configs = []
     Scorer.fail = None
-    monkeypatch.setattr("specdec.study.subprocess",
+    monkeypatch.setattr("specdec.executors.process.subprocess",
                         types.SimpleNamespace(Popen=_Process, STDOUT=subprocess.STDOUT))
 
 

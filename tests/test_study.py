@@ -502,7 +502,7 @@ class _FakeProcess:
 
 
 def _subprocess(popen: Any) -> Any:
-    # study.py's own view of the subprocess module (git, run by provenance, keeps the real one).
+    # The job processes' view of the subprocess module (git, run by provenance, keeps the real one).
     return types.SimpleNamespace(Popen=popen, STDOUT=subprocess.STDOUT)
 
 
@@ -513,7 +513,7 @@ def _one_finished_item(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple
     run_experiment(load_config(None, ["benchmark.limit=2", "sinks=[log]"]), base / "done",
                    engine_factory=StandInEngine)
     _FakeProcess.commands = []
-    monkeypatch.setattr("specdec.study.subprocess", _subprocess(_FakeProcess))
+    monkeypatch.setattr("specdec.executors.process.subprocess", _subprocess(_FakeProcess))
     return base, (base / "done" / "responses.jsonl").read_bytes()
 
 
@@ -569,7 +569,7 @@ def test_a_resumed_batch_keeps_what_it_recorded_of_finished_items(
         process.returncode = 1
         return process
 
-    monkeypatch.setattr("specdec.study.subprocess", _subprocess(finished_with_failures))
+    monkeypatch.setattr("specdec.executors.process.subprocess", _subprocess(finished_with_failures))
     items = [BatchItem("a", "a", {"strategy": {"name": "none"}, "benchmark": {"limit": 2}})]
     (first,) = run_batch(items, base, poll_s=0).items
     assert first.started_at is not None
@@ -599,7 +599,7 @@ def test_item_with_failed_requests_is_done_with_a_note(tmp_path: Path,
         process.returncode = 1
         return process
 
-    monkeypatch.setattr("specdec.study.subprocess", _subprocess(finished_with_failures))
+    monkeypatch.setattr("specdec.executors.process.subprocess", _subprocess(finished_with_failures))
     index = run_batch([BatchItem("a", "a", {"strategy": {"name": "none"}})], base, poll_s=0)
     (item,) = index.items
     assert item.status == "done"

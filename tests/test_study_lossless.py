@@ -86,7 +86,7 @@ class _InProcess:
 def in_process(monkeypatch: pytest.MonkeyPatch) -> type[_InProcess]:
     _InProcess.commands = []
     _InProcess.fail_checks = False
-    monkeypatch.setattr("specdec.study.subprocess",
+    monkeypatch.setattr("specdec.executors.process.subprocess",
                         types.SimpleNamespace(Popen=_InProcess, STDOUT=subprocess.STDOUT))
     return _InProcess
 

@@ -287,7 +287,7 @@ class Process:
 @pytest.fixture(autouse=True)
 def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[World]]:
     World.reset()
-    monkeypatch.setattr("specdec.study.subprocess",
+    monkeypatch.setattr("specdec.executors.process.subprocess",
                         types.SimpleNamespace(Popen=Process, STDOUT=subprocess.STDOUT))
     yield World
     World.reset()
@@ -421,7 +421,7 @@ def tuned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TuneResult]:
     """One full tune in the world (shared by the tests that read it)."""
     tmp_path = tmp_path_factory.mktemp("tune")
     monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.setattr("specdec.study.subprocess",
+    monkeypatch.setattr("specdec.executors.process.subprocess",
                         types.SimpleNamespace(Popen=Process, STDOUT=subprocess.STDOUT))
     World.reset()
     try:
@@ -512,7 +512,7 @@ def tuned_by_agreement(tmp_path_factory: pytest.TempPathFactory) -> TuneResult:
     """A tune where the draft model's engine cannot start here."""
     tmp_path = tmp_path_factory.mktemp("agreement")
     monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.setattr("specdec.study.subprocess",
+    monkeypatch.setattr("specdec.executors.process.subprocess",
                         types.SimpleNamespace(Popen=Process, STDOUT=subprocess.STDOUT))
     World.reset()
     WorldDraft.failing = True

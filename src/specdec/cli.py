@@ -35,6 +35,7 @@ from cyclopts import App, CycloptsError, Group, Parameter
 from cyclopts.validators import Number
 
 from specdec.errors import ConfigError, InvalidOptionError, SpecdecError, UsageError
+from specdec.interfaces import Executor, ExecutorOptions
 from specdec.logs import LogFormat
 from specdec.records import CONTROL_STEP, ExperimentConfig, Mode, SampledCheckSettings
 
@@ -77,6 +78,7 @@ BENCHMARK = Group("Benchmark", sort_key=2)
 REQUESTS = Group("Requests", sort_key=3)
 SAMPLING = Group("Sampling check", sort_key=3)
 OUTPUT = Group("Output", sort_key=4)
+EXECUTION = Group("Execution", sort_key=6)
 
 
 def _split(value: str) -> list[str]:
@@ -153,6 +155,32 @@ class BenchmarkFlags:
         if self.per_category is not None:
             flags["per_category"] = self.per_category
         return flags
+
+
+@Parameter(name="*", group=EXECUTION)
+@frozen(kw_only=True)
+class ExecutorFlags:
+    """Where a batch's runs go: the flags ``batch`` and ``study`` share (docs/scaling.md)."""
+
+    executor: Annotated[str, Parameter(metavar="NAME")] = "local"
+    """local: one run after another here; ray: each run a task on a Ray cluster"""
+
+    address: Annotated[str | None, Parameter(metavar="ADDR")] = None
+    """the Ray cluster (default: RAY_ADDRESS, else Ray started on this machine)"""
+
+    cpus_per_job: Annotated[float | None, Parameter(validator=Number(gt=0))] = None
+    """CPUs each run asks Ray for (default 1 with GPUs; without, a whole node's)"""
+
+    def open(self) -> Executor:
+        """The executor, connected (close it after the batch)."""
+        from specdec import registry  # noqa: PLC0415
+
+        executor: Executor = registry.executors.create(self.executor)
+        executor.connect(ExecutorOptions(self.address, self.cpus_per_job))
+        return executor
+
+
+_LOCAL = ExecutorFlags()
 
 
 @Parameter(name="*", group=REQUESTS)
@@ -488,16 +516,21 @@ def plugins() -> int:
 
 def _execute_batch(items: Sequence[BatchItem], output_base: Path, name: str,
                    threshold: float, seed: int = 0, *,
-                   checks: Sequence[PlannedCheck] = (), slo: Slo | None = None) -> int:
+                   checks: Sequence[PlannedCheck] = (), slo: Slo | None = None,
+                   execution: ExecutorFlags = _LOCAL) -> int:
     from specdec.display import BatchProgress, print_report  # noqa: PLC0415
     from specdec.report import build_report  # noqa: PLC0415
     from specdec.report_files import write_report  # noqa: PLC0415
     from specdec.study import run_batch  # noqa: PLC0415
 
-    with BatchProgress([item.name for item in items], output_base) as bar:
-        index = run_batch(items, output_base, name=name, near_tie_threshold=threshold,
-                          on_item=bar.item_ended, on_progress=bar.update, seed=seed,
-                          checks=checks)
+    executor = execution.open()
+    try:
+        with BatchProgress([item.name for item in items], output_base) as bar:
+            index = run_batch(items, output_base, name=name, near_tie_threshold=threshold,
+                              on_item=bar.item_ended, on_progress=bar.update, seed=seed,
+                              checks=checks, executor=executor)
+    finally:
+        executor.close()
     failed = [i for i in index.items if i.status != "done"]
     for item in failed:
         sys.stderr.write(f"specdec: {item.name} {item.status}: {item.error}\n")
@@ -517,7 +550,7 @@ def _execute_batch(items: Sequence[BatchItem], output_base: Path, name: str,
 def batch(*, configs: Annotated[list[Path], Parameter(consume_multiple=True, metavar="FILE")],
           output_base: Annotated[Path, Parameter(metavar="DIR")],
           benchmark: BenchmarkFlags = _NO_BENCHMARK, repeats: RepeatsFlag = 1,
-          near_tie: NearTieFlag = None) -> int:
+          near_tie: NearTieFlag = None, execution: ExecutorFlags = _LOCAL) -> int:
     """Run several experiment files on one benchmark, each in its own process.
 
     Run each --configs file as its own process on the same prompts, into
@@ -532,16 +565,19 @@ def batch(*, configs: Annotated[list[Path], Parameter(consume_multiple=True, met
         benchmark: the prompts of every configuration.
         repeats: runs of each configuration.
         near_tie: near-tie threshold of the lossless check, in nats (default 0.5).
+        execution: where the runs go.
     """
     from specdec.study import NEAR_TIE_THRESHOLD, items_from_configs  # noqa: PLC0415
 
     items = items_from_configs(configs, benchmark.settings(), repeats)
     threshold = near_tie if near_tie is not None else NEAR_TIE_THRESHOLD
-    return _execute_batch(items, output_base, output_base.name, threshold)
+    return _execute_batch(items, output_base, output_base.name, threshold,
+                          execution=execution)
 
 
 def study(study: Path, /, *, output_base: Annotated[Path | None, Parameter(metavar="DIR")] = None,
-          repeats: RepeatsFlag | None = None, dry_run: bool = False) -> int:
+          repeats: RepeatsFlag | None = None, dry_run: bool = False,
+          execution: ExecutorFlags = _LOCAL) -> int:
     """Expand a study file (models x strategies x sweeps) and run it as a batch.
 
     Run a study file: every model x strategy x swept setting x repeat as a
@@ -552,6 +588,7 @@ def study(study: Path, /, *, output_base: Annotated[Path | None, Parameter(metav
         output_base: batch folder (default: results/<study name>).
         repeats: override the study's repeats (default: the study's, else 3).
         dry_run: list the runs (and the sampled lossless checks) and stop.
+        execution: where the runs go.
     """
     import attrs  # noqa: PLC0415
 
@@ -572,7 +609,7 @@ def study(study: Path, /, *, output_base: Annotated[Path | None, Parameter(metav
         return 0
     return _execute_batch(items, output_base or Path("results") / loaded.name, loaded.name,
                           loaded.near_tie_threshold, loaded.seed, checks=checks,
-                          slo=loaded.slo)
+                          slo=loaded.slo, execution=execution)
 
 
 TUNE = Group("Tune", sort_key=5)

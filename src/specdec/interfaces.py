@@ -1,15 +1,16 @@
-"""The plugin interfaces: SpeculationStrategy, Benchmark, MetricsSink and EngineBackend.
+"""The plugin interfaces: strategies, benchmarks, sinks, engine backends and executors.
 
 A plugin is a class named by an entry point in one of the groups
-``specdec.strategies``, ``specdec.benchmarks``, ``specdec.sinks`` or
-``specdec.engines``.  The registry instantiates it with no arguments and checks
-the instance against the Protocol of its kind (see ``docs/plugins.md``).
+``specdec.strategies``, ``specdec.benchmarks``, ``specdec.sinks``,
+``specdec.engines`` or ``specdec.executors``.  The registry instantiates it
+with no arguments and checks the instance against the Protocol of its kind (see
+``docs/plugins.md``).
 Built-ins are plugins too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -364,3 +365,87 @@ class EngineBackend(Protocol):
     def create(self, config: ExperimentConfig, model_path: Path | str,
                speculative_config: Mapping[str, Any] | None) -> Engine:
         """The engine for one run; :meth:`Engine.start` does the slow part."""
+
+
+@frozen
+class Job:
+    """One command a batch hands an executor: a study item, the scoring pass or a check.
+
+    ``args`` follow the interpreter (``-m specdec run ...``): each executor runs
+    them with the Python of the machine the job lands on.  Their output goes to
+    ``log`` (appended, after a header line).  ``gpus`` is what the job's engine
+    uses (tensor x pipeline parallel size; 0 for a server it does not launch),
+    for executors that place jobs by resources.
+    """
+
+    name: str
+    args: tuple[str, ...]
+    log: Path
+    gpus: int = 0
+
+
+@frozen
+class JobStarted:
+    """The job's process began (its log got its header)."""
+
+    job: Job
+
+
+@frozen
+class JobFinished:
+    """The job ended: its process's exit ``code``, or None and why it never gave one."""
+
+    job: Job
+    code: int | None
+    error: str | None = None
+
+
+@frozen
+class JobsRunning:
+    """A poll while ``jobs`` run (for progress bars)."""
+
+    jobs: tuple[Job, ...]
+
+
+ExecutorEvent = JobStarted | JobFinished | JobsRunning
+
+
+@frozen
+class ExecutorOptions:
+    """How to reach an executor's machines (``--address``) and size its jobs.
+
+    ``cpus_per_job`` is what a job asks a cluster for: on a machine without
+    GPUs, by default every CPU of the smallest node (one engine per node at a
+    time, so no two timed runs share cores); with GPUs, by default 1.
+    """
+
+    address: str | None = None
+    cpus_per_job: float | None = None
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Where a batch's jobs run: subprocesses here (``local``), or tasks on a cluster (``ray``).
+
+    ``connect`` reaches the machines; ``check_storage`` proves that every one of
+    them can write into the batch folder (and that this process sees what they
+    write); ``run`` starts the jobs (in the order given, as resources allow)
+    and yields an event as each starts, while they run, and as each ends --
+    closing the iterator stops every job still running.  ``close`` lets the
+    machines go.
+    """
+
+    name: str
+    plugin_api_version: int
+
+    def connect(self, options: ExecutorOptions) -> None:
+        """Reach the machines; raise :class:`specdec.errors.UsageError` if it cannot."""
+
+    def check_storage(self, output_base: Path) -> None:
+        """Raise :class:`specdec.errors.SpecdecError` if a machine cannot write ``output_base``."""
+
+    def run(self, jobs: Sequence[Job], poll_s: float) -> Generator[ExecutorEvent, None, None]:
+        """Run ``jobs``; yield their events until the last has finished."""
+
+    def close(self) -> None:
+        """Let go of the machines (the executor may not be used after)."""

@@ -18,7 +18,13 @@ from attrs import frozen
 from typing_extensions import get_protocol_members
 
 from specdec.errors import ConfigError, PluginError, UnknownPluginError
-from specdec.interfaces import Benchmark, EngineBackend, MetricsSink, SpeculationStrategy
+from specdec.interfaces import (
+    Benchmark,
+    EngineBackend,
+    Executor,
+    MetricsSink,
+    SpeculationStrategy,
+)
 from specdec.serialization import problems, structure
 
 PLUGIN_API_VERSION = 1
@@ -45,7 +51,8 @@ STRATEGY = PluginKind("strategy", "specdec.strategies", SpeculationStrategy)
 BENCHMARK = PluginKind("benchmark format", "specdec.benchmarks", Benchmark)
 SINK = PluginKind("sink", "specdec.sinks", MetricsSink)
 ENGINE = PluginKind("engine", "specdec.engines", EngineBackend)
-KINDS = (STRATEGY, BENCHMARK, SINK, ENGINE)
+EXECUTOR = PluginKind("executor", "specdec.executors", Executor)
+KINDS = (STRATEGY, BENCHMARK, SINK, ENGINE, EXECUTOR)
 
 
 @frozen
@@ -265,11 +272,12 @@ strategies = Registry(STRATEGY)
 benchmarks = Registry(BENCHMARK)
 sinks = Registry(SINK)
 engines = Registry(ENGINE)
+executors = Registry(EXECUTOR)
 
 
 def all_registries() -> tuple[Registry, ...]:
     """The registry of every plugin kind."""
-    return (strategies, benchmarks, sinks, engines)
+    return (strategies, benchmarks, sinks, engines, executors)
 
 
 def unmatched_filter(registries: Iterable[Registry]) -> list[tuple[str, list[str]]]:

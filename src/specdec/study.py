@@ -22,10 +22,7 @@ from __future__ import annotations
 import itertools
 import random
 import re
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +37,15 @@ from specdec.benchmark_store import resolve_benchmark
 from specdec.benchmarks.loader import load_benchmark
 from specdec.config import apply_overrides, config_from_mapping, read_mapping
 from specdec.errors import ConfigError, SpecdecError
+from specdec.executors import engine_gpus
+from specdec.interfaces import (
+    Executor,
+    ExecutorEvent,
+    Job,
+    JobFinished,
+    JobsRunning,
+    JobStarted,
+)
 from specdec.metrics import Slo
 from specdec.models import check_model
 from specdec.provenance import collect, now
@@ -470,23 +476,28 @@ def run_batch(
     poll_s: float = 0.5,
     seed: int = 0,
     checks: Sequence[PlannedCheck] = (),
+    executor: Executor | None = None,
 ) -> BatchIndex:
     """Run every item in its own process; resume what a previous call left; score; check.
 
     Items run in :func:`run_order` (with ``seed``), or in the order
-    ``batch.json`` recorded when the batch is resumed.  Returns the index (also
-    written to ``batch.json`` after every item).  A failed item is recorded with
-    its error and the batch goes on.  Last, the scoring pass
-    (:func:`run_scoring`) reads the baselines' margins where other settings
-    diverged; if it fails, the batch still finishes and its divergences stay
-    unclassified, with the reason.  Then each of ``checks``, the study's sampled
-    checks, runs in its own process (:func:`run_checks`) unless already finished.
+    ``batch.json`` recorded when the batch is resumed, by ``executor`` (default:
+    the ``local`` one, one process after another here; a cluster's may run
+    several at once).  Returns the index (also written to ``batch.json`` as
+    every item starts and ends).  A failed item is recorded with its error and
+    the batch goes on.  Last, the scoring pass (:func:`run_scoring`) reads the
+    baselines' margins where other settings diverged; if it fails, the batch
+    still finishes and its divergences stay unclassified, with the reason.  Then
+    each of ``checks``, the study's sampled checks, runs in its own process
+    (:func:`run_checks`) unless already finished.
     """
     if output_base.exists() and not output_base.is_dir():
         msg = f"{output_base} is a file, not a folder: choose another batch folder"
         raise SpecdecError(msg)
+    executor = executor if executor is not None else registry.executors.create("local")
     output_base.mkdir(parents=True, exist_ok=True)
     (output_base / "configs").mkdir(exist_ok=True)
+    executor.check_storage(output_base)
     provenance = collect()
     statuses = _initial_statuses(output_base, items)
     recorded = _recorded_order(output_base, items)
@@ -501,63 +512,133 @@ def run_batch(
         write_json(output_base / INDEX_FILE, index)
         return index
 
+    jobs, totals = _item_jobs(output_base, [by_name[n] for n in order], statuses)
     save()
-    for item in (by_name[n] for n in order):
+
+    _follow_items(executor.run(jobs, poll_s), statuses, save, on_item,
+                  _progress(on_progress, totals))
+    index = save()
+    run_scoring(output_base, index, executor, poll_s,
+                gpus=max((_experiment_gpus(i.experiment) for i in items), default=0))
+    if checks:
+        run_checks(output_base, checks, check_statuses, save, poll_s, executor=executor)
+        index = save()
+    return index
+
+
+def _progress(on_progress: Progress | None, totals: Mapping[str, int]) -> Callable[[Job], None]:
+    """Report a running item's records so far (of ``totals``) to ``on_progress``, if any."""
+    def progress(job: Job) -> None:
+        if on_progress is not None:
+            on_progress(job.name, run_folder.count_records(job.log.parent), totals[job.name])
+    return progress
+
+
+def _follow_items(events: Generator[ExecutorEvent, None, None], statuses: dict[str, ItemStatus],
+                  save: Callable[[], BatchIndex], on_item: Callable[[ItemStatus], None] | None,
+                  progress: Callable[[Job], None]) -> None:
+    """Record each item's job as its executor reports it starting and ending.
+
+    Closes ``events`` at the end, or when interrupted: the executor stops
+    whatever still runs.
+    """
+    try:
+        for event in events:
+            if isinstance(event, JobsRunning):
+                for job in event.jobs:
+                    progress(job)
+                continue
+            status = statuses[event.job.name]
+            if isinstance(event, JobStarted):
+                statuses[event.job.name] = attrs.evolve(status, status="running",
+                                                        started_at=now(), error=None)
+                save()
+                log.info("batch item started", item=event.job.name)
+                continue
+            progress(event.job)
+            statuses[event.job.name] = status = _ended(status, event)
+            save()
+            if on_item is not None:
+                on_item(status)
+    finally:
+        events.close()
+
+
+def _item_jobs(output_base: Path, items: Sequence[BatchItem],
+               statuses: dict[str, ItemStatus]) -> tuple[list[Job], dict[str, int]]:
+    """The jobs of the items not finished (in ``items``' order) and each one's prompt count.
+
+    Each gets its experiment file under ``configs/``; a finished item is marked done.
+    """
+    jobs: list[Job] = []
+    totals: dict[str, int] = {}
+    for item in items:
         folder = output_base / item.name
-        status = statuses[item.name]
         if run_folder.is_finished(folder):
-            statuses[item.name] = attrs.evolve(status, status="done")
+            statuses[item.name] = attrs.evolve(statuses[item.name], status="done")
             continue
         config_file = output_base / "configs" / f"{item.name}.yaml"
         config_file.write_text(yaml.safe_dump(dict(item.experiment), sort_keys=False),
                                encoding="utf-8")
         bench = item.experiment.get("benchmark") or {}
-        total = len(load_benchmark(
+        totals[item.name] = len(load_benchmark(
             resolve_benchmark(bench.get("path")),
             bench.get("format"), limit=bench.get("limit"), categories=bench.get("categories"),
             per_category=bench.get("per_category"),
         ))
-        status = attrs.evolve(status, status="running", started_at=now(), error=None)
-        statuses[item.name] = status
-        save()
-        folder.mkdir(parents=True, exist_ok=True)
-        log.info("batch item started", item=item.name)
-        code = _run_item(config_file, folder, total, on_progress, poll_s)
-        if code == 0:
-            status = attrs.evolve(status, status="done", finished_at=now())
-        elif run_folder.is_finished(folder):
-            # A run with failed requests still finishes (and exits 1): done, with a note.
-            status = attrs.evolve(status, status="done", finished_at=now(),
-                                  error=_failed_requests(folder))
-            log.warning("batch item finished with failed requests", item=item.name,
-                        error=status.error)
-        else:
-            error = _item_error(folder, code)
-            status = attrs.evolve(status, status="failed", finished_at=now(), error=error)
-            log.error("batch item failed", item=item.name, error=error)
-        statuses[item.name] = status
-        save()
-        if on_item is not None:
-            on_item(status)
-    index = save()
-    run_scoring(output_base, index)
-    if checks:
-        run_checks(output_base, checks, check_statuses, save, poll_s)
-        index = save()
-    return index
+        jobs.append(Job(item.name, item_args(config_file, folder), folder / RUN_LOG,
+                        _experiment_gpus(item.experiment)))
+    return jobs, totals
+
+
+def item_args(config_file: Path, folder: Path) -> tuple[str, ...]:
+    """The command (after the interpreter) that runs one item: ``specdec run --resume``."""
+    return ("-m", "specdec", "run", "--config", str(config_file.resolve()),
+            "--output-dir", str(folder.resolve()), "--resume", "--log-format", "json")
+
+
+def _experiment_gpus(experiment: Mapping[str, Any]) -> int:
+    """The GPUs an item's engine occupies (0 if its config cannot tell: its run says why)."""
+    try:
+        config = config_from_mapping(experiment, "batch item")
+    except SpecdecError:
+        return 0
+    return engine_gpus(config.engine)
+
+
+def _ended(status: ItemStatus, event: JobFinished) -> ItemStatus:
+    """An item's status once its job has ended, from its exit code and its folder."""
+    folder = event.job.log.parent
+    if event.code == 0:
+        return attrs.evolve(status, status="done", finished_at=now())
+    if run_folder.is_finished(folder):
+        # A run with failed requests still finishes (and exits 1): done, with a note.
+        ended = attrs.evolve(status, status="done", finished_at=now(),
+                             error=_failed_requests(folder))
+        log.warning("batch item finished with failed requests", item=status.name,
+                    error=ended.error)
+        return ended
+    error = (_item_error(folder, event.code) if event.code is not None
+             else f"{event.error}; see {event.job.log}")
+    log.error("batch item failed", item=status.name, error=error)
+    return attrs.evolve(status, status="failed", finished_at=now(), error=error)
 
 
 def run_checks(output_base: Path, checks: Sequence[PlannedCheck],
                statuses: dict[str, CheckStatus], save: Callable[[], BatchIndex],
-               poll_s: float = 0.5) -> None:
+               poll_s: float = 0.5, *, executor: Executor | None = None) -> None:
     """Run each sampled check (``specdec lossless``) in its own process, unless finished.
 
     A check is finished when its folder holds a ``lossless.json`` of its
-    settings; else it runs (again) whole.  A check that ends without one, or
-    with an exit code the command gives no outcome, is recorded as failed with
-    its error, like an item, and the next check runs.  ``statuses`` (by
-    setting) are updated, and ``save`` called, as each check starts and ends.
+    settings; else it runs (again) whole, by ``executor`` (default: the local
+    one).  A check that ends without one, or with an exit code the command
+    gives no outcome, is recorded as failed with its error, like an item, and
+    the next check runs.  ``statuses`` (by setting) are updated, and ``save``
+    called, as each check starts and ends.
     """
+    executor = executor if executor is not None else registry.executors.create("local")
+    jobs: list[Job] = []
+    by_job: dict[str, PlannedCheck] = {}
     for check in checks:
         folder = study_lossless.check_folder(output_base, check.setting)
         status = statuses[check.setting]
@@ -569,39 +650,42 @@ def run_checks(output_base: Path, checks: Sequence[PlannedCheck],
         folder.mkdir(parents=True, exist_ok=True)
         (folder / study_lossless.EXPERIMENT_FILE).write_text(
             yaml.safe_dump(dict(check.experiment), sort_keys=False), encoding="utf-8")
-        status = attrs.evolve(status, status="running", started_at=now(), finished_at=None,
-                              outcome=None, error=None)
-        statuses[check.setting] = status
-        save()
-        log.info("lossless check started", setting=check.setting, baseline=check.baseline)
-        code = _run_logged(study_lossless.command(check, folder), folder / RUN_LOG, poll_s)
-        result = study_lossless.finished(folder, check.settings)
-        if code in study_lossless.CHECK_EXITS and result is not None:
-            status = attrs.evolve(status, status="done", outcome=result.outcome,
-                                  finished_at=now())
-            log.info("lossless check finished", setting=check.setting, outcome=result.outcome)
-        else:
-            status = attrs.evolve(status, status="failed", finished_at=now(),
-                                  error=_check_error(folder, code))
-            log.error("lossless check failed", setting=check.setting, error=status.error)
-        statuses[check.setting] = status
-        save()
-
-
-def _run_logged(command: list[str], log_path: Path, poll_s: float) -> int:
-    """Run ``command`` with its output appended to ``log_path``; its exit code."""
-    with log_path.open("ab") as output:
-        output.write(f"\n# {now()} {' '.join(command)}\n".encode())
-        output.flush()
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)  # noqa: S603
-        try:
-            while process.poll() is None:
-                time.sleep(poll_s)
-        except BaseException:
-            process.terminate()
-            process.wait(timeout=60)
-            raise
-    return process.returncode
+        command = study_lossless.command(check, folder)
+        job = Job(f"lossless check of {check.setting}", tuple(command[1:]), folder / RUN_LOG,
+                  _experiment_gpus(check.experiment))
+        jobs.append(job)
+        by_job[job.name] = check
+    events = executor.run(jobs, poll_s)
+    try:
+        for event in events:
+            if isinstance(event, JobsRunning):
+                continue
+            check = by_job[event.job.name]
+            status = statuses[check.setting]
+            if isinstance(event, JobStarted):
+                statuses[check.setting] = attrs.evolve(
+                    status, status="running", started_at=now(), finished_at=None,
+                    outcome=None, error=None)
+                save()
+                log.info("lossless check started", setting=check.setting,
+                         baseline=check.baseline)
+                continue
+            folder = event.job.log.parent
+            result = study_lossless.finished(folder, check.settings)
+            if event.code in study_lossless.CHECK_EXITS and result is not None:
+                status = attrs.evolve(status, status="done", outcome=result.outcome,
+                                      finished_at=now())
+                log.info("lossless check finished", setting=check.setting,
+                         outcome=result.outcome)
+            else:
+                error = (_check_error(folder, event.code) if event.code is not None
+                         else f"{event.error}; see {event.job.log}")
+                status = attrs.evolve(status, status="failed", finished_at=now(), error=error)
+                log.error("lossless check failed", setting=check.setting, error=status.error)
+            statuses[check.setting] = status
+            save()
+    finally:
+        events.close()
 
 
 def _check_error(folder: Path, code: int) -> str:
@@ -620,12 +704,15 @@ def _check_error(folder: Path, code: int) -> str:
             f"see {log_path}")
 
 
-def run_scoring(output_base: Path, index: BatchIndex) -> int | None:
+def run_scoring(output_base: Path, index: BatchIndex, executor: Executor | None = None,
+                poll_s: float = 0.2, gpus: int = 0) -> int | None:
     """Run the scoring pass of a batch in its own process, if it has anything to score.
 
-    Returns its exit code (None: nothing to score).  Where the process ended
-    without recording why a baseline's positions are unscored (killed, say),
-    that is recorded for it here.
+    By ``executor`` (default: the local one), as a job of ``gpus`` (the
+    baselines' engines'). Returns its exit code (None: nothing to score, or its
+    job gave none).  Where the process ended without recording why a
+    baseline's positions are unscored (killed, say), that is recorded for it
+    here.
     """
     try:
         jobs = scoring.plan(output_base, index.items)
@@ -634,32 +721,30 @@ def run_scoring(output_base: Path, index: BatchIndex) -> int | None:
         return None
     if not jobs:
         return None
+    executor = executor if executor is not None else registry.executors.create("local")
     log.info("scoring pass started", baselines=len(jobs),
              positions=sum(len(j.wanted) for j in jobs))
-    command = [sys.executable, "-m", "specdec", "score", str(output_base),
-               "--log-format", "json"]
     log_path = output_base / SCORE_LOG
-    with log_path.open("ab") as score_log:
-        score_log.write(f"\n# {now()} {' '.join(command)}\n".encode())
-        score_log.flush()
-        process = subprocess.Popen(command, stdout=score_log,  # noqa: S603
-                                   stderr=subprocess.STDOUT)
-        try:
-            while process.poll() is None:
-                time.sleep(0.2)
-        except BaseException:
-            process.terminate()
-            process.wait(timeout=60)
-            raise
-    code = process.returncode
+    job = Job("scoring pass", ("-m", "specdec", "score", str(output_base.resolve()),
+                               "--log-format", "json"), log_path, gpus)
+    ended = JobFinished(job, None, "its executor gave no exit code")
+    events = executor.run([job], poll_s)
+    try:
+        for event in events:
+            if isinstance(event, JobFinished):
+                ended = event
+    finally:
+        events.close()
+    code = ended.code
     if code != 0:
+        why = (f"the scoring pass exited with code {code}" if code is not None
+               else f"the scoring pass failed: {ended.error}")
         left = scoring.plan(output_base, index.items)
-        for job in left:
-            if job.scored is None or job.scored.error is None:
-                scoring.record_failure(
-                    job, f"the scoring pass exited with code {code}; see {log_path}")
+        for planned in left:
+            if planned.scored is None or planned.scored.error is None:
+                scoring.record_failure(planned, f"{why}; see {log_path}")
         log.error("the scoring pass failed; divergences without a margin stay unclassified",
-                  code=code, log=str(log_path))
+                  code=code, error=ended.error, log=str(log_path))
     return code
 
 
@@ -765,28 +850,6 @@ def _item_error(folder: Path, code: int) -> str:
         return f"{message} (exit code {code}; see {log_path})"
     return (f"the run exited with code {code} without recording an outcome (killed?); "
             f"see {log_path}")
-
-
-def _run_item(config_file: Path, folder: Path, total: int, on_progress: Progress | None,
-              poll_s: float) -> int:
-    command = [sys.executable, "-m", "specdec", "run", "--config", str(config_file),
-               "--output-dir", str(folder), "--resume", "--log-format", "json"]
-    with (folder / RUN_LOG).open("ab") as run_log:
-        run_log.write(f"\n# {now()} {' '.join(command)}\n".encode())
-        run_log.flush()
-        process = subprocess.Popen(command, stdout=run_log, stderr=subprocess.STDOUT)  # noqa: S603
-        try:
-            while process.poll() is None:
-                if on_progress is not None:
-                    on_progress(folder.name, run_folder.count_records(folder), total)
-                time.sleep(poll_s)
-        except BaseException:
-            process.terminate()
-            process.wait(timeout=60)
-            raise
-    if on_progress is not None:
-        on_progress(folder.name, run_folder.count_records(folder), total)
-    return process.returncode
 
 
 def read_index(folder: Path) -> BatchIndex:
