@@ -20,6 +20,7 @@ Ray is imported when the executor connects, never before: the plugin loads
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -103,7 +104,7 @@ class RayExecutor:
     def __init__(self) -> None:
         """Not connected yet."""
         self._ray: Any = None
-        self._address = "a new local Ray instance"
+        self._address = "the Ray instance started on this machine"
         self._cpus_per_job: float | None = None
         self._job: Any = None
 
@@ -165,7 +166,8 @@ class RayExecutor:
                 problems.append(f"{where} wrote {path}, but this machine does not see it")
             if version != (here := _specdec_version()):
                 problems.append(f"{where} runs specdec {version}, this machine {here}")
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
         if problems:
             msg = ("; ".join(problems) + ". The batch folder must be storage that every node "
                    "of the cluster and this machine share (NFS, say), at the same path, with "
