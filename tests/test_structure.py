@@ -81,6 +81,21 @@ def test_vllm_is_imported_only_by_the_offline_engine(graph: grimp.ImportGraph) -
                 or "vllm" in (getattr(node, "module", None) or "")]
 
 
+def test_ray_is_imported_only_by_the_ray_executor_inside_its_functions(
+        graph: grimp.ImportGraph) -> None:
+    """Ray is an optional extra: one module imports it, when that executor connects, so that
+    ``specdec plugins`` and every other command work without it."""
+    importers = {m for m in graph.find_modules_that_directly_import("ray")
+                 if m.startswith(f"{PACKAGE}.")}
+    assert importers == {f"{PACKAGE}.executors.ray_cluster"}
+    module = SOURCE / "executors" / "ray_cluster.py"
+    top_level = [node for node in ast.parse(module.read_text(encoding="utf-8")).body
+                 if isinstance(node, ast.Import | ast.ImportFrom)]
+    assert not [node.lineno for node in top_level
+                if any(alias.name.split(".")[0] == "ray" for alias in node.names)
+                or (getattr(node, "module", None) or "").split(".")[0] == "ray"]
+
+
 def _registers_hooks(tree: ast.AST) -> list[int]:
     # A call of converter.register_*(...) on a module-level name: a customisation
     # that happens as a side effect of importing the module.
