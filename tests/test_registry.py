@@ -212,7 +212,8 @@ def test_strategy_options_are_structured_strictly() -> None:
 def test_builtins_load_through_entry_points() -> None:
     """Every built-in is declared as an entry point of specdec-study and loads."""
     expected = {
-        "strategy": {"none", "ngram", "draft_model", "eagle", "eagle3", "mtp", "suffix", "raw"},
+        "strategy": {"none", "ngram", "draft_model", "eagle", "eagle3", "mtp", "suffix", "raw",
+                     "ngram_gpu", "dflash", "dspark"},
         "benchmark format": {"prompts", "questions", "chat"},
         # The run folder's files are always written, not sinks (issue 11).
         "sink": {"log"},

@@ -243,8 +243,9 @@ def proposer_for(speculative_config: Mapping[str, Any], max_model_len: int) -> P
     replays, a plugin's too.
 
     Raises:
-        ReplayError: another method (a draft model, EAGLE or MTP head, suffix
-            decoding) needs the engine.
+        ReplayError: another method (a draft model, EAGLE, MTP, DFlash or DSpark
+            head, suffix decoding) needs the engine; ``ngram_gpu``'s matcher is
+            not ``ngram``'s.
     """
     method = speculative_config.get("method")
     if method in ("ngram", "[ngram]"):
@@ -252,6 +253,12 @@ def proposer_for(speculative_config: Mapping[str, Any], max_model_len: int) -> P
         return NgramProposer(low, high, max_model_len)
     if method == "custom_class":
         return CustomClassProposer(speculative_config, max_model_len)
+    if method == "ngram_gpu":
+        msg = ("replay cannot predict speculative method 'ngram_gpu': replay runs ngram's "
+               "proposer, and ngram_gpu's own matcher (vllm/v1/spec_decode/"
+               "ngram_proposer_gpu.py) has not been shown to draft the same tokens; replay "
+               "predicts the ngram and custom_class methods")
+        raise ReplayError(msg)
     msg = (f"replay cannot predict speculative method {method!r}: its drafts come from a model "
            "run by the engine (or, for suffix, a cache shared across requests); replay "
            "predicts the ngram and custom_class methods (EAGLE heads: specdec_train's "

@@ -9,6 +9,7 @@ does not list its methods), the check skips that part and logs that it did.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import orjson
 
 from specdec.errors import StrategyError
 from specdec.interfaces import TargetInfo
-from specdec.strategies.methods import missing_message
+from specdec.strategies.methods import device_note, missing_message
 
 
 def require_method(target: TargetInfo, method: str, since: str | None = None) -> None:
@@ -27,6 +28,28 @@ def require_method(target: TargetInfo, method: str, since: str | None = None) ->
                           since=since)
     if msg is not None:
         raise StrategyError(msg)
+
+
+def require_fields(target: TargetInfo, config: Mapping[str, Any]) -> None:
+    """Fail unless the engine's vLLM has every key of ``config`` as a speculative_config field.
+
+    Skipped when the engine cannot list its fields (a server).  The message names
+    the release that brings a field the tables know (:mod:`specdec.strategies.methods`).
+    """
+    fields = target.speculative_config_fields
+    if not fields:
+        return
+    for name in sorted(config):
+        msg = missing_message(name, "field", target.vllm_version, fields)
+        if msg is not None:
+            raise StrategyError(msg)
+
+
+def require_device(target: TargetInfo, config: Mapping[str, Any]) -> None:
+    """Fail if the engine's device cannot run ``config`` (see :func:`methods.device_note`)."""
+    refused = device_note(config, target.engine.device if target.engine else None)
+    if refused is not None:
+        raise StrategyError(refused)
 
 
 def read_config(folder: Path, what: str) -> dict[str, Any]:

@@ -151,6 +151,26 @@ def field_missing(name: str, capabilities: Capabilities) -> str | None:
                            capabilities.speculative_config_fields)
 
 
+_CPU_METHODS: Mapping[str, str] = MappingProxyType({
+    "ngram_gpu": (
+        "speculative method 'ngram_gpu' does not run on vLLM's CPU build: its model runner "
+        "allocates pinned host buffers for it (vllm/v1/worker/gpu_model_runner.py), which the "
+        "CPU refuses ('pin_memory=True requires a CUDA or other accelerator backend'), and the "
+        "engine dies while starting; on the CPU use the ngram strategy (the same prompt "
+        "lookup options, run by vLLM's CPU proposer) or run ngram_gpu on a GPU (pip install "
+        "'specdec[cuda]')"
+    ),
+    "dspark": (
+        "speculative method 'dspark' does not run on vLLM's CPU build: only vLLM's Model "
+        "Runner V2 implements it, V2 needs Triton, and the CPU build has no Triton CPU "
+        "backend, so vLLM takes Model Runner V1 and refuses the config ('Model Runner V1 "
+        "does not support: dspark speculative decoding', vllm/config/vllm.py); run it on a "
+        "GPU (pip install 'specdec[cuda]')"
+    ),
+})
+"""Methods the CPU build accepts in its config but cannot run, and why (see device_note)."""
+
+
 def device_note(options: Mapping[str, object], device: str | None) -> str | None:
     """Why the engine's device cannot run a ``speculative_config``; None if nothing is known.
 
@@ -158,11 +178,18 @@ def device_note(options: Mapping[str, object], device: str | None) -> str | None
     greedy and random rejection kernels of ``vllm/utils/cpu_triton_utils.py``
     assert ``not SYNTHETIC_MODE`` ("Synthetic acceptance not supported with CPU
     sampling"), which kills the engine at its first verify step (measured on this
-    project's machine, 2026-12-04).  Refused here, before the engine starts.
+    project's machine, 2026-12-04).  ``ngram_gpu`` kills the CPU engine while it
+    starts (measured there the same day: its model runner pins host memory);
+    ``dspark`` is refused by vLLM's config on the CPU build (read from vLLM
+    0.32.0's source: only Model Runner V2 has it, and V2 needs Triton, which the
+    CPU build lacks).  Refused here, before the engine starts.
     """
-    if device == "cpu" and options.get("rejection_sample_method") == "synthetic":
+    if device != "cpu":
+        return None
+    if options.get("rejection_sample_method") == "synthetic":
         return ("rejection_sample_method 'synthetic' does not run on vLLM's CPU build: its CPU "
                 "rejection kernels refuse it (vllm/utils/cpu_triton_utils.py, 'Synthetic "
                 "acceptance not supported with CPU sampling') and the engine dies at its first "
                 "verify step; run it on a GPU (pip install 'specdec[cuda]')")
-    return None
+    method = options.get("method")
+    return _CPU_METHODS.get(method) if isinstance(method, str) else None
