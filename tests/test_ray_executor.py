@@ -19,10 +19,13 @@ from pathlib import Path
 import pytest
 
 from specdec.errors import SpecdecError
-from specdec.executors.ray_cluster import RayExecutor
+from specdec.executors.ray_cluster import RayExecutor, storage_problems
 from specdec.interfaces import ExecutorOptions, Job, JobFinished, JobsRunning, JobStarted
+from specdec.provenance import package_version
+from specdec.registry import DISTRIBUTION
 
 pytest.importorskip("ray")  # setup.sh installs it (the distributed extra); CI has it
+VERSION = package_version(DISTRIBUTION) or "unknown"
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +88,26 @@ def test_the_storage_check_names_the_node_that_cannot_write(executor: RayExecuto
     with pytest.raises(SpecdecError, match=r"node \S+ \(.*\) cannot write into .*a-file/base.*"
                        r"storage that every node"):
         executor.check_storage(blocker / "base")
+
+
+def test_a_folder_this_machine_does_not_see_and_another_specdec_are_named(
+        tmp_path: Path) -> None:
+    """Node storage that is not shared (the node's file is not here) and a node with another
+    specdec: each named with its node, and the probe files of the others removed."""
+    (tmp_path / ".specdec-probe-aaa").write_text("head")
+    here = storage_problems(tmp_path, [("10.0.0.1", "aaa", "head", VERSION, None)])
+    assert here == []
+    assert not (tmp_path / ".specdec-probe-aaa").exists()
+    problems = storage_problems(tmp_path, [
+        ("10.0.0.2", "bbb", "gpu-2", VERSION, None),
+        ("10.0.0.3", "ccc", "gpu-3", "0.0.9", "PermissionError: [Errno 13] denied"),
+    ])
+    assert problems == [
+        (f"node gpu-2 (10.0.0.2) wrote {tmp_path}/.specdec-probe-bbb, but this machine does "
+         "not see it"),
+        f"node gpu-3 (10.0.0.3) cannot write into {tmp_path}: PermissionError: [Errno 13] denied",
+        f"node gpu-3 (10.0.0.3) runs specdec 0.0.9, this machine {VERSION}",
+    ]
 
 
 def test_a_job_no_node_can_hold_is_refused_before_anything_starts(tmp_path: Path) -> None:

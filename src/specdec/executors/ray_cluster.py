@@ -86,6 +86,31 @@ def _probe_task(folder: str, token: str) -> tuple[str, str, str | None]:
     return host, _specdec_version(), None
 
 
+def storage_problems(folder: Path,
+                     answers: Sequence[tuple[str, str, str, str, str | None]]) -> list[str]:
+    """What the storage check found wrong, one line per problem; the probe files removed.
+
+    ``answers`` hold, per node, its address, its probe's token, and what its
+    probe task returned: its host name, its specdec version and the error
+    writing its file (None: written).  A file a node wrote that this machine
+    cannot see means the folder is not storage they share.
+    """
+    here = _specdec_version()
+    problems: list[str] = []
+    for address, token, host, version, error in answers:
+        where = f"node {host} ({address})"
+        path = folder / f".specdec-probe-{token}"
+        if error is not None:
+            problems.append(f"{where} cannot write into {folder}: {error}")
+        elif not path.is_file():
+            problems.append(f"{where} wrote {path}, but this machine does not see it")
+        if version != here:
+            problems.append(f"{where} runs specdec {version}, this machine {here}")
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+    return problems
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     lines = [line for line in text.splitlines() if line.strip()]
@@ -149,7 +174,6 @@ class RayExecutor:
         refs = [probe.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
             node["NodeID"], soft=False)).remote(str(folder), token)
             for node, token in zip(nodes, tokens, strict=True)]
-        problems: list[str] = []
         try:
             answers = self._ray.get(refs, timeout=PROBE_TIMEOUT_S)
         except Exception as exc:  # a task that could not run says why; every kind is the user's
@@ -157,17 +181,9 @@ class RayExecutor:
                    f"{_first_line(exc)}. Every node needs the same specdec installed "
                    f"({_specdec_version()} here) in the Python its Ray workers use")
             raise SpecdecError(msg) from exc
-        for node, token, (host, version, error) in zip(nodes, tokens, answers, strict=True):
-            where = f"node {host} ({node.get('NodeManagerAddress')})"
-            path = folder / f".specdec-probe-{token}"
-            if error is not None:
-                problems.append(f"{where} cannot write into {folder}: {error}")
-            elif not path.is_file():
-                problems.append(f"{where} wrote {path}, but this machine does not see it")
-            if version != (here := _specdec_version()):
-                problems.append(f"{where} runs specdec {version}, this machine {here}")
-            with contextlib.suppress(OSError):
-                path.unlink(missing_ok=True)
+        problems = storage_problems(folder, [
+            (str(node.get("NodeManagerAddress")), token, *answer)
+            for node, token, answer in zip(nodes, tokens, answers, strict=True)])
         if problems:
             msg = ("; ".join(problems) + ". The batch folder must be storage that every node "
                    "of the cluster and this machine share (NFS, say), at the same path, with "
