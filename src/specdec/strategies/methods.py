@@ -180,9 +180,10 @@ def device_note(options: Mapping[str, object], device: str | None) -> str | None
     sampling"), which kills the engine at its first verify step (measured on this
     project's machine, 2026-12-04).  ``ngram_gpu`` kills the CPU engine while it
     starts (measured there the same day: its model runner pins host memory);
-    ``dspark`` is refused by vLLM's config on the CPU build (read from vLLM
-    0.32.0's source: only Model Runner V2 has it, and V2 needs Triton, which the
-    CPU build lacks).  Refused here, before the engine starts.
+    ``dspark`` is refused by vLLM's config on the CPU build (only Model Runner V2
+    has it, and V2 needs Triton, which the CPU build lacks; seen there by
+    building vLLM's engine config for a stand-in draft, no engine started).
+    Refused here, before the engine starts.
     """
     if device != "cpu":
         return None
