@@ -135,12 +135,14 @@ class RayExecutor:
 
     def connect(self, options: ExecutorOptions) -> None:
         """``ray.init`` at ``options.address`` (else ``RAY_ADDRESS``, else a local instance)."""
+        address = options.address or os.environ.get("RAY_ADDRESS") or None
+        if address is not None:
+            _use_token_if_present()  # before Ray's first import: it reads the mode then
         try:
             import ray  # noqa: PLC0415 - only when this executor is chosen
         except ImportError:
             msg = f"--executor ray needs Ray, which is not installed: {INSTALL}"
             raise UsageError(msg) from None
-        address = options.address or os.environ.get("RAY_ADDRESS") or None
         kwargs: dict[str, Any] = {"log_to_driver": False}
         if address is None:
             kwargs |= {"include_dashboard": False, "object_store_memory": LOCAL_OBJECT_STORE_BYTES}
@@ -152,7 +154,10 @@ class RayExecutor:
         except (ConnectionError, ValueError, RuntimeError) as exc:
             msg = (f"cannot reach {self._address}: {exc}. Start one with `ray start --head` "
                    "and pass its address with --address (or RAY_ADDRESS), or leave --address "
-                   "out to start Ray on this machine")
+                   "out to start Ray on this machine. A cluster with token authentication "
+                   "(what `ray start` sets up in Ray 2.60) needs its token here: "
+                   "RAY_AUTH_TOKEN, or the file ~/.ray/auth_token (`ray get-auth-token` "
+                   "prints it)")
             raise UsageError(msg) from exc
         self._ray = ray
         self._cpus_per_job = options.cpus_per_job
@@ -270,6 +275,24 @@ class RayExecutor:
         if self._ray is not None:
             self._ray.shutdown()
             self._ray = None
+
+
+def _use_token_if_present() -> None:
+    """Send Ray's auth token when one is at hand and ``RAY_AUTH_MODE`` is not set.
+
+    ``ray start --head`` (Ray 2.60, the release tried here) turns token
+    authentication on and writes the token to ``~/.ray/auth_token``, but
+    ``ray.init`` with an explicit address does not send it unless
+    ``RAY_AUTH_MODE=token``: it retries for 20 s and fails with "Failed to
+    connect".  The mode is read when Ray is first imported, so this runs first.  A cluster
+    without authentication accepts a driver that sends one.  An explicit
+    ``RAY_AUTH_MODE`` is left as it is.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or Path(path).is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 REACH_TIMEOUT_S = 5.0
