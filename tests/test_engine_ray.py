@@ -24,7 +24,6 @@ from specdec.report import load_run
 from .conftest import BIN, KV_CACHE_BYTES, ROOT, run_cli
 
 pytestmark = pytest.mark.engine
-pytest.importorskip("ray")  # setup.sh installs it (the distributed extra); CI has it
 
 COMMON = f"""
 generation: {{max_tokens: 32}}

@@ -21,8 +21,6 @@ import pytest
 
 from .conftest import BIN
 
-pytest.importorskip("ray")  # setup.sh installs it (the distributed extra); CI has it
-
 SCRIPT = """
 import sys
 from pathlib import Path

@@ -24,7 +24,6 @@ from specdec.interfaces import ExecutorOptions, Job, JobFinished, JobsRunning, J
 from specdec.provenance import package_version
 from specdec.registry import DISTRIBUTION
 
-pytest.importorskip("ray")  # setup.sh installs it (the distributed extra); CI has it
 VERSION = package_version(DISTRIBUTION) or "unknown"
 
 

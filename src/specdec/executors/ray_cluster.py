@@ -150,7 +150,9 @@ class RayExecutor:
             self._address = f"the Ray cluster at {address}"
             _check_reachable(address, self._address)
         try:
-            ray.init(address=address, **kwargs)
+            # "local": always a new instance. Left None, ray.init joins a cluster that
+            # `ray start` once left in /tmp/ray (even a dead one), against what --help says.
+            ray.init(address=address or "local", **kwargs)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             msg = (f"cannot reach {self._address}: {exc}. Start one with `ray start --head` "
                    "and pass its address with --address (or RAY_ADDRESS), or leave --address "
