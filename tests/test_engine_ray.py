@@ -22,6 +22,7 @@ import pytest
 from specdec.report import load_run
 
 from .conftest import BIN, KV_CACHE_BYTES, ROOT, run_cli
+from .test_engine_batch import _index, _lines
 
 pytestmark = pytest.mark.engine
 
@@ -35,18 +36,6 @@ CONFIGS = {
              "prompt_lookup_max: 4}",
     "broken": "strategy: {name: draft_model, model: /nonexistent/draft}",
 }
-
-
-def _index(base: Path) -> dict[str, dict[str, Any]]:
-    try:
-        data = orjson.loads((base / "batch.json").read_bytes())
-    except (FileNotFoundError, orjson.JSONDecodeError):
-        return {}
-    return {item["name"]: item for item in data["items"]}
-
-
-def _lines(path: Path) -> int:
-    return len(path.read_bytes().splitlines()) if path.is_file() else 0
 
 
 def _run_process(folder: Path) -> int | None:

@@ -127,6 +127,14 @@ def _pid_in(log: Path) -> int | None:
     return int(found[0].split()[1]) if found else None
 
 
+def _running_pid(events: Iterator[object], job: Job) -> int:
+    """Follow ``events`` until ``job``'s process has printed its pid; that pid."""
+    for _ in events:
+        if (pid := _pid_in(job.log)) is not None:
+            return pid
+    pytest.fail(f"{job.name} ended without printing its pid")
+
+
 SLEEPER = "import os, time; print('pid', os.getpid(), flush=True); time.sleep(120)"
 
 
@@ -136,12 +144,7 @@ def test_a_killed_task_is_recorded_and_takes_its_process_with_it(executor: RayEx
     process (orphaned otherwise, still writing its run folder) dies too."""
     job = _job(tmp_path, "sleeper", SLEEPER)
     events = executor.run([job], 0.1)
-    pid = None
-    for _ in events:
-        pid = pid or _pid_in(job.log)
-        if pid is not None:
-            break
-    assert pid is not None
+    pid = _running_pid(events, job)
     worker = int(Path(f"/proc/{pid}/stat").read_text().split()[3])  # its parent: the worker
     os.kill(worker, signal.SIGKILL)
     ended = [e for e in events if isinstance(e, JobFinished)]
@@ -158,12 +161,7 @@ def test_stopping_the_batch_stops_every_job(executor: RayExecutor, tmp_path: Pat
     job = _job(tmp_path, "sleeper", SLEEPER)
     queued = _job(tmp_path, "queued", "print('should not run')")
     events = executor.run([job, queued], 0.1)
-    pid = None
-    for _ in events:
-        pid = pid or _pid_in(job.log)
-        if pid is not None:
-            break
-    assert pid is not None
+    pid = _running_pid(events, job)
     started = time.monotonic()
     events.close()
     assert time.monotonic() - started < 60
