@@ -265,6 +265,48 @@ def test_sampled_runs_are_not_compared_token_by_token(tmp_path: Path) -> None:
     assert scoring.plan(base, index.items) == []
 
 
+def test_synthetic_acceptance_is_not_compared_nor_ever_best(tmp_path: Path) -> None:
+    """vLLM's synthetic rejection sampler accepts drafts at a set rate, so its outputs are not
+    the target's: the report says so instead of failing the lossless check, and a setting
+    that is faster only because it accepts everything is never named best."""
+    base = tmp_path / "batch"
+    items = []
+    runs = {
+        "baseline": (["strategy.name=none"], (1, 2, 3), 0.40),
+        "ngram": (["strategy.name=ngram"], (1, 2, 3), 0.30),
+        "synth": (["strategy.name=raw", "strategy.method=ngram",
+                   "strategy.num_speculative_tokens=3",
+                   "strategy.rejection_sample_method=synthetic",
+                   "strategy.synthetic_acceptance_length=4.0"], (1, 9, 3), 0.10),
+    }
+    for name, (overrides, ids, decode_s) in runs.items():
+        config = load_config(None, [*overrides, "sinks=[log]"])
+        writer = run_folder.RunWriter(base / name)
+        writer.claim(config)
+        writer.start(config, {"test": True})
+        records = [RequestRecord(f"q{i}", "code", (TurnRecord(
+            "q", " ".join(map(str, ids)), 3, 3, 0.1, decode_s + 0.01 * i, output_token_ids=ids,
+            logprob_margins=(5.0, 5.0, 5.0)),)) for i in range(4)]
+        for record in records:
+            writer.append(record)
+        writer.finish(summarise(records, 1.0, None), records)
+        items.append(ItemStatus(name, name, config.strategy.name, "smollm2-135m", 0, {},
+                                status="done"))
+    write_json(base / "batch.json", BatchIndex("batch", tuple(items)))
+    report = build_report([base])
+    result = report.lossless["synth"]
+    assert (result.verdict, result.passed, result.synthetic) == ("synthetic", True, True)
+    assert result.mismatch == 0
+    assert report.lossless["ngram"].verdict == "pass"
+    assert report.best, "nothing was ranked"
+    for best in report.best.values():
+        assert "synth" not in (best["setting"], best["fastest"]), best
+    write_report(report, base / "report")
+    for name in ("report.md", "report.html"):
+        assert "synthetic acceptance (rejection_sample_method: synthetic)" in (
+            base / "report" / name).read_text()
+
+
 def test_best_setting_by_intervals_prefers_the_smaller_swept_value(tmp_path: Path) -> None:
     """The stand-in's times are exact, so every interval is a point: k=4, 1% faster than
     k=2, beats it, and of its two batch sizes (equally fast) the smaller is named."""

@@ -539,7 +539,7 @@ def print_report(report: Report) -> None:
     print_table(f"speedup over the baseline: Spec-Bench, then throughput (95% intervals, "
                 f"{kinds})", columns, rows)
     for name, result in report.lossless.items():
-        if result.sampled_temperature is not None:
+        if result.sampled_notes():
             first, *rest = result.sampled_notes()
             stdout.print(escape(f"lossless {name}: {first}"))
             for line in rest:

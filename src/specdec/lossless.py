@@ -196,6 +196,9 @@ class LosslessResult:
     the exact comparison does not apply and was not made (:func:`not_compared_sampled`)."""
     sampled_check: SampledCheckSummary | None = None
     """A sampled pair's distributional check, where its study ran one (``lossless_check:``)."""
+    synthetic: bool = False
+    """The setting accepted drafts at a set rate (vLLM's ``synthetic`` rejection sampler):
+    lossy by design, so nothing was compared (:func:`not_compared_synthetic`)."""
 
     @property
     def passed(self) -> bool:
@@ -217,14 +220,21 @@ class LosslessResult:
         """
         if self.sampled_check is not None:
             return self.sampled_check.verdict
+        if self.synthetic:
+            return "synthetic"
         if self.sampled_temperature is not None:
             return "sampled"
         return "pass" if self.passed else "FAIL"
 
     def sampled_notes(self) -> list[str]:
-        """What reports say of a sampled pair: its check's lines, else why nothing was compared."""
+        """What reports say of a pair not compared token by token: its check's lines, else why.
+
+        Empty for a pair compared exactly.
+        """
         if self.sampled_check is not None:
             return self.sampled_check.notes()
+        if self.synthetic:
+            return [SYNTHETIC_NOTE]
         if self.sampled_temperature is not None:
             return [SAMPLED_NOTE.format(temperature=self.sampled_temperature)]
         return []
@@ -234,6 +244,26 @@ SAMPLED_NOTE = ("sampled (temperature {temperature:g}): texts differ by chance, 
                 "compared token by token; `specdec lossless` tests the output distribution "
                 "(docs/lossless.md)")
 """Why a sampled pair has no exact comparison, as reports say it."""
+
+
+SYNTHETIC_NOTE = ("synthetic acceptance (rejection_sample_method: synthetic): vLLM accepted "
+                  "drafts at the rate set, not by the target's choice, so the outputs are not "
+                  "the target's and are not compared; its speedup measures the cost of "
+                  "verifying k tokens at that acceptance, and it is never the best setting "
+                  "(docs/methods.md)")
+"""Why a synthetic-acceptance setting has no lossless check, as reports say it."""
+
+
+def not_compared_synthetic(threshold: float) -> LosslessResult:
+    """The result for a setting run with vLLM's ``synthetic`` rejection sampler: not compared.
+
+    It accepts drafts at a chosen rate whatever the target would pick, so its
+    outputs differ from the baseline's by design; an exact comparison would
+    call it a failure.  Reports say what it is instead.
+    """
+    return LosslessResult(threshold=threshold, turns=0, equal=0, near_tie=0, mismatch=0,
+                          unclassified=0, not_compared=0, missing=0, comparisons=(),
+                          synthetic=True)
 
 
 def not_compared_sampled(threshold: float, temperature: float,

@@ -29,10 +29,17 @@ from specdec import run_folder, study_lossless
 from specdec.errors import SpecdecError
 from specdec.formatting import interval_text
 from specdec.intervals import WITHIN_RUN, Interval, RunSample, paired_speedup, request_ratio
-from specdec.lossless import LosslessResult, SampledCheckSummary, check, not_compared_sampled
+from specdec.lossless import (
+    LosslessResult,
+    SampledCheckSummary,
+    check,
+    not_compared_sampled,
+    not_compared_synthetic,
+)
 from specdec.metrics import spec_bench_mean_accepted_tokens_by_category, speedup
 from specdec.records import ExperimentConfig, GroupMetrics, RequestRecord, RunSummary
 from specdec.scoring import SettingRun, baseline_for
+from specdec.strategies.methods import SYNTHETIC_SAMPLER
 from specdec.study import BASELINE, INDEX_FILE, NEAR_TIE_THRESHOLD, read_index
 
 OVERALL = "overall"
@@ -156,6 +163,12 @@ class Setting:
     def is_aa(self) -> bool:
         """An A/A setting: a second baseline, compared with the baseline, never one itself."""
         return self.first.labels.get(AA_LABEL) is True
+
+    @property
+    def is_synthetic(self) -> bool:
+        """Run with vLLM's ``synthetic`` rejection sampler (through ``raw``): lossy by design."""
+        options = self.first.config.strategy.options
+        return options.get("rejection_sample_method") == SYNTHETIC_SAMPLER
 
     @property
     def is_baseline(self) -> bool:
@@ -351,7 +364,8 @@ def best_settings(
 ) -> dict[str, dict[str, str]]:
     """Per category, the best setting by :func:`choose` on the Spec-Bench speedup intervals.
 
-    A/A settings take no part: they are baselines run twice.
+    A/A settings take no part: they are baselines run twice; nor do settings of
+    synthetic acceptance (their outputs are not the target's).
     """
     by_category: dict[str, dict[str, Comparison]] = {}
     for comp in comparisons:
@@ -361,7 +375,7 @@ def best_settings(
         contenders = [
             Contender(s.name, _simplicity(s), index[s.name].speedup_spec_bench_interval,
                       baseline=s.is_baseline)
-            for s in settings if not s.is_aa and s.name in index
+            for s in settings if not s.is_aa and not s.is_synthetic and s.name in index
         ]
         picked = choose(contenders)
         if picked is None:
@@ -443,7 +457,9 @@ def build_report(folders: Sequence[Path], threshold: float | None = None) -> Rep
             baselines[setting.name] = baseline.name
             temperature = max(setting.first.config.generation.temperature,
                               baseline.first.config.generation.temperature)
-            if setting is not baseline and temperature > 0:
+            if setting is not baseline and setting.is_synthetic:
+                lossless[setting.name] = not_compared_synthetic(threshold)
+            elif setting is not baseline and temperature > 0:
                 lossless[setting.name] = not_compared_sampled(
                     threshold, temperature, sampled_checks.get(setting.name))
             elif setting is not baseline:

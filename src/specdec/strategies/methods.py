@@ -45,6 +45,8 @@ _METHODS_0_32 = (
 )
 _METHODS_0_33 = ("step5_mtp",)
 
+#: ``rejection_sample_method``'s value for the sampler that accepts drafts at a set rate.
+SYNTHETIC_SAMPLER = "synthetic"
 #: The synthetic rejection sampler's fields, all in 0.32.0.
 SYNTHETIC_FIELDS = (
     "rejection_sample_method", "synthetic_acceptance_rates", "synthetic_acceptance_length",
@@ -187,7 +189,7 @@ def device_note(options: Mapping[str, object], device: str | None) -> str | None
     """
     if device != "cpu":
         return None
-    if options.get("rejection_sample_method") == "synthetic":
+    if options.get("rejection_sample_method") == SYNTHETIC_SAMPLER:
         return ("rejection_sample_method 'synthetic' does not run on vLLM's CPU build: its CPU "
                 "rejection kernels refuse it (vllm/utils/cpu_triton_utils.py, 'Synthetic "
                 "acceptance not supported with CPU sampling') and the engine dies at its first "
