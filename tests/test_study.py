@@ -293,6 +293,7 @@ def test_synthetic_acceptance_is_not_compared_nor_ever_best(tmp_path: Path) -> N
         items.append(ItemStatus(name, name, config.strategy.name, "smollm2-135m", 0, {},
                                 status="done"))
     write_json(base / "batch.json", BatchIndex("batch", tuple(items)))
+    assert scoring.plan(base, items) == [], "its divergences are not worth scoring"
     report = build_report([base])
     result = report.lossless["synth"]
     assert (result.verdict, result.passed, result.synthetic) == ("synthetic", True, True)

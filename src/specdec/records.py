@@ -8,6 +8,7 @@ class; :mod:`specdec.serialization` turns them into files and back.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from itertools import pairwise
 from typing import Any, Literal
 
 from attrs import field, frozen
@@ -179,6 +180,59 @@ VLLM_MAX_LOGPROBS = 20
 """vLLM's default ``max_logprobs``: the most log-probabilities a request may ask for."""
 
 
+RejectionSampleMethod = Literal["standard", "synthetic", "block", "fly"]
+SYNTHETIC_SAMPLER = "synthetic"
+"""vLLM's ``rejection_sample_method`` that accepts drafts at a set rate: lossy by design."""
+
+
+def _rates(_instance: object, attribute: Any, rates: tuple[float, ...] | None) -> None:
+    if rates is None:
+        return
+    if not rates or not all(0.0 <= r <= 1.0 for r in rates):
+        msg = (f"{attribute.name} must be numbers in [0, 1], one per draft position, "
+               f"got {list(rates)}")
+        raise InvalidOptionError(msg, field=attribute.name)
+    if any(later > earlier for earlier, later in pairwise(rates)):
+        msg = (f"{attribute.name} must not increase from one position to the next (each is "
+               f"the chance that every draft up to it is accepted), got {list(rates)}")
+        raise InvalidOptionError(msg, field=attribute.name)
+
+
+@frozen
+class RejectionSamplerConfig:
+    """How vLLM verifies drafts: its ``rejection_sample_method`` and the synthetic rates.
+
+    ``method`` is vLLM's: ``standard`` (its default), ``block`` (block
+    verification), ``fly`` (vLLM 0.33 and later) or ``synthetic``, which accepts
+    drafts at a rate you set whatever the target would choose -- so its outputs
+    are not the target's, and it measures the cost of verifying k tokens at that
+    acceptance, apart from any drafter's.  ``synthetic`` takes exactly one of
+    ``acceptance_rates`` (per draft position, the chance that every draft up to
+    it is accepted: in [0, 1], not increasing, one per speculative token) and
+    ``acceptance_length`` (the mean acceptance length, in [1, k + 1]); the others
+    take neither.  Passed to vLLM as ``speculative_config``'s
+    ``rejection_sample_method``, ``synthetic_acceptance_rates`` and
+    ``synthetic_acceptance_length`` (:mod:`specdec.rejection_sampler`).
+    """
+
+    method: RejectionSampleMethod = "standard"
+    acceptance_rates: tuple[float, ...] | None = field(default=None, validator=_rates)
+    acceptance_length: float | None = field(default=None, validator=number(ge=1))
+
+    def __attrs_post_init__(self) -> None:
+        """Exactly one of the rates or the length with ``synthetic``; neither without it."""
+        given = [n for n in ("acceptance_rates", "acceptance_length")
+                 if getattr(self, n) is not None]
+        if self.method == SYNTHETIC_SAMPLER and len(given) != 1:
+            msg = ("method synthetic takes exactly one of acceptance_rates and "
+                   f"acceptance_length, got {' and '.join(given) or 'neither'}")
+            raise InvalidOptionError(msg, field=given[-1] if given else "method")
+        if self.method != SYNTHETIC_SAMPLER and given:
+            msg = (f"{given[0]} is for method synthetic (vLLM's synthetic rejection sampler), "
+                   f"not {self.method}")
+            raise InvalidOptionError(msg, field=given[0])
+
+
 def _logprobs_fit(instance: ExperimentConfig, _attribute: Any, engine: EngineConfig) -> None:
     # vLLM refuses each request asking for more log-probabilities than the engine's
     # max_logprobs: check it once here where we start the engine (offline, or a
@@ -212,6 +266,9 @@ class ExperimentConfig:
     mode: Mode = "sequential"
     chat_template: bool = True
     warmup: bool = True
+    rejection_sampler: RejectionSamplerConfig | None = None
+    """How vLLM verifies drafts (unset: vLLM's default, ``standard``); needs a strategy
+    that drafts.  ``method: synthetic`` accepts at a set rate (lossy by design)."""
     sinks: tuple[str, ...] = ("log",)
     """Observers of the run's records and summary (``log``, plugins such as ``sqlite``).
 
@@ -223,6 +280,18 @@ class ExperimentConfig:
     """Which repeat of its setting this run is (a study's round; 0 for a single
     run).  It enters each request's sampling seed, so repeats of a sampled
     setting draw different samples while a rerun of one repeat draws the same."""
+
+    @property
+    def synthetic_acceptance(self) -> bool:
+        """Drafts accepted at a set rate (vLLM's ``synthetic`` rejection sampler).
+
+        Not by the target's choice: the outputs are not the target's, so no
+        lossless comparison applies.  Set by ``rejection_sampler.method``, or by
+        a ``raw`` strategy's ``rejection_sample_method``.
+        """
+        if self.rejection_sampler is not None:
+            return self.rejection_sampler.method == SYNTHETIC_SAMPLER
+        return self.strategy.options.get("rejection_sample_method") == SYNTHETIC_SAMPLER
 
 
 @frozen

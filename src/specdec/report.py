@@ -39,7 +39,6 @@ from specdec.lossless import (
 from specdec.metrics import spec_bench_mean_accepted_tokens_by_category, speedup
 from specdec.records import ExperimentConfig, GroupMetrics, RequestRecord, RunSummary
 from specdec.scoring import SettingRun, baseline_for
-from specdec.strategies.methods import SYNTHETIC_SAMPLER
 from specdec.study import BASELINE, INDEX_FILE, NEAR_TIE_THRESHOLD, read_index
 
 OVERALL = "overall"
@@ -166,9 +165,8 @@ class Setting:
 
     @property
     def is_synthetic(self) -> bool:
-        """Run with vLLM's ``synthetic`` rejection sampler (through ``raw``): lossy by design."""
-        options = self.first.config.strategy.options
-        return options.get("rejection_sample_method") == SYNTHETIC_SAMPLER
+        """Run with vLLM's ``synthetic`` rejection sampler: lossy by design."""
+        return self.first.config.synthetic_acceptance
 
     @property
     def is_baseline(self) -> bool:

@@ -16,7 +16,7 @@ import attrs
 import structlog
 from attrs import frozen
 
-from specdec import registry, run_folder
+from specdec import registry, rejection_sampler, run_folder
 from specdec.benchmark_store import resolve_benchmark
 from specdec.benchmarks.loader import load_benchmark
 from specdec.engines import engine_for
@@ -89,7 +89,9 @@ def prepare_run(config: ExperimentConfig) -> PreparedRun:
     Structures the strategy's options strictly, loads the benchmark (a benchmark
     name is its verified stored copy, :mod:`specdec.benchmark_store`), resolves
     the model, asks the configured engine backend for its capabilities, runs
-    the strategy's pre-flight check against them and writes its options out in
+    the strategy's pre-flight check against them, adds the ``rejection_sampler``
+    section to its ``speculative_config`` (:mod:`specdec.rejection_sampler`,
+    checked there) and writes its options out in
     full (defaults included) into the returned config.
     """
     strategy, options = registry.strategy_options(config.strategy.name, config.strategy.options)
@@ -107,7 +109,9 @@ def prepare_run(config: ExperimentConfig) -> PreparedRun:
         model_config(model_path), caps,
     )
     strategy.check(options, target)
-    spec = strategy.speculative_config(options, target)
+    spec = rejection_sampler.apply(config.rejection_sampler,
+                                   strategy.speculative_config(options, target), target,
+                                   config.engine)
     return PreparedRun(resolved, model_path, target, spec, tuple(conversations), caps)
 
 

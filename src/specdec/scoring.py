@@ -159,8 +159,9 @@ def plan(batch: Path, items: Iterable[IndexedItem]) -> list[Job]:
 
     ``items`` are its index's items.  One job per baseline that some setting
     diverged from, with the positions its ``margins.json`` lacks (none left:
-    nothing to do).  Sampled pairs (either run at temperature above 0) are not
-    scored: the report does not compare their texts.
+    nothing to do).  Sampled pairs (either run at temperature above 0) and
+    settings of synthetic acceptance are not scored: the report does not compare
+    their texts.
     """
     settings = _finished_settings(batch, items)
     runs = [run for run, _ in settings]
@@ -172,6 +173,8 @@ def plan(batch: Path, items: Iterable[IndexedItem]) -> list[Job]:
             continue
         if run.config.generation.sampled or baseline.config.generation.sampled:
             continue  # sampled texts differ by chance: the report compares them by distribution
+        if run.config.synthetic_acceptance:
+            continue  # accepted at a set rate: its texts are not the target's, nor compared
         base_requests = run_folder.read_outputs(folders[baseline.name]).requests
         mine = run_folder.read_outputs(folders[run.name]).requests
         by_id = {r.id: r for r in mine}

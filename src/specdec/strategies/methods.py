@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
 from specdec.interfaces import Capabilities
+from specdec.records import SYNTHETIC_SAMPLER
 
 #: The oldest release read; a name first seen there may be older still.
 BASELINE = "0.32.0"
@@ -45,8 +46,10 @@ _METHODS_0_32 = (
 )
 _METHODS_0_33 = ("step5_mtp",)
 
-#: ``rejection_sample_method``'s value for the sampler that accepts drafts at a set rate.
-SYNTHETIC_SAMPLER = "synthetic"
+#: ``rejection_sample_method`` values to the first release read that has them.
+SAMPLER_FIRST_VERSION: Mapping[str, str] = MappingProxyType(
+    {**dict.fromkeys(("standard", "synthetic", "block"), BASELINE), "fly": NEXT}
+)
 #: The synthetic rejection sampler's fields, all in 0.32.0.
 SYNTHETIC_FIELDS = (
     "rejection_sample_method", "synthetic_acceptance_rates", "synthetic_acceptance_length",
@@ -116,6 +119,15 @@ def version_note(name: str, kind: str, vllm_version: str | None,
         return (f"{head}: vLLM {dropped} removed it; use vLLM {BASELINE} "
                 f"(pip install 'specdec[cpu]', or vllm=={BASELINE} on a GPU machine).")
     return None
+
+
+def sampler_note(method: str, vllm_version: str | None) -> str | None:
+    """Why vLLM ``vllm_version`` lacks rejection sampler ``method``, if the table can tell."""
+    first = SAMPLER_FIRST_VERSION.get(method)
+    if vllm_version is None or first is None or not _older(vllm_version, first):
+        return None
+    return (f"the installed vLLM {vllm_version} has no rejection_sample_method {method!r}: it "
+            f"arrived in vLLM {first}; {_GPU_ADVICE}.")
 
 
 def missing_message(name: str, kind: str, vllm_version: str | None,
