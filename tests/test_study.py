@@ -308,6 +308,30 @@ def test_synthetic_acceptance_is_not_compared_nor_ever_best(tmp_path: Path) -> N
             base / "report" / name).read_text()
 
 
+def test_a_comparison_across_machines_is_said(tmp_path: Path) -> None:
+    """A Ray study may run a setting and its baseline on different nodes: the report warns,
+    naming them; runs on one machine (or without a recorded host) give no warning."""
+    base = tmp_path / "batch"
+    items = []
+    for name, strategy, host in (("baseline", "none", "node-a"), ("ngram", "ngram", "node-b"),
+                                 ("draft", "draft_model", "node-a")):
+        config = load_config(None, [f"strategy.name={strategy}", "sinks=[log]"])
+        writer = run_folder.RunWriter(base / name)
+        writer.claim(config)
+        writer.start(config, {"host": host})
+        records = [RequestRecord("q", "code", (TurnRecord(
+            "q", "1 2 3", 3, 3, 0.1, 0.4, output_token_ids=(1, 2, 3)),))]
+        writer.append(records[0])
+        writer.finish(summarise(records, 1.0, None), records)
+        items.append(ItemStatus(name, name, strategy, "smollm2-135m", 0, {}, status="done"))
+    write_json(base / "batch.json", BatchIndex("batch", tuple(items)))
+    warnings = [w for w in build_report([base]).warnings if "machines" in w]
+    assert warnings == [
+        "ngram and its baseline baseline ran on 2 machines (node-a, node-b): differences "
+        "between machines enter its speedup, and its interval includes them only as far as "
+        "the repeats spread over them (docs/scaling.md)"]
+
+
 def test_best_setting_by_intervals_prefers_the_smaller_swept_value(tmp_path: Path) -> None:
     """The stand-in's times are exact, so every interval is a point: k=4, 1% faster than
     k=2, beats it, and of its two batch sizes (equally fast) the smaller is named."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,12 @@ class Run:
         Only the checks that compare outputs need them; the summary comes without.
         """
         return tuple(run_folder.read_records(self.folder))
+
+    @functools.cached_property
+    def host(self) -> str | None:
+        """The machine the run ran on, as its provenance names it (None: not recorded)."""
+        host = run_folder.read_provenance(self.folder).get("host")
+        return host if isinstance(host, str) else None
 
     @functools.cached_property
     def sample(self) -> RunSample:
@@ -430,6 +436,28 @@ def _aa_warnings(comparisons: Sequence[Comparison]) -> list[str]:
     return out
 
 
+HOSTS_WARNING = ("{setting} and its baseline {baseline} ran on {count} machines ({hosts}): "
+                 "differences between machines enter its speedup, and its interval includes "
+                 "them only as far as the repeats spread over them (docs/scaling.md)")
+"""What a report says when a comparison's runs ran on more than one machine (a Ray study)."""
+
+
+def _host_warnings(settings: Sequence[Setting], baselines: Mapping[str, str]) -> list[str]:
+    """One warning per setting whose runs and its baseline's did not all run on one host."""
+    by_name = {s.name: s for s in settings}
+    out = []
+    for setting in settings:
+        baseline = by_name.get(baselines.get(setting.name, ""))
+        if baseline is None or baseline is setting:
+            continue
+        hosts = sorted({run.host for run in (*setting.runs, *baseline.runs)
+                        if run.host is not None})
+        if len(hosts) > 1:
+            out.append(HOSTS_WARNING.format(setting=setting.name, baseline=baseline.name,
+                                            count=len(hosts), hosts=", ".join(hosts)))
+    return out
+
+
 def _median_ratio(rate: Spread | None, base: Spread | None) -> float | None:
     return speedup(rate.median, base.median) if rate and base else None
 
@@ -496,4 +524,4 @@ def build_report(folders: Sequence[Path], threshold: float | None = None) -> Rep
             ))
     return Report(settings, baselines, all_categories, tuple(comparisons),
                   best_settings(settings, comparisons), lossless, tuple(failed), threshold,
-                  warnings=tuple(_aa_warnings(comparisons)))
+                  warnings=(*_aa_warnings(comparisons), *_host_warnings(settings, baselines)))
