@@ -327,9 +327,9 @@ def test_a_comparison_across_machines_is_said(tmp_path: Path) -> None:
     write_json(base / "batch.json", BatchIndex("batch", tuple(items)))
     warnings = [w for w in build_report([base]).warnings if "machines" in w]
     assert warnings == [
-        "ngram and its baseline baseline ran on 2 machines (node-a, node-b): differences "
-        "between machines enter its speedup, and its interval includes them only as far as "
-        "the repeats spread over them (docs/scaling.md)"]
+        ("ngram and its baseline baseline ran on 2 machines (node-a, node-b): differences "
+         "between machines enter its speedup, and its interval includes them only as far as "
+         "the repeats spread over them (docs/scaling.md)")]
 
 
 def test_best_setting_by_intervals_prefers_the_smaller_swept_value(tmp_path: Path) -> None:
