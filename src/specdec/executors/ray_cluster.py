@@ -197,16 +197,15 @@ class RayExecutor:
                    "the same specdec on every node; see docs/scaling.md")
             raise SpecdecError(msg)
 
-    def _resources(self, job: Job) -> dict[str, float]:
-        nodes = self._nodes()
+    def _resources(self, job: Job, nodes: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         if any(n["Resources"].get("GPU", 0) > 0 for n in nodes):
             return {"num_gpus": job.gpus, "num_cpus": self._cpus_per_job or 1}
         if self._cpus_per_job is not None:
             return {"num_gpus": 0, "num_cpus": self._cpus_per_job}
         return {"num_gpus": 0, "num_cpus": min(n["Resources"].get("CPU", 1) for n in nodes)}
 
-    def _check_fits(self, job: Job, wanted: Mapping[str, float]) -> None:
-        nodes = self._nodes()
+    def _check_fits(self, job: Job, wanted: Mapping[str, float],
+                    nodes: Sequence[Mapping[str, Any]]) -> None:
         fits = [n for n in nodes if n["Resources"].get("GPU", 0) >= wanted["num_gpus"]
                 and n["Resources"].get("CPU", 0) >= wanted["num_cpus"]]
         if not fits:
@@ -220,9 +219,10 @@ class RayExecutor:
 
     def run(self, jobs: Sequence[Job], poll_s: float) -> Generator[ExecutorEvent, None, None]:
         """Submit every job, in order; yield as each starts (its log grows) and ends."""
-        wanted = {job.name: self._resources(job) for job in jobs}
+        nodes = self._nodes()  # asked once: the cluster's head answers each call
+        wanted = {job.name: self._resources(job, nodes) for job in jobs}
         for job in jobs:
-            self._check_fits(job, wanted[job.name])
+            self._check_fits(job, wanted[job.name], nodes)
         env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIX)}
         cwd = str(Path.cwd())
         pending: dict[Any, Job] = {}
